@@ -1,0 +1,518 @@
+//! Queue health from a window of samples: rates, backlog growth, drain ETA, oldest-message age, status.
+//!
+//! Pure functions of `(&Window, latest facts, params, now)`; no I/O, no clock. Following Burrow, the
+//! status judges the whole window rather than one point, and a window still filling says so.
+
+use serde::Serialize;
+
+use crate::domain::Timestamp;
+use crate::snapshot::{Point, Window};
+
+/// A queue's verdict. `InsufficientData` is an answer, not an error: the window has not filled yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Idle,
+    Draining,
+    Growing,
+    Stalled,
+    NoConsumers,
+    #[default]
+    InsufficientData,
+}
+
+impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Ok,
+        Status::Idle,
+        Status::Draining,
+        Status::Growing,
+        Status::Stalled,
+        Status::NoConsumers,
+        Status::InsufficientData,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Idle => "idle",
+            Status::Draining => "draining",
+            Status::Growing => "growing",
+            Status::Stalled => "stalled",
+            Status::NoConsumers => "no_consumers",
+            Status::InsufficientData => "insufficient_data",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// How the analysis reads a window.
+#[derive(Clone, Copy, Debug)]
+pub struct Params {
+    /// `analysis.window` in milliseconds.
+    pub window_ms: i64,
+}
+
+impl Params {
+    /// A window counts as filled once its samples span three quarters of `analysis.window`: polls are
+    /// jittered and a sample exactly `window` old has just been dropped, so asking for all of it would
+    /// leave a queue in "insufficient data" forever.
+    fn filled(&self, w: &Window) -> bool {
+        w.len() >= 3 && w.last().at.0 - w.first().at.0 >= self.window_ms * 3 / 4
+    }
+}
+
+/// The facts of the latest sample that the window does not store.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Latest {
+    pub consumers: u64,
+    pub head_message_timestamp: Option<f64>,
+}
+
+/// Rates are messages per second over the window. `None` means unknown (fewer than two samples, or the
+/// broker keeps no counters), never zero by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct QueueHealth {
+    pub publish_rate: Option<f64>,
+    pub deliver_rate: Option<f64>,
+    pub ack_rate: Option<f64>,
+    pub consume_rate: Option<f64>,
+    pub redeliver_rate: Option<f64>,
+    /// Least-squares slope of `messages` over the window, messages per second.
+    pub backlog_growth: Option<f64>,
+    /// Seconds until empty at current rates; `f64::INFINITY` when it will not drain.
+    pub drain_eta: Option<f64>,
+    /// Age in seconds of the oldest message; a lower bound when it predates the window.
+    pub oldest_message_age: Option<f64>,
+    pub status: Status,
+}
+
+pub fn analyze(w: &Window, latest: Latest, params: &Params, now: Timestamp) -> QueueHealth {
+    let first = w.first();
+    let last = w.last();
+    let span = last.at.secs_since(first.at);
+    let rate = |f: fn(&Point) -> u64| -> Option<f64> {
+        (w.has_counters() && span > 0.0).then(|| (f(&last) - f(&first)) as f64 / span)
+    };
+    let publish_rate = rate(|p| p.counters.publish);
+    let consume_rate = rate(|p| p.counters.consumed());
+    let backlog_growth = slope(w);
+    QueueHealth {
+        publish_rate,
+        deliver_rate: rate(|p| p.counters.delivered),
+        ack_rate: rate(|p| p.counters.ack),
+        consume_rate,
+        redeliver_rate: rate(|p| p.counters.redeliver),
+        backlog_growth,
+        drain_eta: drain_eta(last.messages, publish_rate, consume_rate, backlog_growth),
+        oldest_message_age: oldest_message_age(w, latest.head_message_timestamp, now),
+        status: status(w, latest, params),
+    }
+}
+
+fn slope(w: &Window) -> Option<f64> {
+    if w.len() < 2 {
+        return None;
+    }
+    let t0 = w.first().at;
+    let n = w.len() as f64;
+    let (mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0);
+    for p in w.iter() {
+        let x = p.at.secs_since(t0);
+        let y = p.messages as f64;
+        sx += x;
+        sy += y;
+        sxx += x * x;
+        sxy += x * y;
+    }
+    let denom = n * sxx - sx * sx;
+    (denom > 0.0).then(|| (n * sxy - sx * sy) / denom)
+}
+
+/// `messages / (consume − publish)` when consumers are faster; without counters, the depth trend decides.
+fn drain_eta(
+    messages: u64,
+    publish: Option<f64>,
+    consume: Option<f64>,
+    growth: Option<f64>,
+) -> Option<f64> {
+    if messages == 0 {
+        return Some(0.0);
+    }
+    let net_outflow = match (publish, consume) {
+        (Some(p), Some(c)) => c - p,
+        _ => -growth?,
+    };
+    Some(if net_outflow > 0.0 {
+        messages as f64 / net_outflow
+    } else {
+        f64::INFINITY
+    })
+}
+
+/// kafka-lag-exporter's method: the oldest message still queued is the one published right after
+/// `publish_now − messages`; find when the publish counter passed that position.
+fn oldest_message_age(w: &Window, head_ts: Option<f64>, now: Timestamp) -> Option<f64> {
+    if let Some(ts) = head_ts {
+        return Some((now.as_secs_f64() - ts).max(0.0));
+    }
+    let last = w.last();
+    if last.messages == 0 {
+        return Some(0.0);
+    }
+    if !w.has_counters() {
+        return None;
+    }
+    let first = w.first();
+    if last.messages > last.counters.publish - first.counters.publish {
+        // Published before the window began: the window's start is all we can vouch for.
+        return Some(now.secs_since(first.at).max(0.0));
+    }
+    let target = last.counters.publish - last.messages;
+    let mut prev = first;
+    for p in w.iter().skip(1) {
+        if p.counters.publish > target {
+            let frac = (target - prev.counters.publish) as f64
+                / (p.counters.publish - prev.counters.publish) as f64;
+            let at = prev.at.as_secs_f64() + frac * p.at.secs_since(prev.at);
+            return Some((now.as_secs_f64() - at).max(0.0));
+        }
+        prev = p;
+    }
+    Some(0.0)
+}
+
+fn status(w: &Window, latest: Latest, params: &Params) -> Status {
+    let first = w.first();
+    let last = w.last();
+    if last.messages > 0 && latest.consumers == 0 {
+        return Status::NoConsumers;
+    }
+    if !params.filled(w) {
+        return Status::InsufficientData;
+    }
+    let consumed = last.counters.consumed() - first.counters.consumed();
+    let published = last.counters.publish - first.counters.publish;
+    if w.has_counters()
+        && latest.consumers > 0
+        && last.messages > 0
+        && first.messages > 0
+        && consumed == 0
+    {
+        return Status::Stalled;
+    }
+    let mut never_decreased = true;
+    let mut prev = first.messages;
+    for p in w.iter().skip(1) {
+        never_decreased &= p.messages >= prev;
+        prev = p.messages;
+    }
+    if never_decreased && last.messages > first.messages {
+        return Status::Growing;
+    }
+    if last.messages < first.messages && last.messages > 0 {
+        return Status::Draining;
+    }
+    let quiet = if w.has_counters() {
+        published == 0 && consumed == 0
+    } else {
+        true
+    };
+    if last.messages == 0 && quiet && w.iter().all(|p| p.messages == 0) {
+        return Status::Idle;
+    }
+    Status::Ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::Counters;
+
+    const PARAMS: Params = Params { window_ms: 60_000 };
+
+    /// (seconds, messages, published, consumed) rows become a window; delivered follows consumed.
+    fn window(rows: &[(i64, u64, u64, u64)]) -> Window {
+        let c = |p: u64, k: u64| {
+            Some(Counters {
+                publish: p,
+                delivered: k,
+                ack: k,
+                no_ack: 0,
+                redeliver: 0,
+            })
+        };
+        let (t, m, p, k) = rows[0];
+        let mut w = Window::new(Timestamp(t * 1000), m, c(p, k));
+        for &(t, m, p, k) in &rows[1..] {
+            w.push(Timestamp(t * 1000), m, c(p, k), PARAMS.window_ms);
+        }
+        w
+    }
+
+    fn depth_window(rows: &[(i64, u64)]) -> Window {
+        let mut w = Window::new(Timestamp(rows[0].0 * 1000), rows[0].1, None);
+        for &(t, m) in &rows[1..] {
+            w.push(Timestamp(t * 1000), m, None, PARAMS.window_ms);
+        }
+        w
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp(secs * 1000)
+    }
+
+    fn with_consumers(n: u64) -> Latest {
+        Latest {
+            consumers: n,
+            head_message_timestamp: None,
+        }
+    }
+
+    /// Burrow-style table: each window with its expected verdict.
+    #[test]
+    fn status_table() {
+        let cases: Vec<(&str, Window, u64, Status)> = vec![
+            (
+                "1 backlog rises every sample",
+                window(&[
+                    (0, 0, 0, 0),
+                    (20, 500, 800, 300),
+                    (40, 1000, 1600, 600),
+                    (60, 1500, 2400, 900),
+                ]),
+                1,
+                Status::Growing,
+            ),
+            (
+                "2 backlog flat for a while then rising still counts as never decreasing",
+                window(&[
+                    (0, 100, 0, 0),
+                    (20, 100, 10, 10),
+                    (40, 150, 70, 20),
+                    (60, 200, 130, 30),
+                ]),
+                1,
+                Status::Growing,
+            ),
+            (
+                "3 one dip in the window is not growing",
+                window(&[
+                    (0, 100, 0, 0),
+                    (20, 90, 10, 20),
+                    (40, 150, 80, 30),
+                    (60, 200, 140, 40),
+                ]),
+                1,
+                Status::Ok,
+            ),
+            (
+                "4 consumers faster, backlog shrinking",
+                window(&[
+                    (0, 1000, 0, 0),
+                    (20, 700, 0, 300),
+                    (40, 400, 0, 600),
+                    (60, 100, 0, 900),
+                ]),
+                1,
+                Status::Draining,
+            ),
+            (
+                "5 messages waiting, nobody consuming",
+                window(&[
+                    (0, 10, 10, 0),
+                    (20, 10, 10, 0),
+                    (40, 10, 10, 0),
+                    (60, 10, 10, 0),
+                ]),
+                0,
+                Status::NoConsumers,
+            ),
+            (
+                "6 consumer attached, nothing leaves the queue",
+                window(&[
+                    (0, 20, 20, 0),
+                    (20, 20, 20, 0),
+                    (40, 25, 25, 0),
+                    (60, 30, 30, 0),
+                ]),
+                2,
+                Status::Stalled,
+            ),
+            (
+                "7 empty and quiet",
+                window(&[
+                    (0, 0, 50, 50),
+                    (20, 0, 50, 50),
+                    (40, 0, 50, 50),
+                    (60, 0, 50, 50),
+                ]),
+                1,
+                Status::Idle,
+            ),
+            (
+                "8 empty but busy: consumers keep up",
+                window(&[
+                    (0, 0, 0, 0),
+                    (20, 0, 200, 200),
+                    (40, 0, 400, 400),
+                    (60, 0, 600, 600),
+                ]),
+                1,
+                Status::Ok,
+            ),
+            (
+                "9 drained to zero within the window is ok, not draining",
+                window(&[
+                    (0, 300, 0, 0),
+                    (20, 200, 0, 100),
+                    (40, 100, 0, 200),
+                    (60, 0, 0, 300),
+                ]),
+                1,
+                Status::Ok,
+            ),
+            (
+                "10 window still filling",
+                window(&[(0, 0, 0, 0), (10, 100, 100, 0), (20, 200, 200, 0)]),
+                1,
+                Status::InsufficientData,
+            ),
+            (
+                "11 no consumers is a fact even before the window fills",
+                window(&[(0, 5, 5, 0), (10, 7, 7, 0)]),
+                0,
+                Status::NoConsumers,
+            ),
+            (
+                "12 a counter reset restarts the window",
+                window(&[
+                    (0, 0, 0, 0),
+                    (20, 10, 900, 890),
+                    (40, 20, 1800, 1780),
+                    (60, 5, 5, 0),
+                ]),
+                1,
+                Status::InsufficientData,
+            ),
+        ];
+        for (name, w, consumers, want) in cases {
+            let got = analyze(&w, with_consumers(consumers), &PARAMS, at(60)).status;
+            assert_eq!(got, want, "case {name}");
+        }
+    }
+
+    #[test]
+    fn rates_come_from_counter_deltas() {
+        let w = window(&[(0, 0, 0, 0), (30, 750, 1200, 450), (60, 1500, 2400, 900)]);
+        let h = analyze(&w, with_consumers(1), &PARAMS, at(60));
+        assert_eq!(h.publish_rate, Some(40.0));
+        assert_eq!(h.consume_rate, Some(15.0));
+        assert_eq!(h.backlog_growth, Some(25.0));
+    }
+
+    #[test]
+    fn rates_are_unknown_with_a_single_sample() {
+        let w = window(&[(0, 10, 100, 90)]);
+        let h = analyze(&w, with_consumers(1), &PARAMS, at(0));
+        assert_eq!(h.publish_rate, None);
+        assert_eq!(h.backlog_growth, None);
+    }
+
+    #[test]
+    fn rate_after_a_counter_reset_is_never_negative() {
+        let w = window(&[
+            (0, 0, 1000, 1000),
+            (10, 0, 2000, 2000),
+            (20, 0, 10, 10),
+            (30, 0, 110, 110),
+        ]);
+        let h = analyze(&w, with_consumers(1), &PARAMS, at(30));
+        assert_eq!(h.publish_rate, Some(10.0));
+        assert_eq!(h.consume_rate, Some(10.0));
+    }
+
+    #[test]
+    fn drain_eta_is_infinite_when_consumers_are_slower() {
+        let w = window(&[(0, 0, 0, 0), (60, 1500, 2400, 900)]);
+        let h = analyze(&w, with_consumers(1), &PARAMS, at(60));
+        assert_eq!(h.drain_eta, Some(f64::INFINITY));
+    }
+
+    #[test]
+    fn drain_eta_divides_backlog_by_net_outflow() {
+        // 1000 waiting, 0 in, 10/s out → 100 s.
+        let w = window(&[(0, 1600, 0, 0), (60, 1000, 0, 600)]);
+        let h = analyze(&w, with_consumers(1), &PARAMS, at(60));
+        assert_eq!(h.drain_eta, Some(100.0));
+    }
+
+    #[test]
+    fn drain_eta_of_an_empty_queue_is_zero() {
+        let w = window(&[(0, 0, 0, 0), (60, 0, 100, 100)]);
+        assert_eq!(
+            analyze(&w, with_consumers(1), &PARAMS, at(60)).drain_eta,
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn oldest_message_age_interpolates_the_publish_history() {
+        // 10 msg/s published from t=0, 400 consumed by t=60: the head is message 401, published at t=40.
+        let w = window(&[
+            (0, 0, 0, 0),
+            (20, 200, 200, 0),
+            (40, 400, 400, 100),
+            (60, 200, 600, 400),
+        ]);
+        let h = analyze(&w, with_consumers(1), &PARAMS, at(60));
+        assert_eq!(h.oldest_message_age, Some(20.0));
+    }
+
+    #[test]
+    fn oldest_message_older_than_the_window_is_a_lower_bound() {
+        let w = window(&[(0, 500, 1000, 500), (60, 500, 1000, 500)]);
+        let h = analyze(&w, with_consumers(0), &PARAMS, at(70));
+        assert_eq!(h.oldest_message_age, Some(70.0));
+    }
+
+    #[test]
+    fn head_message_timestamp_wins_when_present() {
+        let w = window(&[(0, 5, 5, 0), (60, 5, 5, 0)]);
+        let latest = Latest {
+            consumers: 0,
+            head_message_timestamp: Some(30.0),
+        };
+        assert_eq!(
+            analyze(&w, latest, &PARAMS, at(60)).oldest_message_age,
+            Some(30.0)
+        );
+    }
+
+    #[test]
+    fn depth_only_mode_has_no_rates_but_still_judges_depth() {
+        let w = depth_window(&[(0, 0), (20, 100), (40, 200), (60, 300)]);
+        let h = analyze(&w, with_consumers(1), &PARAMS, at(60));
+        assert_eq!(h.publish_rate, None);
+        assert_eq!(h.consume_rate, None);
+        assert_eq!(h.status, Status::Growing);
+        assert_eq!(h.drain_eta, Some(f64::INFINITY));
+        let w = depth_window(&[(0, 300), (20, 200), (40, 100), (60, 50)]);
+        let h = analyze(&w, with_consumers(1), &PARAMS, at(60));
+        assert_eq!(h.status, Status::Draining);
+        assert!((h.drain_eta.unwrap() - 50.0 / 4.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn depth_only_mode_never_claims_stalled() {
+        let w = depth_window(&[(0, 20), (20, 20), (40, 20), (60, 20)]);
+        assert_eq!(
+            analyze(&w, with_consumers(1), &PARAMS, at(60)).status,
+            Status::Ok
+        );
+    }
+}

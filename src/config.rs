@@ -1,0 +1,679 @@
+//! Configuration: YAML → `RawConfig` (serde, unknown keys rejected) → `validate()` → `Config`.
+//!
+//! Everything a user can get wrong is checked here, once, and every mistake is reported together with
+//! its `file:line:col`. Downstream code receives compiled regexes, parsed durations and read secrets,
+//! and never re-validates. Nothing here panics on user input.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9488";
+
+/// One problem in a config file, with where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: u64,
+    pub col: u64,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} error(s) in {}:\n{}", .0.len(), .0[0].file.display(), .0.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Diagnostic>),
+}
+
+/// A secret value: never printed, whatever formats it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+// ---------------------------------------------------------------- validated config
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub state: StateConfig,
+    pub clusters: Vec<ClusterConfig>,
+    pub analysis: AnalysisConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub api_token: Option<Secret>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StateConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub url: reqwest::Url,
+    pub username: String,
+    pub password: Secret,
+    pub tls: TlsConfig,
+    pub poll_interval: Duration,
+    pub timeout: Duration,
+    pub page_size: u32,
+    pub vhosts: NameFilter,
+    pub queues: NameFilter,
+    pub max_queues: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TlsConfig {
+    /// PEM bytes of extra trusted CA certificates.
+    pub ca_pem: Option<Vec<u8>>,
+    pub insecure_skip_verify: bool,
+}
+
+/// Include/exclude regexes over names; a name is watched when it matches `include` and not `exclude`.
+#[derive(Clone, Debug)]
+pub struct NameFilter {
+    pub include: Regex,
+    pub exclude: Option<Regex>,
+}
+
+impl NameFilter {
+    pub fn matches(&self, name: &str) -> bool {
+        self.include.is_match(name) && !self.exclude.as_ref().is_some_and(|re| re.is_match(name))
+    }
+
+    /// True when every name passes, so a scrape can ask for everything at once.
+    pub fn is_match_all(&self) -> bool {
+        self.exclude.is_none() && matches!(self.include.as_str(), ".*" | "" | "^.*$")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AnalysisConfig {
+    pub window: Duration,
+}
+
+// ---------------------------------------------------------------- raw (serde) config
+
+type S = Spanned<String>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    state: RawState,
+    clusters: Spanned<Vec<RawCluster>>,
+    #[serde(default)]
+    analysis: RawAnalysis,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<S>,
+    api_token_file: Option<S>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    path: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: S,
+    url: S,
+    username: Option<S>,
+    password: Option<S>,
+    password_file: Option<S>,
+    tls: Option<RawTls>,
+    poll_interval: Option<S>,
+    timeout: Option<S>,
+    page_size: Option<Spanned<u32>>,
+    vhosts: Option<RawFilter>,
+    queues: Option<RawFilter>,
+    max_queues: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_file: Option<S>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilter {
+    include: Option<S>,
+    exclude: Option<S>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnalysis {
+    window: Option<S>,
+}
+
+// ---------------------------------------------------------------- loading
+
+/// Where the config comes from: `--config`, else `$RABBITWATCH_CONFIG`, else `./rabbitwatch.yaml`.
+pub fn resolve_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("RABBITWATCH_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("rabbitwatch.yaml"))
+}
+
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text, &|name| std::env::var(name).ok())
+}
+
+/// Parses and validates config text. `env` looks up `${VAR}` references (injected for tests).
+pub fn parse(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut options = serde_saphyr::Options::default();
+    options.with_snippet = false;
+    let raw: RawConfig = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+        let (line, col) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+        ConfigError::Invalid(vec![Diagnostic {
+            file: path.to_path_buf(),
+            line,
+            col,
+            message: syntax_message(&e),
+        }])
+    })?;
+    let mut v = Validator {
+        file: path.to_path_buf(),
+        dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        env,
+        errors: Vec::new(),
+    };
+    let config = v.config(raw);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        v.errors.sort_by_key(|d| (d.line, d.col));
+        Err(ConfigError::Invalid(v.errors))
+    }
+}
+
+/// serde-saphyr appends " at line X column Y" to some messages; we print the location ourselves.
+fn syntax_message(e: &serde_saphyr::Error) -> String {
+    let msg = e.to_string();
+    let msg = msg.lines().next().unwrap_or_default().to_string();
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    }
+}
+
+struct Validator<'a> {
+    file: PathBuf,
+    dir: PathBuf,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<Diagnostic>,
+}
+
+impl Validator<'_> {
+    fn error_at<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        self.errors.push(Diagnostic {
+            file: self.file.clone(),
+            line: at.referenced.line(),
+            col: at.referenced.column(),
+            message: message.into(),
+        });
+    }
+
+    /// Expands `${VAR}` (and `$$` to `$`); an undefined variable is an error at the value.
+    fn string(&mut self, s: &S) -> String {
+        let raw = &s.value;
+        let mut out = String::with_capacity(raw.len());
+        let mut rest = raw.as_str();
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            rest = &rest[i..];
+            if let Some(tail) = rest.strip_prefix("$$") {
+                out.push('$');
+                rest = tail;
+            } else if let Some(tail) = rest.strip_prefix("${") {
+                let Some(end) = tail.find('}') else {
+                    self.error_at(s, "unterminated ${…} reference");
+                    return out;
+                };
+                let name = &tail[..end];
+                match (self.env)(name) {
+                    Some(val) => out.push_str(&val),
+                    None => self.error_at(s, format!("environment variable {name} is not set")),
+                }
+                rest = &tail[end + 1..];
+            } else {
+                out.push('$');
+                rest = &rest[1..];
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    fn path(&mut self, s: &S) -> PathBuf {
+        let p = PathBuf::from(self.string(s));
+        if p.is_relative() { self.dir.join(p) } else { p }
+    }
+
+    fn read_file(&mut self, s: &S, what: &str) -> Option<Vec<u8>> {
+        let p = self.path(s);
+        match std::fs::read(&p) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                self.error_at(s, format!("cannot read {what} {}: {e}", p.display()));
+                None
+            }
+        }
+    }
+
+    fn secret_file(&mut self, s: &S, what: &str) -> Option<Secret> {
+        let bytes = self.read_file(s, what)?;
+        match String::from_utf8(bytes) {
+            Ok(text) => Some(Secret::new(text.trim_end_matches(['\n', '\r']).to_string())),
+            Err(_) => {
+                self.error_at(s, format!("{what} is not UTF-8 text"));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, s: Option<&S>, default: Duration, min: Duration, key: &str) -> Duration {
+        let Some(s) = s else { return default };
+        let text = self.string(s);
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) if d >= min => d,
+            Ok(_) => {
+                self.error_at(
+                    s,
+                    format!("{key} must be at least {}", humantime::format_duration(min)),
+                );
+                default
+            }
+            Err(e) => {
+                self.error_at(
+                    s,
+                    format!(
+                        "{key}: invalid duration {text:?} ({e}); expected e.g. \"10s\", \"5m\""
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn regex(&mut self, s: &S, key: &str) -> Option<Regex> {
+        let text = self.string(s);
+        match Regex::new(&text) {
+            Ok(re) => Some(re),
+            Err(e) => {
+                let detail = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                self.error_at(s, format!("{key}: invalid regex {text:?}: {detail}"));
+                None
+            }
+        }
+    }
+
+    fn filter(
+        &mut self,
+        raw: Option<&RawFilter>,
+        default_exclude: Option<&str>,
+        key: &str,
+    ) -> NameFilter {
+        let include = raw
+            .and_then(|f| f.include.as_ref())
+            .and_then(|s| self.regex(s, &format!("{key}.include")))
+            .unwrap_or_else(|| Regex::new(".*").expect("literal regex"));
+        let exclude = match raw.and_then(|f| f.exclude.as_ref()) {
+            Some(s) if s.value.is_empty() => None,
+            Some(s) => self.regex(s, &format!("{key}.exclude")),
+            None => default_exclude.map(|d| Regex::new(d).expect("literal regex")),
+        };
+        NameFilter { include, exclude }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let server = self.server(&raw.server);
+        let state = StateConfig {
+            path: match &raw.state.path {
+                Some(s) => self.path(s),
+                None => self.dir.join("data"),
+            },
+        };
+        let analysis = AnalysisConfig {
+            window: self.duration(
+                raw.analysis.window.as_ref(),
+                Duration::from_secs(300),
+                Duration::from_secs(1),
+                "analysis.window",
+            ),
+        };
+        if raw.clusters.value.is_empty() {
+            self.error_at(&raw.clusters, "clusters: at least one cluster is required");
+        }
+        let mut clusters: Vec<ClusterConfig> = Vec::new();
+        for rc in &raw.clusters.value {
+            let c = self.cluster(rc);
+            if clusters.iter().any(|o| o.name == c.name) {
+                self.error_at(&rc.name, format!("duplicate cluster name {:?}", c.name));
+            }
+            if analysis.window < c.poll_interval * 3 {
+                let at = raw.analysis.window.as_ref().unwrap_or(&rc.name);
+                self.error_at(
+                    at,
+                    format!(
+                        "analysis.window ({}) must hold at least 3 polls of cluster {:?} (poll_interval {})",
+                        humantime::format_duration(analysis.window),
+                        c.name,
+                        humantime::format_duration(c.poll_interval)
+                    ),
+                );
+            }
+            clusters.push(c);
+        }
+        Config {
+            source: self.file.clone(),
+            server,
+            state,
+            clusters,
+            analysis,
+        }
+    }
+
+    fn server(&mut self, raw: &RawServer) -> ServerConfig {
+        let listen = match &raw.listen {
+            Some(s) => {
+                let text = self.string(s);
+                text.parse::<SocketAddr>().unwrap_or_else(|e| {
+                    self.error_at(
+                        s,
+                        format!("server.listen: {e}; expected host:port such as {DEFAULT_LISTEN}"),
+                    );
+                    DEFAULT_LISTEN.parse().expect("literal address")
+                })
+            }
+            None => DEFAULT_LISTEN.parse().expect("literal address"),
+        };
+        let api_token = raw
+            .api_token_file
+            .as_ref()
+            .and_then(|s| self.secret_file(s, "server.api_token_file"));
+        if let (Some(token), Some(s)) = (&api_token, &raw.api_token_file)
+            && token.expose().is_empty()
+        {
+            self.error_at(s, "server.api_token_file is empty");
+        }
+        if !listen.ip().is_loopback() && api_token.is_none() && raw.api_token_file.is_none() {
+            let at = raw
+                .listen
+                .as_ref()
+                .expect("a non-default address was given");
+            self.error_at(
+                at,
+                format!(
+                    "refusing to listen on non-loopback address {listen} without server.api_token_file \
+                     (anyone who can reach it could change alerting); set a token or listen on 127.0.0.1"
+                ),
+            );
+        }
+        ServerConfig { listen, api_token }
+    }
+
+    fn cluster(&mut self, rc: &RawCluster) -> ClusterConfig {
+        let name = self.string(&rc.name);
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            self.error_at(
+                &rc.name,
+                format!("cluster name {name:?} must be non-empty and use only A-Z a-z 0-9 - _ ."),
+            );
+        }
+        let url_text = self.string(&rc.url);
+        let url = match reqwest::Url::parse(url_text.trim_end_matches('/')) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
+            Ok(_) | Err(_) => {
+                self.error_at(
+                    &rc.url,
+                    format!("url {url_text:?} is not an http(s) URL of the management API, e.g. http://127.0.0.1:15672"),
+                );
+                reqwest::Url::parse("http://invalid.invalid").expect("literal url")
+            }
+        };
+        let username = match &rc.username {
+            Some(s) => self.string(s),
+            None => {
+                self.error_at(
+                    &rc.name,
+                    "username is required (a user with the monitoring tag)",
+                );
+                String::new()
+            }
+        };
+        let password = match (&rc.password, &rc.password_file) {
+            (Some(p), None) => Secret::new(self.string(p)),
+            (None, Some(f)) => self.secret_file(f, "password_file").unwrap_or_default(),
+            (Some(p), Some(_)) => {
+                self.error_at(p, "set either password or password_file, not both");
+                Secret::default()
+            }
+            (None, None) => {
+                self.error_at(&rc.name, "password or password_file is required");
+                Secret::default()
+            }
+        };
+        let tls = match &rc.tls {
+            Some(t) => TlsConfig {
+                ca_pem: t
+                    .ca_file
+                    .as_ref()
+                    .and_then(|s| self.read_file(s, "tls.ca_file")),
+                insecure_skip_verify: t.insecure_skip_verify,
+            },
+            None => TlsConfig::default(),
+        };
+        let poll_interval = self.duration(
+            rc.poll_interval.as_ref(),
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+            "poll_interval",
+        );
+        let timeout = self.duration(
+            rc.timeout.as_ref(),
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+            "timeout",
+        );
+        let page_size = match &rc.page_size {
+            Some(s) if !(100..=500).contains(&s.value) => {
+                self.error_at(
+                    s,
+                    "page_size must be between 100 and 500 (RabbitMQ rejects pages above 500)",
+                );
+                500
+            }
+            Some(s) => s.value,
+            None => 500,
+        };
+        let max_queues = match &rc.max_queues {
+            Some(s) if s.value == 0 => {
+                self.error_at(s, "max_queues must be at least 1");
+                50_000
+            }
+            Some(s) => s.value,
+            None => 50_000,
+        };
+        ClusterConfig {
+            name,
+            url,
+            username,
+            password,
+            tls,
+            poll_interval,
+            timeout,
+            page_size,
+            vhosts: self.filter(rc.vhosts.as_ref(), None, "vhosts"),
+            queues: self.filter(rc.queues.as_ref(), Some(r"^amq\."), "queues"),
+            max_queues,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Config, ConfigError> {
+        parse(
+            Path::new("/etc/rw/rabbitwatch.yaml"),
+            text,
+            &|name| match name {
+                "RW_PASSWORD" => Some("s3cret".into()),
+                _ => None,
+            },
+        )
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse_str(text) {
+            Ok(_) => panic!("expected errors"),
+            Err(ConfigError::Invalid(d)) => d.iter().map(ToString::to_string).collect(),
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+
+    const MINIMAL: &str = "clusters:\n  - name: local\n    url: http://127.0.0.1:15672\n    username: guest\n    password: ${RW_PASSWORD}\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse_str(MINIMAL).unwrap();
+        assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.state.path, PathBuf::from("/etc/rw/data"));
+        let cl = &c.clusters[0];
+        assert_eq!(cl.password.expose(), "s3cret");
+        assert_eq!(cl.poll_interval, Duration::from_secs(10));
+        assert_eq!(cl.page_size, 500);
+        assert!(cl.queues.matches("orders"));
+        assert!(!cl.queues.matches("amq.gen-123"));
+        assert_eq!(c.analysis.window, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn every_mistake_is_reported_with_its_line() {
+        let text = "clusters:\n  - name: local\n    url: not-a-url\n    username: guest\n    password: ${NOPE}\n    poll_interval: 10 parsecs\n    queues: { include: \"([\" }\n";
+        let errs = errors(text);
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+        assert!(
+            errs[0].starts_with("/etc/rw/rabbitwatch.yaml:3:"),
+            "{}",
+            errs[0]
+        );
+        assert!(errs[0].contains("not-a-url"));
+        assert!(errs[1].starts_with("/etc/rw/rabbitwatch.yaml:5:") && errs[1].contains("NOPE"));
+        assert!(errs[2].starts_with("/etc/rw/rabbitwatch.yaml:6:") && errs[2].contains("parsecs"));
+        assert!(errs[3].starts_with("/etc/rw/rabbitwatch.yaml:7:") && errs[3].contains("regex"));
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_location() {
+        let errs = errors(&format!("{MINIMAL}    pol_interval: 5s\n"));
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with("/etc/rw/rabbitwatch.yaml:6:"),
+            "{}",
+            errs[0]
+        );
+        assert!(errs[0].contains("pol_interval"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn non_loopback_listen_without_token_is_refused() {
+        let errs = errors(&format!("server:\n  listen: 0.0.0.0:9488\n{MINIMAL}"));
+        assert!(errs[0].contains("refusing to listen"), "{errs:?}");
+    }
+
+    #[test]
+    fn window_must_hold_three_polls() {
+        let errs = errors(&format!(
+            "{MINIMAL}    poll_interval: 30s\nanalysis:\n  window: 1m\n"
+        ));
+        assert!(errs[0].contains("at least 3 polls"), "{errs:?}");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let c = parse_str(MINIMAL).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn dollar_dollar_is_a_literal_dollar() {
+        let c = parse_str(&MINIMAL.replace("${RW_PASSWORD}", "pa$$word")).unwrap();
+        assert_eq!(c.clusters[0].password.expose(), "pa$word");
+    }
+}

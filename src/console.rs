@@ -1,0 +1,168 @@
+//! The `rabbitwatch status` table: plain text for a terminal, from the daemon's `/api/v1/queues`.
+//!
+//! Pure formatting. Names are made safe for a terminal: control characters (escape sequences, newlines)
+//! are shown escaped rather than interpreted.
+
+use crate::http::QueueRow;
+
+const HEADERS: [&str; 11] = [
+    "CLUSTER",
+    "VHOST",
+    "QUEUE",
+    "READY",
+    "UNACKED",
+    "CONSUMERS",
+    "IN/S",
+    "OUT/S",
+    "GROWTH/S",
+    "DRAIN ETA",
+    "STATUS",
+];
+
+/// Most urgent first, then by growth: the queue to look at is at the top.
+fn urgency(status: &str) -> u8 {
+    match status {
+        "stalled" => 0,
+        "no_consumers" => 1,
+        "growing" => 2,
+        "draining" => 3,
+        "insufficient_data" => 4,
+        "ok" => 5,
+        _ => 6,
+    }
+}
+
+pub fn terminal_safe(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+fn rate(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |r| format!("{r:.1}"))
+}
+
+/// `drain_eta_seconds` is null both when unknown and when it will never drain; the status tells which.
+fn eta(row: &QueueRow) -> String {
+    match row.drain_eta_seconds {
+        Some(0.0) => "0s".to_string(),
+        Some(s) => {
+            humantime::format_duration(std::time::Duration::from_secs(s.ceil() as u64)).to_string()
+        }
+        None if row.messages > 0 && row.status != "insufficient_data" => "never".to_string(),
+        None => "-".to_string(),
+    }
+}
+
+pub fn render_table(mut rows: Vec<QueueRow>) -> String {
+    rows.sort_by(|a, b| {
+        urgency(&a.status)
+            .cmp(&urgency(&b.status))
+            .then_with(|| {
+                b.backlog_growth
+                    .unwrap_or(0.0)
+                    .total_cmp(&a.backlog_growth.unwrap_or(0.0))
+            })
+            .then_with(|| (&a.cluster, &a.vhost, &a.queue).cmp(&(&b.cluster, &b.vhost, &b.queue)))
+    });
+    let cells: Vec<[String; 11]> = rows
+        .iter()
+        .map(|r| {
+            [
+                terminal_safe(&r.cluster),
+                terminal_safe(&r.vhost),
+                terminal_safe(&r.queue),
+                r.messages_ready.to_string(),
+                r.messages_unacked.to_string(),
+                r.consumers.to_string(),
+                rate(r.publish_rate),
+                rate(r.consume_rate),
+                rate(r.backlog_growth),
+                eta(r),
+                r.status.clone(),
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = HEADERS.iter().map(|h| h.len()).collect();
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cols: Vec<&str>| {
+        let mut l = String::new();
+        for (i, (c, w)) in cols.iter().zip(&widths).enumerate() {
+            let numeric = (3..=8).contains(&i);
+            if numeric {
+                l.push_str(&format!("{c:>w$}  "));
+            } else {
+                l.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(HEADERS.to_vec());
+    for row in &cells {
+        line(row.iter().map(String::as_str).collect());
+    }
+    if rows.is_empty() {
+        out.push_str("(no queues watched yet)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(queue: &str, status: &str, growth: f64) -> QueueRow {
+        QueueRow {
+            cluster: "local".into(),
+            vhost: "/".into(),
+            queue: queue.into(),
+            messages: 10,
+            messages_ready: 8,
+            messages_unacked: 2,
+            consumers: 1,
+            publish_rate: Some(40.0),
+            consume_rate: Some(15.0),
+            deliver_rate: Some(15.0),
+            redeliver_rate: Some(0.0),
+            backlog_growth: Some(growth),
+            drain_eta_seconds: None,
+            oldest_message_age_seconds: None,
+            status: status.into(),
+        }
+    }
+
+    #[test]
+    fn most_urgent_queue_comes_first() {
+        let t = render_table(vec![
+            row("calm", "ok", 0.0),
+            row("hot", "growing", 25.0),
+            row("stuck", "stalled", 0.0),
+        ]);
+        let order: Vec<&str> = t
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().nth(2).unwrap())
+            .collect();
+        assert_eq!(order, vec!["stuck", "hot", "calm"]);
+        assert!(t.contains("never"), "{t}");
+    }
+
+    #[test]
+    fn escape_sequences_in_names_are_not_interpreted() {
+        let t = render_table(vec![row("evil\u{1b}[2Jname\n", "ok", 0.0)]);
+        assert!(!t.contains('\u{1b}'));
+        assert!(t.contains("evil\\u{1b}[2Jname\\n"), "{t}");
+    }
+}

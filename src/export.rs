@@ -1,0 +1,446 @@
+//! Prometheus text exposition (format 0.0.4) rendered from the latest `ClusterView`s.
+//!
+//! Rendering reads published views only; it never fetches (a slow broker cannot pile up scrapes here)
+//! and keeps no series registry, so a queue that left the view is simply not written: nothing to reset.
+//! Written by hand rather than through a metrics registry because at 100k queues the registry's per-series
+//! bookkeeping dominates; each queue's label set is escaped once and copied.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use crate::domain::{StatsMode, Timestamp};
+use crate::snapshot::NodeSample;
+use crate::view::{ClusterView, QueueView, escape_label_value};
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+struct Out {
+    buf: String,
+}
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.buf, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: f64) {
+        self.buf.push_str(name);
+        if !labels.is_empty() {
+            self.buf.push('{');
+            self.buf.push_str(labels);
+            self.buf.push('}');
+        }
+        self.buf.push(' ');
+        push_f64(&mut self.buf, value);
+        self.buf.push('\n');
+    }
+}
+
+fn push_f64(buf: &mut String, v: f64) {
+    if v.is_nan() {
+        buf.push_str("NaN");
+    } else if v.is_infinite() {
+        buf.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        buf.push_str(itoa::Buffer::new().format(v as i64));
+    } else {
+        buf.push_str(ryu::Buffer::new().format_finite(v));
+    }
+}
+
+fn label(name: &str, value: &str) -> String {
+    let mut s = String::with_capacity(name.len() + value.len() + 3);
+    s.push_str(name);
+    s.push_str("=\"");
+    escape_label_value(&mut s, value);
+    s.push('"');
+    s
+}
+
+type QueueGauge = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&QueueView) -> Option<f64>,
+);
+
+/// Per-queue families: name, type, help, value (absent when unknown rather than a made-up zero).
+const QUEUE_FAMILIES: &[QueueGauge] = &[
+    (
+        "rabbitwatch_queue_messages",
+        "gauge",
+        "Messages in the queue (ready + unacknowledged).",
+        |q| Some(q.sample.messages as f64),
+    ),
+    (
+        "rabbitwatch_queue_messages_ready",
+        "gauge",
+        "Messages ready for delivery.",
+        |q| Some(q.sample.messages_ready as f64),
+    ),
+    (
+        "rabbitwatch_queue_messages_unacked",
+        "gauge",
+        "Messages delivered and not yet acknowledged.",
+        |q| Some(q.sample.messages_unacked as f64),
+    ),
+    (
+        "rabbitwatch_queue_consumers",
+        "gauge",
+        "Consumers attached to the queue.",
+        |q| Some(q.sample.consumers as f64),
+    ),
+    (
+        "rabbitwatch_queue_published_total",
+        "counter",
+        "Messages published into the queue, as counted by the broker.",
+        |q| q.sample.counters.map(|c| c.publish as f64),
+    ),
+    (
+        "rabbitwatch_queue_consumed_total",
+        "counter",
+        "Messages that left the queue (acks, no-ack deliveries and gets).",
+        |q| q.sample.counters.map(|c| c.consumed() as f64),
+    ),
+    (
+        "rabbitwatch_queue_redelivered_total",
+        "counter",
+        "Messages delivered again after a requeue or a lost consumer.",
+        |q| q.sample.counters.map(|c| c.redeliver as f64),
+    ),
+    (
+        "rabbitwatch_queue_publish_rate",
+        "gauge",
+        "Messages published per second over the analysis window.",
+        |q| q.health.publish_rate,
+    ),
+    (
+        "rabbitwatch_queue_deliver_rate",
+        "gauge",
+        "Messages delivered per second over the analysis window.",
+        |q| q.health.deliver_rate,
+    ),
+    (
+        "rabbitwatch_queue_consume_rate",
+        "gauge",
+        "Messages leaving the queue per second over the analysis window.",
+        |q| q.health.consume_rate,
+    ),
+    (
+        "rabbitwatch_queue_redeliver_rate",
+        "gauge",
+        "Messages redelivered per second over the analysis window.",
+        |q| q.health.redeliver_rate,
+    ),
+    (
+        "rabbitwatch_queue_backlog_growth_rate",
+        "gauge",
+        "Least-squares slope of the queue depth over the analysis window, messages per second.",
+        |q| q.health.backlog_growth,
+    ),
+    (
+        "rabbitwatch_queue_drain_eta_seconds",
+        "gauge",
+        "Seconds until the queue is empty at current rates; +Inf when consumers are slower than publishers.",
+        |q| q.health.drain_eta,
+    ),
+    (
+        "rabbitwatch_queue_oldest_message_age_seconds",
+        "gauge",
+        "Estimated age of the oldest message (a lower bound when older than the window).",
+        |q| q.health.oldest_message_age,
+    ),
+];
+
+type NodeGauge = (&'static str, &'static str, fn(&NodeSample) -> f64);
+
+const NODE_FAMILIES: &[NodeGauge] = &[
+    (
+        "rabbitwatch_node_running",
+        "1 if the node is running.",
+        |n| f64::from(u8::from(n.running)),
+    ),
+    (
+        "rabbitwatch_node_mem_used_bytes",
+        "Memory used by the node.",
+        |n| n.mem_used as f64,
+    ),
+    (
+        "rabbitwatch_node_mem_limit_bytes",
+        "Memory high watermark of the node.",
+        |n| n.mem_limit as f64,
+    ),
+    (
+        "rabbitwatch_node_mem_alarm",
+        "1 while the memory alarm blocks publishers.",
+        |n| f64::from(u8::from(n.mem_alarm)),
+    ),
+    (
+        "rabbitwatch_node_disk_free_bytes",
+        "Free disk space on the node.",
+        |n| n.disk_free as f64,
+    ),
+    (
+        "rabbitwatch_node_disk_free_limit_bytes",
+        "Free disk space below which the disk alarm fires.",
+        |n| n.disk_free_limit as f64,
+    ),
+    (
+        "rabbitwatch_node_disk_alarm",
+        "1 while the disk alarm blocks publishers.",
+        |n| f64::from(u8::from(n.disk_alarm)),
+    ),
+    (
+        "rabbitwatch_node_fd_used",
+        "File descriptors in use.",
+        |n| n.fd_used as f64,
+    ),
+    (
+        "rabbitwatch_node_fd_limit",
+        "File descriptors available.",
+        |n| n.fd_total as f64,
+    ),
+    (
+        "rabbitwatch_node_partitions",
+        "Nodes this node sees as partitioned away.",
+        |n| n.partitions as f64,
+    ),
+];
+
+/// Renders every metric. `now` decides which clusters' data is still fresh enough to present.
+pub fn render(clusters: &[Arc<ClusterView>], now: Timestamp) -> String {
+    let fresh: Vec<&ClusterView> = clusters
+        .iter()
+        .map(Arc::as_ref)
+        .filter(|c| c.is_fresh(now))
+        .collect();
+    let queue_count: usize = fresh.iter().map(|c| c.queues.len()).sum();
+    let mut o = Out {
+        buf: String::with_capacity(4096 + queue_count * 1700),
+    };
+
+    o.family(
+        "rabbitwatch_build_info",
+        "gauge",
+        "Build information; always 1.",
+    );
+    o.sample(
+        "rabbitwatch_build_info",
+        &label("version", env!("CARGO_PKG_VERSION")),
+        1.0,
+    );
+
+    let cl: Vec<String> = clusters.iter().map(|c| label("cluster", &c.name)).collect();
+    o.family(
+        "rabbitwatch_up",
+        "gauge",
+        "1 if the last scrape of the cluster's management API succeeded.",
+    );
+    for (c, l) in clusters.iter().zip(&cl) {
+        o.sample("rabbitwatch_up", l, f64::from(u8::from(c.up)));
+    }
+    o.family(
+        "rabbitwatch_scrape_duration_seconds",
+        "gauge",
+        "Duration of the last scrape of the cluster.",
+    );
+    for (c, l) in clusters.iter().zip(&cl) {
+        if let Some(d) = c.scrape_duration {
+            o.sample("rabbitwatch_scrape_duration_seconds", l, d);
+        }
+    }
+    o.family(
+        "rabbitwatch_scrape_errors_total",
+        "counter",
+        "Failed scrapes by reason.",
+    );
+    for (c, l) in clusters.iter().zip(&cl) {
+        for (reason, n) in &c.errors_total {
+            o.sample(
+                "rabbitwatch_scrape_errors_total",
+                &format!("{l},{}", label("reason", reason)),
+                *n as f64,
+            );
+        }
+    }
+    o.family(
+        "rabbitwatch_scrape_skipped_total",
+        "counter",
+        "Poll ticks skipped because the previous scrape was still running.",
+    );
+    for (c, l) in clusters.iter().zip(&cl) {
+        o.sample(
+            "rabbitwatch_scrape_skipped_total",
+            l,
+            c.skipped_total as f64,
+        );
+    }
+    o.family(
+        "rabbitwatch_last_scrape_timestamp_seconds",
+        "gauge",
+        "Unix time of the last successful scrape.",
+    );
+    for (c, l) in clusters.iter().zip(&cl) {
+        if let Some(t) = c.last_success {
+            o.sample(
+                "rabbitwatch_last_scrape_timestamp_seconds",
+                l,
+                t.as_secs_f64(),
+            );
+        }
+    }
+    o.family(
+        "rabbitwatch_cluster_stats_mode",
+        "gauge",
+        "1 for the statistics mode the broker runs in (full, or depth_only without message rates).",
+    );
+    for (c, l) in clusters.iter().zip(&cl) {
+        if c.last_success.is_some() {
+            for m in StatsMode::ALL {
+                o.sample(
+                    "rabbitwatch_cluster_stats_mode",
+                    &format!("{l},{}", label("mode", m.as_str())),
+                    f64::from(u8::from(c.stats_mode == m)),
+                );
+            }
+        }
+    }
+    o.family(
+        "rabbitwatch_cluster_queues",
+        "gauge",
+        "Queues watched in the cluster.",
+    );
+    for c in &fresh {
+        o.sample(
+            "rabbitwatch_cluster_queues",
+            &label("cluster", &c.name),
+            c.queues.len() as f64,
+        );
+    }
+    o.family(
+        "rabbitwatch_cluster_queues_truncated",
+        "gauge",
+        "Queues not watched because of max_queues (those with the smallest backlog).",
+    );
+    for c in &fresh {
+        o.sample(
+            "rabbitwatch_cluster_queues_truncated",
+            &label("cluster", &c.name),
+            c.truncated as f64,
+        );
+    }
+
+    for (name, help, value) in NODE_FAMILIES {
+        o.family(name, "gauge", help);
+        for c in &fresh {
+            for n in c.nodes.iter() {
+                let l = format!("{},{}", label("cluster", &c.name), label("node", &n.name));
+                o.sample(name, &l, value(n));
+            }
+        }
+    }
+
+    for (name, kind, help, value) in QUEUE_FAMILIES {
+        o.family(name, kind, help);
+        for c in &fresh {
+            for q in c.queues.iter() {
+                if let Some(v) = value(q) {
+                    o.sample(name, &q.prom_labels, v);
+                }
+            }
+        }
+    }
+    o.family(
+        "rabbitwatch_queue_status",
+        "gauge",
+        "The queue's current health status; the series with value 1 names it.",
+    );
+    for c in &fresh {
+        for q in c.queues.iter() {
+            let buf = &mut o.buf;
+            buf.push_str("rabbitwatch_queue_status{");
+            buf.push_str(&q.prom_labels);
+            buf.push_str(",status=\"");
+            buf.push_str(q.health.status.as_str());
+            buf.push_str("\"} 1\n");
+        }
+    }
+    o.buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::{QueueHealth, Status};
+    use crate::domain::QueueKey;
+    use crate::snapshot::QueueSample;
+    use std::time::Duration;
+
+    fn view(up: bool, last_success: Option<i64>) -> ClusterView {
+        let mut v = ClusterView::new("local", Duration::from_secs(10));
+        v.up = up;
+        v.last_success = last_success.map(Timestamp);
+        v.queues = Arc::new(vec![QueueView {
+            sample: QueueSample {
+                key: QueueKey {
+                    vhost: Arc::from("/"),
+                    name: "orders".into(),
+                },
+                kind: "classic".into(),
+                durable: true,
+                messages: 12,
+                messages_ready: 10,
+                messages_unacked: 2,
+                consumers: 1,
+                consumer_utilisation: None,
+                counters: None,
+                head_message_timestamp: None,
+                max_length: None,
+            },
+            health: QueueHealth {
+                drain_eta: Some(f64::INFINITY),
+                backlog_growth: Some(0.5),
+                status: Status::Growing,
+                ..Default::default()
+            },
+            prom_labels: Arc::from(r#"cluster="local",vhost="/",queue="orders""#),
+        }]);
+        v
+    }
+
+    #[test]
+    fn fresh_cluster_exports_its_queues() {
+        let text = render(&[Arc::new(view(true, Some(100_000)))], Timestamp(105_000));
+        assert!(text.contains("rabbitwatch_up{cluster=\"local\"} 1\n"));
+        assert!(text.contains(
+            "rabbitwatch_queue_messages{cluster=\"local\",vhost=\"/\",queue=\"orders\"} 12\n"
+        ));
+        assert!(text.contains("rabbitwatch_queue_drain_eta_seconds{cluster=\"local\",vhost=\"/\",queue=\"orders\"} +Inf\n"));
+        assert!(text.contains("rabbitwatch_queue_backlog_growth_rate{cluster=\"local\",vhost=\"/\",queue=\"orders\"} 0.5\n"));
+        assert!(text.contains("rabbitwatch_queue_status{cluster=\"local\",vhost=\"/\",queue=\"orders\",status=\"growing\"} 1\n"));
+    }
+
+    #[test]
+    fn unknown_rates_are_absent_not_zero() {
+        let text = render(&[Arc::new(view(true, Some(100_000)))], Timestamp(105_000));
+        assert!(!text.contains("rabbitwatch_queue_publish_rate{"));
+        assert!(!text.contains("rabbitwatch_queue_published_total{"));
+    }
+
+    #[test]
+    fn stale_cluster_data_is_not_presented_as_current() {
+        let text = render(&[Arc::new(view(false, Some(100_000)))], Timestamp(200_000));
+        assert!(text.contains("rabbitwatch_up{cluster=\"local\"} 0\n"));
+        assert!(!text.contains("rabbitwatch_queue_messages{"));
+    }
+
+    #[test]
+    fn floats_render_in_prometheus_syntax() {
+        let mut s = String::new();
+        for v in [1.0, 0.25, f64::INFINITY, f64::NEG_INFINITY, f64::NAN, 1e20] {
+            push_f64(&mut s, v);
+            s.push(' ');
+        }
+        assert_eq!(s, "1 0.25 +Inf -Inf NaN 1e20 ");
+    }
+}

@@ -1,0 +1,278 @@
+//! The HTTP server: `/metrics`, health endpoints and the read API.
+//!
+//! Handlers read published views only (`ArcSwap` loads); none of them talks to a broker.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::Status;
+use crate::domain::Timestamp;
+use crate::export;
+use crate::view::{ClusterHandle, ClusterView, LastError};
+
+/// What the handlers can see: read-only handles, nothing to mutate.
+#[derive(Clone)]
+pub struct HttpState {
+    pub clusters: Arc<Vec<Arc<ClusterHandle>>>,
+    pub state_dir: PathBuf,
+    pub started_at: Timestamp,
+}
+
+impl HttpState {
+    fn views(&self) -> Vec<Arc<ClusterView>> {
+        self.clusters.iter().map(|c| c.view.load_full()).collect()
+    }
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/queues", get(queues))
+        .with_state(state)
+}
+
+async fn metrics(State(st): State<HttpState>) -> Response {
+    let views = st.views();
+    // Rendering 100k queues takes a while; keep it off the async worker threads.
+    match tokio::task::spawn_blocking(move || export::render(&views, Timestamp::now())).await {
+        Ok(body) => ([(header::CONTENT_TYPE, export::CONTENT_TYPE)], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("render failed: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Serialize)]
+struct Check {
+    name: String,
+    ok: bool,
+    detail: String,
+}
+
+#[derive(Serialize)]
+struct HealthBody {
+    healthy: bool,
+    checks: Vec<Check>,
+}
+
+/// Liveness: every poll loop made progress within three of its intervals (plus slack for a timeout).
+async fn healthz(State(st): State<HttpState>) -> Response {
+    let now = Timestamp::now();
+    let checks: Vec<Check> = st
+        .clusters
+        .iter()
+        .map(|c| {
+            let idle = now.secs_since(c.last_progress());
+            let limit = 3.0 * c.poll_interval.as_secs_f64() + 30.0;
+            Check {
+                name: format!("loop:{}", c.name),
+                ok: idle <= limit,
+                detail: format!("last progress {idle:.1}s ago (limit {limit:.0}s)"),
+            }
+        })
+        .collect();
+    let healthy = checks.iter().all(|c| c.ok);
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(HealthBody { healthy, checks })).into_response()
+}
+
+#[derive(Serialize)]
+struct ReadyBody {
+    ready: bool,
+    checks: Vec<Check>,
+}
+
+/// Readiness: the state directory is writable and every cluster was scraped recently.
+async fn readyz(State(st): State<HttpState>) -> Response {
+    let now = Timestamp::now();
+    let mut checks = vec![state_dir_check(&st.state_dir).await];
+    for view in st.views() {
+        let (ok, detail) = match (&view.last_success, &view.last_error) {
+            _ if view.up && view.is_fresh(now) => (
+                true,
+                format!(
+                    "scraped {:.1}s ago",
+                    now.secs_since(view.last_success.unwrap_or(now))
+                ),
+            ),
+            (_, Some(e)) => (false, format!("{}: {}", e.reason, e.message)),
+            (Some(t), None) => (
+                false,
+                format!("last scraped {:.0}s ago", now.secs_since(*t)),
+            ),
+            (None, None) => (false, "not scraped yet".to_string()),
+        };
+        checks.push(Check {
+            name: format!("cluster:{}", view.name),
+            ok,
+            detail,
+        });
+    }
+    let ready = checks.iter().all(|c| c.ok);
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(ReadyBody { ready, checks })).into_response()
+}
+
+async fn state_dir_check(dir: &std::path::Path) -> Check {
+    let probe = dir.join(".rabbitwatch-write-probe");
+    let result = tokio::fs::write(&probe, b"ok").await;
+    let _ = tokio::fs::remove_file(&probe).await;
+    Check {
+        name: "state".to_string(),
+        ok: result.is_ok(),
+        detail: match result {
+            Ok(()) => format!("{} is writable", dir.display()),
+            Err(e) => format!("cannot write to {}: {e}", dir.display()),
+        },
+    }
+}
+
+#[derive(Serialize)]
+struct ClusterStatus {
+    name: String,
+    up: bool,
+    rabbitmq_version: String,
+    stats_mode: &'static str,
+    last_success: Option<f64>,
+    last_error: Option<LastError>,
+    scrape_duration_seconds: Option<f64>,
+    queues: usize,
+    queues_truncated: usize,
+    nodes: usize,
+    scrape_errors: std::collections::BTreeMap<&'static str, u64>,
+}
+
+#[derive(Serialize)]
+struct StatusBody {
+    version: &'static str,
+    started_at: f64,
+    clusters: Vec<ClusterStatus>,
+}
+
+async fn status(State(st): State<HttpState>) -> Json<StatusBody> {
+    let clusters = st
+        .views()
+        .iter()
+        .map(|v| ClusterStatus {
+            name: v.name.clone(),
+            up: v.up,
+            rabbitmq_version: v.rabbitmq_version.clone(),
+            stats_mode: v.stats_mode.as_str(),
+            last_success: v.last_success.map(Timestamp::as_secs_f64),
+            last_error: v.last_error.clone(),
+            scrape_duration_seconds: v.scrape_duration,
+            queues: v.queues.len(),
+            queues_truncated: v.truncated,
+            nodes: v.nodes.len(),
+            scrape_errors: v.errors_total.clone(),
+        })
+        .collect();
+    Json(StatusBody {
+        version: env!("CARGO_PKG_VERSION"),
+        started_at: st.started_at.as_secs_f64(),
+        clusters,
+    })
+}
+
+#[derive(Deserialize)]
+struct QueueFilter {
+    cluster: Option<String>,
+    vhost: Option<String>,
+    status: Option<String>,
+}
+
+/// One queue in the API; `drain_eta_seconds` is null when the queue will not drain (or is unknown).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct QueueRow {
+    pub cluster: String,
+    pub vhost: String,
+    pub queue: String,
+    pub messages: u64,
+    pub messages_ready: u64,
+    pub messages_unacked: u64,
+    pub consumers: u64,
+    pub publish_rate: Option<f64>,
+    pub consume_rate: Option<f64>,
+    pub deliver_rate: Option<f64>,
+    pub redeliver_rate: Option<f64>,
+    pub backlog_growth: Option<f64>,
+    pub drain_eta_seconds: Option<f64>,
+    pub oldest_message_age_seconds: Option<f64>,
+    pub status: String,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct QueuesBody {
+    pub queues: Vec<QueueRow>,
+}
+
+async fn queues(State(st): State<HttpState>, Query(f): Query<QueueFilter>) -> Response {
+    let want_status = match f.status.as_deref().map(|s| (s, Status::parse(s))) {
+        Some((s, None)) => {
+            let valid: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("unknown status {s:?}; expected one of {}", valid.join(", ")),
+            )
+                .into_response();
+        }
+        Some((_, st)) => st,
+        None => None,
+    };
+    let now = Timestamp::now();
+    let mut rows = Vec::new();
+    for v in st.views() {
+        if f.cluster.as_ref().is_some_and(|c| *c != v.name) || !v.is_fresh(now) {
+            continue;
+        }
+        for q in v.queues.iter() {
+            if f.vhost
+                .as_ref()
+                .is_some_and(|vh| **vh != *q.sample.key.vhost)
+                || want_status.is_some_and(|s| s != q.health.status)
+            {
+                continue;
+            }
+            let h = &q.health;
+            rows.push(QueueRow {
+                cluster: v.name.clone(),
+                vhost: q.sample.key.vhost.to_string(),
+                queue: q.sample.key.name.to_string(),
+                messages: q.sample.messages,
+                messages_ready: q.sample.messages_ready,
+                messages_unacked: q.sample.messages_unacked,
+                consumers: q.sample.consumers,
+                publish_rate: h.publish_rate,
+                consume_rate: h.consume_rate,
+                deliver_rate: h.deliver_rate,
+                redeliver_rate: h.redeliver_rate,
+                backlog_growth: h.backlog_growth,
+                drain_eta_seconds: h.drain_eta.filter(|e| e.is_finite()),
+                oldest_message_age_seconds: h.oldest_message_age,
+                status: h.status.as_str().to_string(),
+            });
+        }
+    }
+    Json(QueuesBody { queues: rows }).into_response()
+}

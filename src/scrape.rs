@@ -1,0 +1,519 @@
+//! Management HTTP API client: one scrape of one cluster → `Snapshot`.
+//!
+//! Asks only for the columns the analysis needs, pages through queue listings, and classifies every
+//! failure by a short `reason`. A scrape either returns a complete snapshot or an error: a failed page
+//! fails the whole cycle, so a partial listing can never look like queues vanishing.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
+
+use crate::config::ClusterConfig;
+use crate::domain::{QueueKey, StatsMode, Timestamp};
+use crate::snapshot::{Counters, NodeSample, QueueSample, Snapshot};
+
+/// Columns of `/api/queues` the analysis reads; asking for these alone cuts broker work and bytes.
+pub const QUEUE_COLUMNS: &str = "name,vhost,type,durable,messages,messages_ready,messages_unacknowledged,\
+consumers,consumer_utilisation,head_message_timestamp,arguments.x-max-length,\
+message_stats.publish,message_stats.deliver_get,message_stats.ack,message_stats.redeliver,\
+message_stats.deliver_no_ack,message_stats.get_no_ack";
+
+const NODE_COLUMNS: &str = "name,running,mem_used,mem_limit,mem_alarm,disk_free,disk_free_limit,\
+disk_free_alarm,fd_used,fd_total,partitions";
+
+/// Responses above this are refused rather than buffered: a misbehaving proxy must not exhaust memory.
+const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScrapeError {
+    #[error("cannot connect to {url}: {detail}")]
+    Connect { url: String, detail: String },
+    #[error("timed out after {timeout:?} waiting for {url}")]
+    Timeout { url: String, timeout: Duration },
+    #[error(
+        "{url} rejected the credentials (HTTP {status}); check username/password and that the user has the monitoring tag"
+    )]
+    Auth { url: String, status: u16 },
+    #[error("{url} answered HTTP {status}: {body}")]
+    Http {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("cannot decode {url}: {detail}")]
+    Decode { url: String, detail: String },
+    #[error("{url} sent more than {limit} bytes; refusing to buffer it")]
+    TooLarge { url: String, limit: usize },
+    #[error("cannot build an HTTP client: {0}")]
+    Client(String),
+}
+
+impl ScrapeError {
+    /// A short, low-cardinality label for `rabbitwatch_scrape_errors_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ScrapeError::Connect { .. } => "connect",
+            ScrapeError::Timeout { .. } => "timeout",
+            ScrapeError::Auth { .. } => "auth",
+            ScrapeError::Http { status, .. } if *status >= 500 => "http_5xx",
+            ScrapeError::Http { .. } => "http_4xx",
+            ScrapeError::Decode { .. } => "decode",
+            ScrapeError::TooLarge { .. } => "too_large",
+            ScrapeError::Client(_) => "client",
+        }
+    }
+}
+
+// ---------------------------------------------------------------- DTOs (only what we read)
+
+#[derive(Debug, Deserialize)]
+struct OverviewDto {
+    #[serde(default)]
+    rabbitmq_version: String,
+    #[serde(default)]
+    rates_mode: Option<String>,
+    #[serde(default)]
+    disable_stats: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NodeDto {
+    name: String,
+    #[serde(default)]
+    running: bool,
+    #[serde(default)]
+    mem_used: u64,
+    #[serde(default)]
+    mem_limit: u64,
+    #[serde(default)]
+    mem_alarm: bool,
+    #[serde(default)]
+    disk_free: u64,
+    #[serde(default)]
+    disk_free_limit: u64,
+    #[serde(default)]
+    disk_free_alarm: bool,
+    #[serde(default)]
+    fd_used: u64,
+    #[serde(default)]
+    fd_total: u64,
+    #[serde(default)]
+    partitions: Vec<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+struct VhostDto {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct PageDto<'a> {
+    #[serde(borrow)]
+    items: Vec<QueueDto<'a>>,
+    #[serde(default)]
+    page_count: u32,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct QueueDto<'a> {
+    #[serde(borrow)]
+    pub name: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub vhost: std::borrow::Cow<'a, str>,
+    #[serde(default, rename = "type")]
+    pub kind: Option<&'a str>,
+    #[serde(default)]
+    pub durable: bool,
+    #[serde(default)]
+    pub messages: Option<u64>,
+    #[serde(default)]
+    pub messages_ready: Option<u64>,
+    #[serde(default)]
+    pub messages_unacknowledged: Option<u64>,
+    #[serde(default)]
+    pub consumers: Option<u64>,
+    #[serde(default)]
+    pub consumer_utilisation: Option<f64>,
+    #[serde(default)]
+    pub head_message_timestamp: Option<f64>,
+    #[serde(default)]
+    pub arguments: Option<ArgumentsDto>,
+    #[serde(default)]
+    pub message_stats: Option<MessageStatsDto>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ArgumentsDto {
+    #[serde(default, rename = "x-max-length")]
+    pub max_length: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct MessageStatsDto {
+    #[serde(default)]
+    pub publish: u64,
+    #[serde(default)]
+    pub deliver_get: u64,
+    #[serde(default)]
+    pub ack: u64,
+    #[serde(default)]
+    pub redeliver: u64,
+    #[serde(default)]
+    pub deliver_no_ack: u64,
+    #[serde(default)]
+    pub get_no_ack: u64,
+}
+
+/// Decodes one `/api/queues` page. Public so benchmarks measure exactly what the daemon does.
+pub fn decode_queue_page(bytes: &[u8]) -> Result<(Vec<QueueDto<'_>>, u32), serde_json::Error> {
+    let page: PageDto<'_> = serde_json::from_slice(bytes)?;
+    Ok((page.items, page.page_count))
+}
+
+impl QueueDto<'_> {
+    /// `vhost` is shared across all queues of one vhost to keep 100k keys small.
+    pub fn into_sample(self, vhost: Arc<str>, mode: StatsMode) -> QueueSample {
+        let ready = self.messages_ready.unwrap_or(0);
+        let unacked = self.messages_unacknowledged.unwrap_or(0);
+        let counters = match mode {
+            StatsMode::DepthOnly => None,
+            // No `message_stats` means no activity yet, not unknown.
+            StatsMode::Full => {
+                Some(
+                    self.message_stats
+                        .map_or_else(Counters::default, |m| Counters {
+                            publish: m.publish,
+                            delivered: m.deliver_get,
+                            ack: m.ack,
+                            no_ack: m.deliver_no_ack.saturating_add(m.get_no_ack),
+                            redeliver: m.redeliver,
+                        }),
+                )
+            }
+        };
+        QueueSample {
+            key: QueueKey {
+                vhost,
+                name: self.name.into(),
+            },
+            kind: self.kind.unwrap_or("classic").into(),
+            durable: self.durable,
+            messages: self.messages.unwrap_or(ready + unacked),
+            messages_ready: ready,
+            messages_unacked: unacked,
+            consumers: self.consumers.unwrap_or(0),
+            consumer_utilisation: self.consumer_utilisation,
+            counters,
+            head_message_timestamp: self.head_message_timestamp,
+            max_length: self.arguments.and_then(|a| a.max_length),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- client
+
+pub struct Scraper {
+    http: reqwest::Client,
+    cfg: ClusterConfig,
+}
+
+impl Scraper {
+    pub fn new(cfg: ClusterConfig) -> Result<Self, ScrapeError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout)
+            .user_agent(concat!("rabbitwatch/", env!("CARGO_PKG_VERSION")))
+            .danger_accept_invalid_certs(cfg.tls.insecure_skip_verify);
+        if let Some(pem) = &cfg.tls.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                ScrapeError::Client(format!("tls.ca_file is not a PEM certificate bundle: {e}"))
+            })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ScrapeError::Client(e.to_string()))?;
+        Ok(Scraper { http, cfg })
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.cfg
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.cfg.url.as_str().trim_end_matches('/'), path)
+    }
+
+    async fn get(&self, path: &str) -> Result<Vec<u8>, ScrapeError> {
+        let url = self.url(path);
+        let classify = |e: reqwest::Error| {
+            if e.is_timeout() {
+                ScrapeError::Timeout {
+                    url: url.clone(),
+                    timeout: self.cfg.timeout,
+                }
+            } else if e.is_connect() {
+                ScrapeError::Connect {
+                    url: url.clone(),
+                    detail: error_chain(&e),
+                }
+            } else if e.is_decode() || e.is_body() {
+                ScrapeError::Decode {
+                    url: url.clone(),
+                    detail: error_chain(&e),
+                }
+            } else {
+                ScrapeError::Connect {
+                    url: url.clone(),
+                    detail: error_chain(&e),
+                }
+            }
+        };
+        let resp = self
+            .http
+            .get(&url)
+            .basic_auth(&self.cfg.username, Some(self.cfg.password.expose()))
+            .send()
+            .await
+            .map_err(classify)?;
+        let status = resp.status().as_u16();
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+        {
+            return Err(ScrapeError::TooLarge {
+                url,
+                limit: MAX_RESPONSE_BYTES,
+            });
+        }
+        let mut resp = resp;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(classify)? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(ScrapeError::TooLarge {
+                    url,
+                    limit: MAX_RESPONSE_BYTES,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        match status {
+            200..=299 => Ok(body),
+            401 | 403 => Err(ScrapeError::Auth { url, status }),
+            _ => Err(ScrapeError::Http {
+                url,
+                status,
+                body: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            }),
+        }
+    }
+
+    async fn get_json<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T, ScrapeError> {
+        let body = self.get(path).await?;
+        serde_json::from_slice(&body).map_err(|e| ScrapeError::Decode {
+            url: self.url(path),
+            detail: e.to_string(),
+        })
+    }
+
+    /// One full scrape: overview (stats mode), nodes, then every watched queue, page by page.
+    pub async fn scrape(
+        &self,
+        now: impl Fn() -> Timestamp,
+        progress: &(dyn Fn() + Sync),
+    ) -> Result<Snapshot, ScrapeError> {
+        let overview: OverviewDto = self.get_json("/api/overview").await?;
+        progress();
+        let stats_mode = if overview.disable_stats == Some(true)
+            || overview.rates_mode.as_deref() == Some("none")
+        {
+            StatsMode::DepthOnly
+        } else {
+            StatsMode::Full
+        };
+        let nodes: Vec<NodeDto> = self
+            .get_json(&format!("/api/nodes?columns={NODE_COLUMNS}"))
+            .await?;
+        progress();
+        let mut queues = Vec::new();
+        if self.cfg.vhosts.is_match_all() {
+            self.scrape_queues("/api/queues", stats_mode, &mut queues, progress)
+                .await?;
+        } else {
+            let vhosts: Vec<VhostDto> = self.get_json("/api/vhosts?columns=name").await?;
+            for vhost in vhosts.iter().filter(|v| self.cfg.vhosts.matches(&v.name)) {
+                let path = format!(
+                    "/api/queues/{}",
+                    utf8_percent_encode(&vhost.name, NON_ALPHANUMERIC)
+                );
+                self.scrape_queues(&path, stats_mode, &mut queues, progress)
+                    .await?;
+            }
+        }
+        let truncated = keep_largest(&mut queues, self.cfg.max_queues);
+        Ok(Snapshot {
+            taken_at: now(),
+            stats_mode,
+            rabbitmq_version: overview.rabbitmq_version,
+            nodes: nodes.into_iter().map(node_sample).collect(),
+            queues,
+            truncated,
+        })
+    }
+
+    async fn scrape_queues(
+        &self,
+        base: &str,
+        mode: StatsMode,
+        out: &mut Vec<QueueSample>,
+        progress: &(dyn Fn() + Sync),
+    ) -> Result<(), ScrapeError> {
+        let mut vhosts: Vec<Arc<str>> = Vec::new();
+        // Queues created while we page can shift items across page boundaries; never count one twice.
+        let mut seen: HashSet<QueueKey> = HashSet::new();
+        let mut page = 1u32;
+        loop {
+            let path = format!(
+                "{base}?page={page}&page_size={}&columns={QUEUE_COLUMNS}&sort=name",
+                self.cfg.page_size
+            );
+            let body = self.get(&path).await?;
+            progress();
+            let (items, page_count) =
+                decode_queue_page(&body).map_err(|e| ScrapeError::Decode {
+                    url: self.url(&path),
+                    detail: e.to_string(),
+                })?;
+            for q in items {
+                if !self.cfg.vhosts.matches(&q.vhost) || !self.cfg.queues.matches(&q.name) {
+                    continue;
+                }
+                let vhost = match vhosts.iter().find(|v| ***v == *q.vhost) {
+                    Some(v) => v.clone(),
+                    None => {
+                        let v: Arc<str> = Arc::from(&*q.vhost);
+                        vhosts.push(v.clone());
+                        v
+                    }
+                };
+                let sample = q.into_sample(vhost, mode);
+                if seen.insert(sample.key.clone()) {
+                    out.push(sample);
+                }
+            }
+            if page >= page_count {
+                return Ok(());
+            }
+            page += 1;
+        }
+    }
+}
+
+/// The cardinality guard: keep the `max` queues with the largest backlog rather than dropping everything.
+pub fn keep_largest(queues: &mut Vec<QueueSample>, max: usize) -> usize {
+    if queues.len() <= max {
+        return 0;
+    }
+    let dropped = queues.len() - max;
+    queues.select_nth_unstable_by(max - 1, |a, b| b.messages.cmp(&a.messages));
+    queues.truncate(max);
+    dropped
+}
+
+fn node_sample(n: NodeDto) -> NodeSample {
+    NodeSample {
+        name: n.name,
+        running: n.running,
+        mem_used: n.mem_used,
+        mem_limit: n.mem_limit,
+        mem_alarm: n.mem_alarm,
+        disk_free: n.disk_free,
+        disk_free_limit: n.disk_free_limit,
+        disk_alarm: n.disk_free_alarm,
+        fd_used: n.fd_used,
+        fd_total: n.fd_total,
+        partitions: n.partitions.len() as u64,
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(name: &str, messages: u64) -> QueueSample {
+        let page = format!(
+            r#"{{"items":[{{"name":"{name}","vhost":"/","messages":{messages}}}],"page_count":1}}"#
+        );
+        let (items, _) = decode_queue_page(page.as_bytes()).unwrap();
+        items
+            .into_iter()
+            .next()
+            .unwrap()
+            .into_sample(Arc::from("/"), StatsMode::Full)
+    }
+
+    #[test]
+    fn missing_message_stats_means_no_activity() {
+        let s = sample("q", 3);
+        assert_eq!(s.counters, Some(Counters::default()));
+        assert_eq!(s.messages, 3);
+    }
+
+    #[test]
+    fn depth_only_mode_has_no_counters() {
+        let page = br#"{"items":[{"name":"q","vhost":"/","messages":1,"message_stats":{"publish":5}}],"page_count":1}"#;
+        let (items, _) = decode_queue_page(page).unwrap();
+        let s = items
+            .into_iter()
+            .next()
+            .unwrap()
+            .into_sample(Arc::from("/"), StatsMode::DepthOnly);
+        assert_eq!(s.counters, None);
+    }
+
+    #[test]
+    fn consumed_counts_acks_and_no_ack_deliveries() {
+        let page = br#"{"items":[{"name":"q","vhost":"v","messages":0,"consumers":2,
+            "message_stats":{"publish":10,"deliver_get":9,"ack":4,"deliver_no_ack":3,"get_no_ack":2,"redeliver":1}}],"page_count":1}"#;
+        let (items, _) = decode_queue_page(page).unwrap();
+        let s = items
+            .into_iter()
+            .next()
+            .unwrap()
+            .into_sample(Arc::from("v"), StatsMode::Full);
+        assert_eq!(s.counters.unwrap().consumed(), 9);
+        assert_eq!(s.consumers, 2);
+    }
+
+    #[test]
+    fn escaped_queue_names_decode() {
+        let page = br#"{"items":[{"name":"a\"b\\c\n","vhost":"/"}],"page_count":1}"#;
+        let (items, _) = decode_queue_page(page).unwrap();
+        assert_eq!(items[0].name, "a\"b\\c\n");
+    }
+
+    #[test]
+    fn max_queues_keeps_the_largest_backlogs() {
+        let mut qs: Vec<QueueSample> = (0..10).map(|i| sample(&format!("q{i}"), i)).collect();
+        assert_eq!(keep_largest(&mut qs, 3), 7);
+        let mut kept: Vec<u64> = qs.iter().map(|q| q.messages).collect();
+        kept.sort();
+        assert_eq!(kept, vec![7, 8, 9]);
+    }
+}

@@ -1,0 +1,348 @@
+//! A cluster's state at one instant, and each queue's recent history.
+//!
+//! Owns `Snapshot` (what one scrape saw) and `Window` (a compact ring of a queue's samples).
+//! No I/O and no clock: timestamps come from the caller.
+
+use std::collections::VecDeque;
+
+use crate::domain::{QueueKey, StatsMode, Timestamp};
+
+/// Monotonic message counters of one queue, as the broker reports them (`message_stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub publish: u64,
+    /// `deliver_get`: every delivery or get, acked or not.
+    pub delivered: u64,
+    pub ack: u64,
+    /// `deliver_no_ack + get_no_ack`: messages that left the queue without an ack.
+    pub no_ack: u64,
+    pub redeliver: u64,
+}
+
+impl Counters {
+    /// Messages that left the queue: acks plus no-ack deliveries and gets.
+    pub fn consumed(&self) -> u64 {
+        self.ack.saturating_add(self.no_ack)
+    }
+
+    fn any_decreased_from(&self, prev: &Counters) -> bool {
+        self.publish < prev.publish
+            || self.delivered < prev.delivered
+            || self.ack < prev.ack
+            || self.no_ack < prev.no_ack
+            || self.redeliver < prev.redeliver
+    }
+}
+
+/// What one scrape saw of one queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueSample {
+    pub key: QueueKey,
+    pub kind: Box<str>,
+    pub durable: bool,
+    pub messages: u64,
+    pub messages_ready: u64,
+    pub messages_unacked: u64,
+    pub consumers: u64,
+    pub consumer_utilisation: Option<f64>,
+    /// `None` when the broker keeps no message statistics (depth-only mode).
+    pub counters: Option<Counters>,
+    /// Publish time of the head message, where the broker reports it (seconds since the epoch).
+    pub head_message_timestamp: Option<f64>,
+    pub max_length: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeSample {
+    pub name: String,
+    pub running: bool,
+    pub mem_used: u64,
+    pub mem_limit: u64,
+    pub mem_alarm: bool,
+    pub disk_free: u64,
+    pub disk_free_limit: u64,
+    pub disk_alarm: bool,
+    pub fd_used: u64,
+    pub fd_total: u64,
+    pub partitions: u64,
+}
+
+/// Everything one successful scrape of a cluster produced.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub taken_at: Timestamp,
+    pub stats_mode: StatsMode,
+    pub rabbitmq_version: String,
+    pub nodes: Vec<NodeSample>,
+    pub queues: Vec<QueueSample>,
+    /// Queues left out by the `max_queues` guard (the ones with the smallest backlog).
+    pub truncated: usize,
+}
+
+/// One point of a queue's history, as the analysis reads it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Point {
+    pub at: Timestamp,
+    pub messages: u64,
+    pub counters: Counters,
+}
+
+/// A point stored as 32-bit offsets from the window's base: 28 bytes instead of 56, which is what lets
+/// 100k queues × a 5-minute window fit in the memory budget.
+#[derive(Clone, Copy, Debug)]
+struct Packed {
+    dt_ms: u32,
+    messages: u32,
+    publish: u32,
+    delivered: u32,
+    ack: u32,
+    no_ack: u32,
+    redeliver: u32,
+}
+
+/// Outcome of adding a sample to a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Push {
+    Appended,
+    /// A counter went down (node restart, queue re-declared) or the stats mode changed: history restarted.
+    Reset,
+    /// The sample is not newer than the last one; ignored.
+    Stale,
+}
+
+/// A queue's samples over the analysis window, oldest first. Counters in it never decrease: a decrease
+/// restarts the window, so rates computed from it are never negative.
+#[derive(Clone, Debug)]
+pub struct Window {
+    base: Point,
+    has_counters: bool,
+    points: VecDeque<Packed>,
+}
+
+impl Window {
+    pub fn new(at: Timestamp, messages: u64, counters: Option<Counters>) -> Self {
+        let mut w = Window {
+            base: Point {
+                at,
+                messages: 0,
+                counters: counters.unwrap_or_default(),
+            },
+            has_counters: counters.is_some(),
+            points: VecDeque::with_capacity(4),
+        };
+        w.restart(at, messages, counters);
+        w
+    }
+
+    fn restart(&mut self, at: Timestamp, messages: u64, counters: Option<Counters>) {
+        self.base = Point {
+            at,
+            messages: 0,
+            counters: counters.unwrap_or_default(),
+        };
+        self.has_counters = counters.is_some();
+        self.points.clear();
+        let packed = self
+            .pack(&Point {
+                at,
+                messages,
+                counters: counters.unwrap_or_default(),
+            })
+            .expect("a point equal to the base always packs");
+        self.points.push_back(packed);
+    }
+
+    /// Whether the samples carry message counters (false in depth-only mode).
+    pub fn has_counters(&self) -> bool {
+        self.has_counters
+    }
+
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    /// Adds a sample and forgets samples older than `span` before it.
+    pub fn push(
+        &mut self,
+        at: Timestamp,
+        messages: u64,
+        counters: Option<Counters>,
+        span_ms: i64,
+    ) -> Push {
+        let last = self.last();
+        if at <= last.at {
+            return Push::Stale;
+        }
+        let reset = match counters {
+            Some(c) => !self.has_counters || c.any_decreased_from(&last.counters),
+            None => self.has_counters,
+        };
+        if reset {
+            self.restart(at, messages, counters);
+            return Push::Reset;
+        }
+        let point = Point {
+            at,
+            messages,
+            counters: counters.unwrap_or_default(),
+        };
+        let cutoff = Timestamp(at.0 - span_ms);
+        while self.points.len() > 1 && self.unpack(&self.points[0]).at < cutoff {
+            self.points.pop_front();
+        }
+        match self.pack(&point) {
+            Some(p) => self.points.push_back(p),
+            None => {
+                self.rebase();
+                match self.pack(&point) {
+                    Some(p) => self.points.push_back(p),
+                    // A jump too large to store as an offset even from the oldest kept point: start over.
+                    None => {
+                        self.restart(at, messages, counters);
+                        return Push::Reset;
+                    }
+                }
+            }
+        }
+        Push::Appended
+    }
+
+    pub fn first(&self) -> Point {
+        self.unpack(&self.points[0])
+    }
+
+    pub fn last(&self) -> Point {
+        self.unpack(&self.points[self.points.len() - 1])
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Point> + '_ {
+        self.points.iter().map(|p| self.unpack(p))
+    }
+
+    fn unpack(&self, p: &Packed) -> Point {
+        let b = &self.base;
+        Point {
+            at: Timestamp(b.at.0 + i64::from(p.dt_ms)),
+            messages: u64::from(p.messages),
+            counters: Counters {
+                publish: b.counters.publish + u64::from(p.publish),
+                delivered: b.counters.delivered + u64::from(p.delivered),
+                ack: b.counters.ack + u64::from(p.ack),
+                no_ack: b.counters.no_ack + u64::from(p.no_ack),
+                redeliver: b.counters.redeliver + u64::from(p.redeliver),
+            },
+        }
+    }
+
+    fn pack(&self, p: &Point) -> Option<Packed> {
+        let b = &self.base;
+        let off = |v: u64, base: u64| u32::try_from(v.checked_sub(base)?).ok();
+        Some(Packed {
+            dt_ms: u32::try_from(p.at.0.checked_sub(b.at.0)?).ok()?,
+            // Depth above 4 billion is saturated rather than rejected: it only ever means "huge".
+            messages: u32::try_from(p.messages).unwrap_or(u32::MAX),
+            publish: off(p.counters.publish, b.counters.publish)?,
+            delivered: off(p.counters.delivered, b.counters.delivered)?,
+            ack: off(p.counters.ack, b.counters.ack)?,
+            no_ack: off(p.counters.no_ack, b.counters.no_ack)?,
+            redeliver: off(p.counters.redeliver, b.counters.redeliver)?,
+        })
+    }
+
+    /// Moves the base to the oldest kept point so offsets stay small as counters grow over days.
+    fn rebase(&mut self) {
+        let points: Vec<Point> = self.iter().collect();
+        self.base = Point {
+            messages: 0,
+            ..points[0]
+        };
+        self.points.clear();
+        for p in &points {
+            let packed = self
+                .pack(p)
+                .expect("points newer than the base pack after a rebase");
+            self.points.push_back(packed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(publish: u64, ack: u64) -> Option<Counters> {
+        Some(Counters {
+            publish,
+            delivered: ack,
+            ack,
+            no_ack: 0,
+            redeliver: 0,
+        })
+    }
+
+    #[test]
+    fn points_round_trip_through_packing() {
+        let mut w = Window::new(Timestamp(1_000), 5, c(100, 50));
+        assert_eq!(
+            w.push(Timestamp(2_000), 7, c(110, 55), 60_000),
+            Push::Appended
+        );
+        let pts: Vec<Point> = w.iter().collect();
+        assert_eq!(pts.len(), 2);
+        assert_eq!(pts[1].at, Timestamp(2_000));
+        assert_eq!(pts[1].messages, 7);
+        assert_eq!(pts[1].counters.publish, 110);
+        assert_eq!(pts[1].counters.consumed(), 55);
+    }
+
+    #[test]
+    fn counter_decrease_restarts_the_window() {
+        let mut w = Window::new(Timestamp(0), 5, c(100, 50));
+        w.push(Timestamp(1_000), 5, c(120, 60), 60_000);
+        assert_eq!(w.push(Timestamp(2_000), 0, c(3, 0), 60_000), Push::Reset);
+        assert_eq!(w.len(), 1);
+        assert_eq!(w.first().counters.publish, 3);
+    }
+
+    #[test]
+    fn stats_mode_change_restarts_the_window() {
+        let mut w = Window::new(Timestamp(0), 5, c(100, 50));
+        assert_eq!(w.push(Timestamp(1_000), 5, None, 60_000), Push::Reset);
+        assert!(!w.has_counters());
+    }
+
+    #[test]
+    fn old_points_fall_out_of_the_span() {
+        let mut w = Window::new(Timestamp(0), 0, c(0, 0));
+        for i in 1..=20 {
+            w.push(Timestamp(i * 1_000), 0, c(i as u64, 0), 5_000);
+        }
+        assert_eq!(w.first().at, Timestamp(15_000));
+        assert_eq!(w.last().at, Timestamp(20_000));
+    }
+
+    #[test]
+    fn stale_samples_are_ignored() {
+        let mut w = Window::new(Timestamp(5_000), 0, c(0, 0));
+        assert_eq!(w.push(Timestamp(5_000), 1, c(1, 0), 60_000), Push::Stale);
+        assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn counters_beyond_32_bits_rebase_instead_of_overflowing() {
+        let big = 10_000_000_000u64;
+        let mut w = Window::new(Timestamp(0), 0, c(big, 0));
+        w.push(Timestamp(1_000), 0, c(big + 4_000_000_000, 0), 1_500);
+        // 8e9 past the original base does not fit 32 bits; the base moves to the oldest kept point.
+        assert_eq!(
+            w.push(Timestamp(2_000), 0, c(big + 8_000_000_000, 0), 1_500),
+            Push::Appended
+        );
+        let pts: Vec<u64> = w.iter().map(|p| p.counters.publish).collect();
+        assert_eq!(pts, vec![big + 4_000_000_000, big + 8_000_000_000]);
+    }
+}

@@ -1,0 +1,240 @@
+//! The latest published state of each cluster: what `export` and `http` read.
+//!
+//! `Tracker` owns a cluster's history (one `Window` per queue) and turns each new `Snapshot` into an
+//! immutable `ClusterView`, swapped in atomically so readers never see half a cycle and never block the
+//! poll loop. Queues missing from a successful snapshot are forgotten here, which is what makes a deleted
+//! queue's series vanish; a failed scrape never reaches the tracker.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::analysis::{self, Latest, Params, QueueHealth};
+use crate::domain::{QueueKey, StatsMode, Timestamp};
+use crate::snapshot::{NodeSample, QueueSample, Snapshot, Window};
+
+#[derive(Debug)]
+pub struct QueueView {
+    pub sample: QueueSample,
+    pub health: QueueHealth,
+    /// `cluster="…",vhost="…",queue="…"`, escaped once per queue for the exposition format.
+    pub prom_labels: Arc<str>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LastError {
+    pub reason: &'static str,
+    pub message: String,
+    pub at: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterView {
+    pub name: String,
+    pub poll_interval: Duration,
+    pub up: bool,
+    pub last_attempt: Option<Timestamp>,
+    pub last_success: Option<Timestamp>,
+    pub last_error: Option<LastError>,
+    pub scrape_duration: Option<f64>,
+    pub stats_mode: StatsMode,
+    pub rabbitmq_version: String,
+    pub nodes: Arc<Vec<NodeSample>>,
+    pub queues: Arc<Vec<QueueView>>,
+    pub truncated: usize,
+    pub errors_total: BTreeMap<&'static str, u64>,
+    pub skipped_total: u64,
+}
+
+impl ClusterView {
+    pub fn new(name: &str, poll_interval: Duration) -> Self {
+        ClusterView {
+            name: name.to_string(),
+            poll_interval,
+            up: false,
+            last_attempt: None,
+            last_success: None,
+            last_error: None,
+            scrape_duration: None,
+            stats_mode: StatsMode::Full,
+            rabbitmq_version: String::new(),
+            nodes: Arc::default(),
+            queues: Arc::default(),
+            truncated: 0,
+            errors_total: BTreeMap::new(),
+            skipped_total: 0,
+        }
+    }
+
+    /// Data older than three polls is not presented as current: a brief failure keeps series
+    /// continuous, a real outage lets them go stale.
+    pub fn is_fresh(&self, now: Timestamp) -> bool {
+        self.last_success
+            .is_some_and(|t| now.0 - t.0 <= 3 * self.poll_interval.as_millis() as i64 + 1_000)
+    }
+}
+
+/// A cluster's shared handle: the poll loop writes, everyone else reads.
+pub struct ClusterHandle {
+    pub name: String,
+    pub poll_interval: Duration,
+    pub view: ArcSwap<ClusterView>,
+    /// When the poll loop last made progress (a request answered or a cycle ended), ms since the epoch.
+    pub progress_ms: AtomicI64,
+}
+
+impl ClusterHandle {
+    pub fn new(name: &str, poll_interval: Duration, now: Timestamp) -> Self {
+        ClusterHandle {
+            name: name.to_string(),
+            poll_interval,
+            view: ArcSwap::from_pointee(ClusterView::new(name, poll_interval)),
+            progress_ms: AtomicI64::new(now.0),
+        }
+    }
+
+    pub fn mark_progress(&self, now: Timestamp) {
+        self.progress_ms.store(now.0, Ordering::Relaxed);
+    }
+
+    pub fn last_progress(&self) -> Timestamp {
+        Timestamp(self.progress_ms.load(Ordering::Relaxed))
+    }
+}
+
+struct Tracked {
+    window: Window,
+    prom_labels: Arc<str>,
+}
+
+/// One cluster's history and the analysis over it.
+pub struct Tracker {
+    cluster: String,
+    params: Params,
+    queues: HashMap<QueueKey, Tracked>,
+}
+
+impl Tracker {
+    pub fn new(cluster: &str, params: Params) -> Self {
+        Tracker {
+            cluster: cluster.to_string(),
+            params,
+            queues: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queues.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queues.is_empty()
+    }
+
+    /// Folds a complete snapshot into the history and returns the analysed queues.
+    pub fn observe(&mut self, snap: &Snapshot, now: Timestamp) -> Vec<QueueView> {
+        let at = snap.taken_at;
+        let span = self.params.window_ms;
+        let mut views = Vec::with_capacity(snap.queues.len());
+        let mut seen: std::collections::HashSet<&QueueKey> =
+            std::collections::HashSet::with_capacity(snap.queues.len());
+        for q in &snap.queues {
+            seen.insert(&q.key);
+            let tracked = match self.queues.get_mut(&q.key) {
+                Some(t) => {
+                    t.window.push(at, q.messages, q.counters, span);
+                    t
+                }
+                None => self.queues.entry(q.key.clone()).or_insert_with(|| Tracked {
+                    window: Window::new(at, q.messages, q.counters),
+                    prom_labels: prom_labels(&self.cluster, &q.key).into(),
+                }),
+            };
+            let latest = Latest {
+                consumers: q.consumers,
+                head_message_timestamp: q.head_message_timestamp,
+            };
+            views.push(QueueView {
+                sample: q.clone(),
+                health: analysis::analyze(&tracked.window, latest, &self.params, now),
+                prom_labels: tracked.prom_labels.clone(),
+            });
+        }
+        if seen.len() != self.queues.len() {
+            self.queues.retain(|k, _| seen.contains(k));
+        }
+        views
+    }
+}
+
+/// Escapes a label value for the Prometheus text format: backslash, double quote and newline.
+pub fn escape_label_value(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn prom_labels(cluster: &str, key: &QueueKey) -> String {
+    let mut s = String::with_capacity(cluster.len() + key.vhost.len() + key.name.len() + 28);
+    s.push_str("cluster=\"");
+    escape_label_value(&mut s, cluster);
+    s.push_str("\",vhost=\"");
+    escape_label_value(&mut s, &key.vhost);
+    s.push_str("\",queue=\"");
+    escape_label_value(&mut s, &key.name);
+    s.push('"');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scrape::decode_queue_page;
+
+    fn snap(at: i64, names: &[&str]) -> Snapshot {
+        let items: Vec<String> = names
+            .iter()
+            .map(|n| format!(r#"{{"name":"{n}","vhost":"/","messages":1,"consumers":1}}"#))
+            .collect();
+        let page = format!(r#"{{"items":[{}],"page_count":1}}"#, items.join(","));
+        let (items, _) = decode_queue_page(page.as_bytes()).unwrap();
+        Snapshot {
+            taken_at: Timestamp(at),
+            queues: items
+                .into_iter()
+                .map(|q| q.into_sample(Arc::from("/"), StatsMode::Full))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_deleted_queue_is_forgotten_on_the_next_snapshot() {
+        let mut t = Tracker::new("c", Params { window_ms: 60_000 });
+        assert_eq!(t.observe(&snap(0, &["a", "b"]), Timestamp(0)).len(), 2);
+        let views = t.observe(&snap(1_000, &["a"]), Timestamp(1_000));
+        assert_eq!(views.len(), 1);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn hostile_names_are_escaped_in_labels() {
+        let key = QueueKey {
+            vhost: Arc::from("/"),
+            name: "a\"b\\c\nd".into(),
+        };
+        assert_eq!(
+            prom_labels("x", &key),
+            r#"cluster="x",vhost="/",queue="a\"b\\c\nd""#
+        );
+    }
+}
