@@ -1,0 +1,203 @@
+//! A real Prometheus scrapes the daemon: the exposition must satisfy `promtool check metrics`, and every
+//! PromQL expression the shipped dashboards use must run and return data.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::util::{
+    CLUSTER, Daemon, TestVhost, Tuning, config_for, consume_at_rate, eventually, free_port,
+    http_client, publish_at_rate,
+};
+
+/// A Prometheus server of the test's own: free port, temp storage, killed on drop.
+struct Prometheus {
+    child: Child,
+    _dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().expect("temp dir for Prometheus");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: rabbitwatch\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .expect("writing prometheus.yml");
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).expect("log file"))
+            .spawn()
+            .expect("starting prometheus (scripts/services installs it)");
+        Prometheus {
+            child,
+            _dir: dir,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Runs an instant query; `Ok(n)` is the number of series returned.
+    async fn query(&self, client: &reqwest::Client, expr: &str) -> Result<usize, String> {
+        let resp = client
+            .get(format!("{}/api/v1/query", self.url))
+            .query(&[("query", expr)])
+            .send()
+            .await
+            .map_err(|e| format!("query failed: {e}"))?;
+        let body: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| format!("non-JSON answer: {e}"))?;
+        if body["status"] != "success" {
+            return Err(format!("error: {body}"));
+        }
+        let result = &body["data"]["result"];
+        Ok(result
+            .as_array()
+            .map_or(usize::from(!result.is_null()), Vec::len))
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every PromQL expression in a dashboard: panel targets and query variables (Grafana's own
+/// `label_values(…)` syntax is not PromQL and is skipped).
+fn dashboard_exprs(path: &Path) -> Vec<String> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, child) in map {
+                    match (k.as_str(), child) {
+                        ("expr", serde_json::Value::String(s)) => out.push(s.clone()),
+                        ("query", serde_json::Value::String(s))
+                            if map.get("type").and_then(|t| t.as_str()) == Some("query")
+                                && !s.trim_start().starts_with("label_values") =>
+                        {
+                            out.push(s.clone())
+                        }
+                        _ => walk(child, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            _ => {}
+        }
+    }
+    let text = std::fs::read_to_string(path).expect("reading a dashboard");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("dashboards are valid JSON");
+    let mut out = Vec::new();
+    walk(&json, &mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_runs_every_dashboard_query_against_the_daemon() {
+    let vhost = TestVhost::create().await;
+    let port = free_port();
+    let daemon = Daemon::start(&config_for(vhost.name(), port, &Tuning::default())).await;
+    let queue = "dash.orders";
+    let _publisher = publish_at_rate(&vhost.amqp_url(), queue, 20).await;
+    let _consumer = consume_at_rate(&vhost.amqp_url(), queue, 10).await;
+    let prometheus = Prometheus::start(&format!("127.0.0.1:{port}"));
+    let client = http_client();
+
+    let dashboards = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards");
+    let mut exprs = Vec::new();
+    for entry in std::fs::read_dir(&dashboards).expect("dashboards/ exists") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_some_and(|e| e == "json") {
+            exprs.extend(
+                dashboard_exprs(&path)
+                    .into_iter()
+                    .map(|e| (path.clone(), e)),
+            );
+        }
+    }
+    assert!(
+        exprs.len() >= 10,
+        "expected the dashboards to hold queries, found {}",
+        exprs.len()
+    );
+
+    for (path, expr) in &exprs {
+        let concrete = expr
+            .replace("$cluster", CLUSTER)
+            .replace("$vhost", vhost.name())
+            .replace("$queue", queue)
+            .replace("$__rate_interval", "1m")
+            .replace("$__interval", "1m")
+            .replace("$__range", "1m");
+        let what = format!(
+            "{}: `{concrete}` returns data",
+            path.file_name().unwrap().to_string_lossy()
+        );
+        eventually(Duration::from_secs(90), &what, async || {
+            match prometheus.query(&client, &concrete).await? {
+                0 => Err("no series yet".to_string()),
+                n => Ok(n),
+            }
+        })
+        .await;
+    }
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_finds_nothing_wrong_with_live_metrics() {
+    let vhost = TestVhost::create().await;
+    let daemon = Daemon::start(&config_for(vhost.name(), free_port(), &Tuning::default())).await;
+    let _publisher = publish_at_rate(&vhost.amqp_url(), "lint.q", 10).await;
+    let _consumer = consume_at_rate(&vhost.amqp_url(), "lint.q", 5).await;
+    // Lint an exposition that has every family populated, rates included.
+    let text = eventually(
+        Duration::from_secs(30),
+        "queue rates in /metrics",
+        async || {
+            let text = daemon.metrics_text().await?;
+            if text.contains("rabbitwatch_queue_publish_rate{") {
+                Ok(text)
+            } else {
+                Err("no rate series yet".to_string())
+            }
+        },
+    )
+    .await;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running promtool (scripts/services installs it)");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("promtool stdin");
+        stdin.write_all(text.as_bytes()).expect("feeding promtool");
+    }
+    let out = child.wait_with_output().expect("promtool finished");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics:\n{report}"
+    );
+}
