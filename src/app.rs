@@ -8,12 +8,59 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::alerts::dispatch::Dispatch;
 use crate::analysis::Params;
-use crate::config::Config;
+use crate::config::{Config, ReceiverConfig, ReceiverKind};
 use crate::domain::{StatsMode, Timestamp};
+use crate::engine::Engine;
 use crate::http::{HttpState, router};
+use crate::outbox::{self, Pacer, ReceiverStats, Stats};
+use crate::receivers::{
+    EmailReceiver, InvalidReceiver, LogReceiver, Receiver, SlackReceiver, WebhookReceiver,
+};
 use crate::scrape::Scraper;
+use crate::store::Store;
 use crate::view::{ClusterHandle, ClusterView, LastError, Tracker};
+
+/// Builds every configured receiver; a configuration that cannot work fails here, at start (and in
+/// `rabbitwatch check`), not at the first alert.
+pub fn build_receivers(config: &Config) -> Result<Vec<Receiver>, Vec<InvalidReceiver>> {
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(15))
+        .user_agent(concat!("rabbitwatch/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| {
+            vec![InvalidReceiver {
+                receiver: String::new(),
+                message: format!("cannot build an HTTP client: {e}"),
+            }]
+        })?;
+    let mut ok = Vec::new();
+    let mut errors = Vec::new();
+    for ReceiverConfig { name, kind, .. } in &config.receivers {
+        let built = match kind {
+            ReceiverKind::Slack(c) => {
+                SlackReceiver::new(name, c.clone(), http.clone()).map(Receiver::Slack)
+            }
+            ReceiverKind::Email(c) => EmailReceiver::new(name, c.clone()).map(Receiver::Email),
+            ReceiverKind::Webhook(c) => Ok(Receiver::Webhook(WebhookReceiver::new(
+                name,
+                c.clone(),
+                http.clone(),
+            ))),
+            ReceiverKind::Log(c) => Ok(Receiver::Log(LogReceiver::new(name, c.clone()))),
+        };
+        match built {
+            Ok(r) => ok.push(r),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(ok)
+    } else {
+        Err(errors)
+    }
+}
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state.path).with_context(|| {
@@ -37,6 +84,40 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    // State first: alerts, group states and the outbox resume from it.
+    let store = Arc::new(Store::open(&config.state.path)?);
+    let receivers = build_receivers(&config).map_err(|errs| {
+        anyhow::anyhow!(
+            errs.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
+    let wakes: Vec<Arc<tokio::sync::Notify>> = receivers
+        .iter()
+        .map(|_| Arc::new(tokio::sync::Notify::new()))
+        .collect();
+    let dispatch = config.route.clone().map(|root| Dispatch {
+        root,
+        send_resolved: config
+            .receivers
+            .iter()
+            .map(|r| (r.name.clone(), r.send_resolved))
+            .collect(),
+    });
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        config.rules.clone(),
+        dispatch,
+        wakes.clone(),
+    )?);
+    let stats: Stats = receivers
+        .iter()
+        .map(|r| (r.name().to_string(), Arc::new(ReceiverStats::default())))
+        .collect();
+    info!(rules = config.rules.len(), receivers = receivers.len(), state = %store.path().display(), "alerting ready");
+
     // Things that take requests start before things that send them.
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -47,6 +128,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         clusters: Arc::new(handles.clone()),
         state_dir: config.state.path.clone(),
         started_at: now,
+        engine: engine.clone(),
+        stats: Arc::new(stats.clone()),
+        api_token: config.server.api_token.clone(),
     };
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
@@ -60,11 +144,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let params = Params {
         window_ms: config.analysis.window.as_millis() as i64,
     };
-    let loops: Vec<_> = scrapers
+    let pacer = Arc::new(Pacer::default());
+    let mut loops: Vec<_> = receivers
         .into_iter()
-        .zip(&handles)
-        .map(|(scraper, handle)| tokio::spawn(poll_loop(handle.clone(), scraper, params)))
+        .zip(wakes)
+        .map(|(r, wake)| {
+            let st = stats[r.name()].clone();
+            tokio::spawn(outbox::run_worker(
+                Arc::new(r),
+                store.clone(),
+                wake,
+                pacer.clone(),
+                config.outbox,
+                st,
+            ))
+        })
         .collect();
+    let ticker = engine.clone();
+    loops.push(tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            every.tick().await;
+            ticker.tick(Timestamp::now());
+        }
+    }));
+    loops.extend(scrapers.into_iter().zip(&handles).map(|(scraper, handle)| {
+        tokio::spawn(poll_loop(handle.clone(), scraper, params, engine.clone()))
+    }));
 
     wait_for_shutdown().await;
     info!("shutting down");
@@ -100,7 +207,12 @@ async fn wait_for_shutdown() {
 
 /// One cluster's loop: scrape, fold into history, publish the view. Cycles never overlap: a cycle
 /// longer than the interval makes the loop skip (and count) the ticks it overran.
-async fn poll_loop(handle: Arc<ClusterHandle>, scraper: Scraper, params: Params) {
+async fn poll_loop(
+    handle: Arc<ClusterHandle>,
+    scraper: Scraper,
+    params: Params,
+    engine: Arc<Engine>,
+) {
     let cfg = scraper.config().clone();
     let poll = cfg.poll_interval;
     let mut tracker = Tracker::new(&cfg.name, params);
@@ -163,7 +275,9 @@ async fn poll_loop(handle: Arc<ClusterHandle>, scraper: Scraper, params: Params)
                 }
             }
         };
-        handle.view.store(Arc::new(view));
+        let view = Arc::new(view);
+        handle.view.store(view.clone());
+        engine.on_cycle(&view, now);
         handle.mark_progress(now);
 
         let missed = (elapsed.as_nanos() / poll.as_nanos().max(1)) as u32;

@@ -13,29 +13,14 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::alerts::dispatch::{Matcher, Route};
+use crate::outbox::Policy;
+use crate::receivers::{EmailConfig, LogConfig, SlackConfig, WebhookConfig};
+use crate::rules::RuleSet;
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9488";
 
-/// One problem in a config file, with where it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Diagnostic {
-    pub file: PathBuf,
-    pub line: u64,
-    pub col: u64,
-    pub message: String,
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.col,
-            self.message
-        )
-    }
-}
+pub use crate::domain::Diagnostic;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -77,6 +62,26 @@ pub struct Config {
     pub state: StateConfig,
     pub clusters: Vec<ClusterConfig>,
     pub analysis: AnalysisConfig,
+    pub rules: RuleSet,
+    pub receivers: Vec<ReceiverConfig>,
+    /// `None` when no receivers are configured: alerts are evaluated and shown, not sent.
+    pub route: Option<Route>,
+    pub outbox: Policy,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReceiverConfig {
+    pub name: String,
+    pub send_resolved: bool,
+    pub kind: ReceiverKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum ReceiverKind {
+    Slack(SlackConfig),
+    Email(EmailConfig),
+    Webhook(WebhookConfig),
+    Log(LogConfig),
 }
 
 #[derive(Clone, Debug)]
@@ -149,6 +154,85 @@ struct RawConfig {
     clusters: Spanned<Vec<RawCluster>>,
     #[serde(default)]
     analysis: RawAnalysis,
+    #[serde(default)]
+    rules: Vec<S>,
+    #[serde(default)]
+    receivers: Vec<RawReceiver>,
+    route: Option<RawRoute>,
+    #[serde(default)]
+    outbox: RawOutbox,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReceiver {
+    name: S,
+    send_resolved: Option<bool>,
+    slack: Option<RawSlack>,
+    email: Option<RawEmail>,
+    webhook: Option<RawWebhook>,
+    log: Option<RawLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlack {
+    webhook_url: Option<S>,
+    webhook_url_file: Option<S>,
+    bot_token_file: Option<S>,
+    channel: Option<S>,
+    api_url: Option<S>,
+    dashboard_url: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEmail {
+    smtp_url: S,
+    from: S,
+    to: Vec<S>,
+    username: Option<S>,
+    password: Option<S>,
+    password_file: Option<S>,
+    subject_prefix: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: S,
+    hmac_secret_file: Option<S>,
+    timeout: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    path: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    receiver: Option<S>,
+    #[serde(default)]
+    matchers: Vec<S>,
+    group_by: Option<Vec<String>>,
+    group_wait: Option<S>,
+    group_interval: Option<S>,
+    repeat_interval: Option<S>,
+    #[serde(default, rename = "continue")]
+    continue_: bool,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbox {
+    max_attempts: Option<Spanned<u32>>,
+    max_age: Option<S>,
+    max_backoff: Option<S>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -434,12 +518,307 @@ impl Validator<'_> {
             }
             clusters.push(c);
         }
+        let rules = self.rules(&raw.rules);
+        let receivers: Vec<ReceiverConfig> = raw
+            .receivers
+            .iter()
+            .filter_map(|r| self.receiver(r))
+            .collect();
+        for (i, r) in raw.receivers.iter().enumerate() {
+            if raw.receivers[..i]
+                .iter()
+                .any(|o| o.name.value == r.name.value)
+            {
+                self.error_at(
+                    &r.name,
+                    format!("duplicate receiver name {:?}", r.name.value),
+                );
+            }
+        }
+        let names: Vec<String> = raw.receivers.iter().map(|r| r.name.value.clone()).collect();
+        let route = match &raw.route {
+            Some(rr) => self.route(rr, None, &names),
+            None => {
+                if let Some(first) = raw.receivers.first() {
+                    self.error_at(&first.name, "receivers are configured but there is no `route:` saying which alerts go to them");
+                }
+                None
+            }
+        };
+        let outbox = self.outbox(&raw.outbox);
         Config {
             source: self.file.clone(),
             server,
             state,
             clusters,
             analysis,
+            rules,
+            receivers,
+            route,
+            outbox,
+        }
+    }
+
+    fn rules(&mut self, patterns: &[S]) -> RuleSet {
+        let located: Vec<(String, Option<Diagnostic>)> = patterns
+            .iter()
+            .map(|p| {
+                (
+                    p.value.clone(),
+                    Some(Diagnostic {
+                        file: self.file.clone(),
+                        line: p.referenced.line(),
+                        col: p.referenced.column(),
+                        message: String::new(),
+                    }),
+                )
+            })
+            .collect();
+        match crate::rules::load_files(&located, &self.dir) {
+            Ok(set) => set,
+            Err(mut diags) => {
+                self.errors.append(&mut diags);
+                RuleSet::default()
+            }
+        }
+    }
+
+    fn url(&mut self, s: &S, key: &str) -> Option<reqwest::Url> {
+        let text = self.string(s);
+        match reqwest::Url::parse(&text) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
+            // The value may be a credential (a Slack webhook URL): describe it, never echo it.
+            _ => {
+                self.error_at(s, format!("{key} is not an http(s) URL"));
+                None
+            }
+        }
+    }
+
+    fn receiver(&mut self, r: &RawReceiver) -> Option<ReceiverConfig> {
+        let name = self.string(&r.name);
+        let kinds = [
+            r.slack.is_some(),
+            r.email.is_some(),
+            r.webhook.is_some(),
+            r.log.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            self.error_at(
+                &r.name,
+                format!("receiver {name:?} needs exactly one of slack, email, webhook, log"),
+            );
+            return None;
+        }
+        let kind = if let Some(sl) = &r.slack {
+            let webhook_url = match (&sl.webhook_url, &sl.webhook_url_file) {
+                (Some(u), None) => self.url(u, "slack.webhook_url"),
+                (None, Some(f)) => {
+                    let secret = self.secret_file(f, "slack.webhook_url_file")?;
+                    match reqwest::Url::parse(secret.expose().trim()) {
+                        Ok(u) => Some(u),
+                        Err(_) => {
+                            self.error_at(f, "slack.webhook_url_file does not hold an http(s) URL");
+                            None
+                        }
+                    }
+                }
+                (Some(u), Some(_)) => {
+                    self.error_at(
+                        u,
+                        "set either slack.webhook_url or slack.webhook_url_file, not both",
+                    );
+                    None
+                }
+                (None, None) => None,
+            };
+            let bot_token = sl
+                .bot_token_file
+                .as_ref()
+                .and_then(|f| self.secret_file(f, "slack.bot_token_file"));
+            if webhook_url.is_none()
+                && bot_token.is_none()
+                && sl.webhook_url.is_none()
+                && sl.webhook_url_file.is_none()
+                && sl.bot_token_file.is_none()
+            {
+                self.error_at(
+                    &r.name,
+                    "slack needs webhook_url (or webhook_url_file), or bot_token_file with channel",
+                );
+            }
+            if sl.bot_token_file.is_some() && sl.channel.is_none() {
+                self.error_at(&r.name, "slack.bot_token_file needs slack.channel");
+            }
+            let api_url = match &sl.api_url {
+                Some(u) => self.url(u, "slack.api_url")?,
+                None => reqwest::Url::parse("https://slack.com/api").expect("literal url"),
+            };
+            ReceiverKind::Slack(SlackConfig {
+                webhook_url,
+                bot_token,
+                channel: sl.channel.as_ref().map(|c| self.string(c)),
+                api_url,
+                dashboard_url: sl.dashboard_url.as_ref().map(|d| self.string(d)),
+            })
+        } else if let Some(e) = &r.email {
+            let password = match (&e.password, &e.password_file) {
+                (Some(p), None) => Some(Secret::new(self.string(p))),
+                (None, Some(f)) => self.secret_file(f, "email.password_file"),
+                (Some(p), Some(_)) => {
+                    self.error_at(
+                        p,
+                        "set either email.password or email.password_file, not both",
+                    );
+                    None
+                }
+                (None, None) => None,
+            };
+            if e.to.is_empty() {
+                self.error_at(&e.from, "email.to needs at least one address");
+            }
+            ReceiverKind::Email(EmailConfig {
+                smtp_url: self.string(&e.smtp_url),
+                from: self.string(&e.from),
+                to: e.to.iter().map(|t| self.string(t)).collect(),
+                username: e.username.as_ref().map(|u| self.string(u)),
+                password,
+                subject_prefix: e.subject_prefix.as_ref().map(|p| self.string(p)),
+            })
+        } else if let Some(w) = &r.webhook {
+            ReceiverKind::Webhook(WebhookConfig {
+                url: self.url(&w.url, "webhook.url")?,
+                hmac_secret: w
+                    .hmac_secret_file
+                    .as_ref()
+                    .and_then(|f| self.secret_file(f, "webhook.hmac_secret_file")),
+                timeout: self.duration(
+                    w.timeout.as_ref(),
+                    Duration::from_secs(10),
+                    Duration::from_millis(100),
+                    "webhook.timeout",
+                ),
+            })
+        } else {
+            let path = r
+                .log
+                .as_ref()
+                .and_then(|l| l.path.as_ref())
+                .map(|p| self.path(p));
+            ReceiverKind::Log(LogConfig { path })
+        };
+        Some(ReceiverConfig {
+            name,
+            send_resolved: r.send_resolved.unwrap_or(true),
+            kind,
+        })
+    }
+
+    fn route(&mut self, r: &RawRoute, parent: Option<&Route>, names: &[String]) -> Option<Route> {
+        let receiver = match (&r.receiver, parent) {
+            (Some(s), _) => {
+                let name = self.string(s);
+                if !names.contains(&name) {
+                    self.error_at(
+                        s,
+                        format!(
+                            "route receiver {name:?} is not defined under receivers: (defined: {})",
+                            names.join(", ")
+                        ),
+                    );
+                }
+                name
+            }
+            (None, Some(p)) => p.receiver.clone(),
+            (None, None) => {
+                self.errors.push(Diagnostic {
+                    file: self.file.clone(),
+                    line: 1,
+                    col: 1,
+                    message: "route: the top-level route needs a receiver".into(),
+                });
+                String::new()
+            }
+        };
+        let mut matchers = Vec::new();
+        for m in &r.matchers {
+            match Matcher::parse(&m.value) {
+                Ok(mm) => matchers.push(mm),
+                Err(e) => self.error_at(m, e),
+            }
+        }
+        let inherit = |pick: fn(&Route) -> Duration, default: u64| {
+            parent.map_or(Duration::from_secs(default), pick)
+        };
+        let group_wait_default = inherit(|p| p.group_wait, 10);
+        let group_interval_default = inherit(|p| p.group_interval, 60);
+        let repeat_default = inherit(|p| p.repeat_interval, 4 * 3600);
+        let mut route = Route {
+            receiver,
+            matchers,
+            group_by: r
+                .group_by
+                .clone()
+                .or_else(|| parent.map(|p| p.group_by.clone()))
+                .unwrap_or_else(|| {
+                    ["cluster", "vhost", "queue", "alertname"]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect()
+                }),
+            group_wait: self.duration(
+                r.group_wait.as_ref(),
+                group_wait_default,
+                Duration::ZERO,
+                "group_wait",
+            ),
+            group_interval: self.duration(
+                r.group_interval.as_ref(),
+                group_interval_default,
+                Duration::from_secs(1),
+                "group_interval",
+            ),
+            repeat_interval: self.duration(
+                r.repeat_interval.as_ref(),
+                repeat_default,
+                Duration::from_secs(60),
+                "repeat_interval",
+            ),
+            continue_: r.continue_,
+            routes: Vec::new(),
+        };
+        let children: Vec<Route> = r
+            .routes
+            .iter()
+            .filter_map(|c| self.route(c, Some(&route), names))
+            .collect();
+        route.routes = children;
+        Some(route)
+    }
+
+    fn outbox(&mut self, raw: &RawOutbox) -> Policy {
+        let d = Policy::default();
+        Policy {
+            max_attempts: match &raw.max_attempts {
+                Some(m) if m.value == 0 => {
+                    self.error_at(m, "outbox.max_attempts must be at least 1");
+                    d.max_attempts
+                }
+                Some(m) => m.value,
+                None => d.max_attempts,
+            },
+            max_age: self.duration(
+                raw.max_age.as_ref(),
+                d.max_age,
+                Duration::from_secs(1),
+                "outbox.max_age",
+            ),
+            max_backoff: self.duration(
+                raw.max_backoff.as_ref(),
+                d.max_backoff,
+                Duration::from_secs(1),
+                "outbox.max_backoff",
+            ),
         }
     }
 

@@ -3,6 +3,7 @@
 //! Owns plain data types only; it must never do I/O or depend on another module.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Milliseconds since the Unix epoch. Passed into pure code as `now` so nothing below `app` reads the clock.
@@ -82,6 +83,86 @@ impl StatsMode {
     }
 }
 
+/// Serde for maps of numbers that may be ±Inf or NaN (a drain ETA of +Inf means "never"): JSON has
+/// no such numbers, so they are written as the strings "+Inf", "-Inf", "NaN", as Prometheus does.
+pub mod float_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Num {
+        Finite(f64),
+        Special(String),
+    }
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<String, f64>, s: S) -> Result<S::Ok, S::Error> {
+        let out: BTreeMap<&String, Num> = map
+            .iter()
+            .map(|(k, v)| {
+                let n = if v.is_finite() {
+                    Num::Finite(*v)
+                } else if v.is_nan() {
+                    Num::Special("NaN".into())
+                } else if *v > 0.0 {
+                    Num::Special("+Inf".into())
+                } else {
+                    Num::Special("-Inf".into())
+                };
+                (k, n)
+            })
+            .collect();
+        out.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+        let raw: BTreeMap<String, Option<Num>> = BTreeMap::deserialize(d)?;
+        raw.into_iter()
+            .map(|(k, v)| {
+                let x = match v {
+                    Some(Num::Finite(x)) => x,
+                    Some(Num::Special(s)) => match s.as_str() {
+                        "+Inf" | "Inf" => f64::INFINITY,
+                        "-Inf" => f64::NEG_INFINITY,
+                        "NaN" => f64::NAN,
+                        other => {
+                            return Err(serde::de::Error::custom(format!(
+                                "not a number: {other:?}"
+                            )));
+                        }
+                    },
+                    // Older records wrote non-finite values as null.
+                    None => f64::NAN,
+                };
+                Ok((k, x))
+            })
+            .collect()
+    }
+}
+
+/// One problem in a file the user wrote (config, rules, rule tests), with where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: u64,
+    pub col: u64,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +171,26 @@ mod tests {
     fn severity_orders_by_urgency() {
         assert!(Severity::Critical > Severity::Warning);
         assert!(Severity::Warning > Severity::Info);
+    }
+
+    #[test]
+    fn infinite_values_survive_a_json_round_trip() {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct V {
+            #[serde(with = "float_map")]
+            v: std::collections::BTreeMap<String, f64>,
+        }
+        let v = V {
+            v: [
+                ("eta".to_string(), f64::INFINITY),
+                ("rate".to_string(), 2.5),
+            ]
+            .into(),
+        };
+        let json = serde_json::to_string(&v).unwrap();
+        assert_eq!(json, r#"{"v":{"eta":"+Inf","rate":2.5}}"#);
+        let back: V = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.v["eta"], f64::INFINITY);
     }
 
     #[test]

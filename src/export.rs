@@ -8,7 +8,9 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
+use crate::alerts::{Alert, State};
 use crate::domain::{StatsMode, Timestamp};
+use crate::outbox::{LATENCY_BUCKETS, Stats};
 use crate::snapshot::NodeSample;
 use crate::view::{ClusterView, QueueView, escape_label_value};
 
@@ -207,8 +209,30 @@ const NODE_FAMILIES: &[NodeGauge] = &[
     ),
 ];
 
-/// Renders every metric. `now` decides which clusters' data is still fresh enough to present.
+/// The daemon's own state beyond the clusters: alerts and delivery.
+pub struct Extras<'a> {
+    pub alerts: &'a [Alert],
+    pub receivers: &'a Stats,
+    /// (outbox entries, dead letters); `None` when the store could not be read.
+    pub outbox: Option<(u64, u64)>,
+}
+
+/// Renders the cluster metrics only (benchmarks use this).
 pub fn render(clusters: &[Arc<ClusterView>], now: Timestamp) -> String {
+    let stats = Stats::new();
+    render_with(
+        clusters,
+        &Extras {
+            alerts: &[],
+            receivers: &stats,
+            outbox: None,
+        },
+        now,
+    )
+}
+
+/// Renders every metric. `now` decides which clusters' data is still fresh enough to present.
+pub fn render_with(clusters: &[Arc<ClusterView>], extras: &Extras<'_>, now: Timestamp) -> String {
     let fresh: Vec<&ClusterView> = clusters
         .iter()
         .map(Arc::as_ref)
@@ -350,6 +374,8 @@ pub fn render(clusters: &[Arc<ClusterView>], now: Timestamp) -> String {
             }
         }
     }
+    render_alerting(&mut o, extras);
+
     o.family(
         "rabbitwatch_queue_status",
         "gauge",
@@ -366,6 +392,88 @@ pub fn render(clusters: &[Arc<ClusterView>], now: Timestamp) -> String {
         }
     }
     o.buf
+}
+
+fn render_alerting(o: &mut Out, x: &Extras<'_>) {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut counts: BTreeMap<(&str, &str, &str, &str), u64> = BTreeMap::new();
+    for a in x.alerts.iter().filter(|a| a.state != State::Resolved) {
+        let severity = a.labels.get("severity").map_or("", String::as_str);
+        *counts
+            .entry((&a.alertname, severity, a.state.as_str(), a.mode.as_str()))
+            .or_default() += 1;
+    }
+    o.family(
+        "rabbitwatch_alerts",
+        "gauge",
+        "Pending and firing alerts (shadow-mode ones have mode=\"shadow\" and are never sent).",
+    );
+    for ((name, sev, state, mode), n) in counts {
+        let l = format!(
+            "{},{},{},{}",
+            label("alertname", name),
+            label("severity", sev),
+            label("state", state),
+            label("mode", mode)
+        );
+        o.sample("rabbitwatch_alerts", &l, n as f64);
+    }
+    if let Some((pending, dead)) = x.outbox {
+        o.family(
+            "rabbitwatch_outbox_pending",
+            "gauge",
+            "Notifications waiting in the durable outbox (new or retrying).",
+        );
+        o.sample("rabbitwatch_outbox_pending", "", pending as f64);
+        o.family("rabbitwatch_dead_letters", "gauge", "Notifications that could not be delivered; list and replay them with rabbitwatch deadletters.");
+        o.sample("rabbitwatch_dead_letters", "", dead as f64);
+    }
+    o.family(
+        "rabbitwatch_notifications_total",
+        "counter",
+        "Delivery attempts by receiver and outcome (delivered, retried, dead_lettered).",
+    );
+    for (name, st) in x.receivers {
+        for (outcome, n) in [
+            ("delivered", &st.delivered),
+            ("retried", &st.retried),
+            ("dead_lettered", &st.dead_lettered),
+        ] {
+            o.sample(
+                "rabbitwatch_notifications_total",
+                &format!("{},{}", label("receiver", name), label("outcome", outcome)),
+                n.load(Relaxed) as f64,
+            );
+        }
+    }
+    o.family(
+        "rabbitwatch_notification_latency_seconds",
+        "histogram",
+        "Time from a notification entering the outbox to its delivery.",
+    );
+    for (name, st) in x.receivers {
+        let r = label("receiver", name);
+        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+            o.sample(
+                "rabbitwatch_notification_latency_seconds_bucket",
+                &format!("{r},le=\"{le}\""),
+                st.latency_buckets[i].load(Relaxed) as f64,
+            );
+        }
+        let count = st.latency_buckets[10].load(Relaxed) as f64;
+        o.sample(
+            "rabbitwatch_notification_latency_seconds_bucket",
+            &format!("{r},le=\"+Inf\""),
+            count,
+        );
+        o.sample(
+            "rabbitwatch_notification_latency_seconds_sum",
+            &r,
+            st.latency_sum_ms.load(Relaxed) as f64 / 1000.0,
+        );
+        o.sample("rabbitwatch_notification_latency_seconds_count", &r, count);
+    }
 }
 
 #[cfg(test)]

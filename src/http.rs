@@ -13,17 +13,26 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::Alert;
 use crate::analysis::Status;
+use crate::config::Secret;
 use crate::domain::Timestamp;
+use crate::engine::Engine;
 use crate::export;
+use crate::outbox::Stats;
+use crate::store::DeadLetter;
 use crate::view::{ClusterHandle, ClusterView, LastError};
 
-/// What the handlers can see: read-only handles, nothing to mutate.
+/// What the handlers can see: read-only handles, and the store for dead-letter replays.
 #[derive(Clone)]
 pub struct HttpState {
     pub clusters: Arc<Vec<Arc<ClusterHandle>>>,
     pub state_dir: PathBuf,
     pub started_at: Timestamp,
+    pub engine: Arc<Engine>,
+    pub stats: Arc<Stats>,
+    /// Mutating calls need `Authorization: Bearer <token>` when set.
+    pub api_token: Option<Secret>,
 }
 
 impl HttpState {
@@ -39,13 +48,30 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/status", get(status))
         .route("/api/v1/queues", get(queues))
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/deadletters", get(dead_letters))
+        .route(
+            "/api/v1/deadletters/{id}/replay",
+            axum::routing::post(replay),
+        )
         .with_state(state)
 }
 
 async fn metrics(State(st): State<HttpState>) -> Response {
     let views = st.views();
+    let alerts = st.engine.alerts();
+    let counts = st.engine.store().counts().ok();
+    let stats = st.stats.clone();
     // Rendering 100k queues takes a while; keep it off the async worker threads.
-    match tokio::task::spawn_blocking(move || export::render(&views, Timestamp::now())).await {
+    let render = move || {
+        let extras = export::Extras {
+            alerts: &alerts,
+            receivers: &stats,
+            outbox: counts,
+        };
+        export::render_with(&views, &extras, Timestamp::now())
+    };
+    match tokio::task::spawn_blocking(render).await {
         Ok(body) => ([(header::CONTENT_TYPE, export::CONTENT_TYPE)], body).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -275,4 +301,92 @@ async fn queues(State(st): State<HttpState>, Query(f): Query<QueueFilter>) -> Re
         }
     }
     Json(QueuesBody { queues: rows }).into_response()
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct AlertsBody {
+    pub alerts: Vec<Alert>,
+}
+
+/// Every alert the daemon holds: pending, firing, recently resolved; shadow-mode ones included.
+async fn alerts(State(st): State<HttpState>) -> Json<AlertsBody> {
+    let mut alerts: Vec<Alert> = st.engine.alerts().iter().cloned().collect();
+    alerts.sort_by(|a, b| {
+        (a.state as u8, &a.alertname, &a.fingerprint).cmp(&(
+            b.state as u8,
+            &b.alertname,
+            &b.fingerprint,
+        ))
+    });
+    Json(AlertsBody { alerts })
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct DeadLetterRow {
+    pub id: u64,
+    #[serde(flatten)]
+    pub letter: DeadLetter,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct DeadLettersBody {
+    pub dead_letters: Vec<DeadLetterRow>,
+}
+
+async fn dead_letters(State(st): State<HttpState>) -> Response {
+    match st.engine.store().dead_letters() {
+        Ok(list) => Json(DeadLettersBody {
+            dead_letters: list
+                .into_iter()
+                .map(|(id, letter)| DeadLetterRow { id, letter })
+                .collect(),
+        })
+        .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+fn authorized(st: &HttpState, headers: &axum::http::HeaderMap) -> bool {
+    let Some(token) = &st.api_token else {
+        return true;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Constant-time comparison: the token must not leak through timing.
+    given.is_some_and(|g| {
+        let (a, b) = (g.as_bytes(), token.expose().as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    })
+}
+
+async fn replay(
+    State(st): State<HttpState>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if !authorized(&st, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (server.api_token_file)",
+        )
+            .into_response();
+    }
+    match crate::outbox::replay(st.engine.store(), id) {
+        Ok(new_id) => {
+            st.engine.wake_all();
+            (
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({ "replayed": id, "outbox_id": new_id })),
+            )
+                .into_response()
+        }
+        Err(crate::store::StoreError::NoSuchDeadLetter(_)) => (
+            StatusCode::NOT_FOUND,
+            format!("no dead letter with id {id}"),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }

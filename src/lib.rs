@@ -3,13 +3,19 @@
 //! The modules follow the data path: `scrape → snapshot → analysis → view`, with `export` and `http`
 //! on the read side and `app` the only place that wires them together.
 
+pub mod alerts;
 pub mod analysis;
 pub mod app;
 pub mod config;
 pub mod console;
 pub mod domain;
+pub mod engine;
 pub mod export;
 pub mod http;
+pub mod outbox;
+pub mod receivers;
+pub mod rules;
 pub mod scrape;
 pub mod snapshot;
+pub mod store;
 pub mod view;

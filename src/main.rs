@@ -62,6 +62,54 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9488/healthz")]
         url: String,
     },
+    /// Rule unit tests.
+    Test {
+        #[command(subcommand)]
+        what: TestWhat,
+    },
+    /// Notifications that could not be delivered (through the daemon's API).
+    Deadletters {
+        #[command(subcommand)]
+        action: DeadlettersAction,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Daemon base URL [default: http://<server.listen from the config>]
+        #[arg(long, global = true)]
+        url: Option<String>,
+    },
+    /// Send a test notification through a configured receiver.
+    Notify {
+        #[command(subcommand)]
+        action: NotifyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TestWhat {
+    /// Run rule test files (synthetic series, expected alerts), like `promtool test rules`.
+    Rules {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadlettersAction {
+    /// List dead letters.
+    List,
+    /// Put a dead letter back into the outbox for delivery.
+    Replay { id: u64 },
+}
+
+#[derive(Subcommand)]
+enum NotifyAction {
+    /// Deliver a synthetic firing notification to RECEIVER now (no retries) and report the outcome.
+    Test {
+        #[arg(long)]
+        receiver: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -126,16 +174,55 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check { config } => match load(config) {
             Ok(cfg) => {
+                if let Err(errs) = app::build_receivers(&cfg) {
+                    for e in &errs {
+                        eprintln!("{}: {e}", cfg.source.display());
+                    }
+                    eprintln!("{} error(s); nothing was started", errs.len());
+                    return Ok(ExitCode::FAILURE);
+                }
                 println!(
-                    "{}: ok ({} cluster(s), listen {})",
+                    "{}: ok ({} cluster(s), {} rule(s), {} receiver(s), listen {})",
                     cfg.source.display(),
                     cfg.clusters.len(),
+                    cfg.rules.len(),
+                    cfg.receivers.len(),
                     cfg.server.listen
                 );
                 Ok(ExitCode::SUCCESS)
             }
             Err(code) => Ok(code),
         },
+        Command::Test {
+            what: TestWhat::Rules { files },
+        } => Ok(test_rules(&files)),
+        Command::Deadletters {
+            action,
+            config,
+            url,
+        } => {
+            let base = match url {
+                Some(u) => u.trim_end_matches('/').to_string(),
+                None => match load(config.clone()) {
+                    Ok(cfg) => format!("http://{}", cfg.server.listen),
+                    Err(code) => return Ok(code),
+                },
+            };
+            let token = match config.map(|c| config::load(&c)) {
+                Some(Ok(cfg)) => cfg.server.api_token.map(|t| t.expose().to_string()),
+                _ => std::env::var("RABBITWATCH_API_TOKEN").ok(),
+            };
+            runtime()?.block_on(deadletters(&base, action, token))
+        }
+        Command::Notify {
+            action: NotifyAction::Test { receiver, config },
+        } => {
+            let cfg = match load(config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            runtime()?.block_on(notify_test(&cfg, &receiver))
+        }
         Command::Status {
             config,
             url,
@@ -202,6 +289,171 @@ async fn status(base: &str, watch: bool, interval: Duration) -> anyhow::Result<E
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+fn test_rules(files: &[PathBuf]) -> ExitCode {
+    let (mut passed, mut failed) = (0, 0);
+    for f in files {
+        match rabbitwatch::rules::testing::run_file(f) {
+            Ok(report) => {
+                passed += report.passed;
+                failed += report.failures.len();
+                for failure in &report.failures {
+                    println!("FAIL {}: {failure}", report.file.display());
+                }
+                println!(
+                    "{}: {} passed, {} failed",
+                    report.file.display(),
+                    report.passed,
+                    report.failures.len()
+                );
+            }
+            Err(diags) => {
+                failed += 1;
+                for d in diags {
+                    println!("{d}");
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn deadletters(
+    base: &str,
+    action: DeadlettersAction,
+    token: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    match action {
+        DeadlettersAction::List => {
+            let url = format!("{base}/api/v1/deadletters");
+            let body: rabbitwatch::http::DeadLettersBody = client
+                .get(&url)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .with_context(|| format!("cannot reach the daemon at {url}"))?
+                .json()
+                .await?;
+            if body.dead_letters.is_empty() {
+                println!("no dead letters");
+            }
+            for d in body.dead_letters {
+                let n = &d.letter.notification;
+                let first = n.alerts.first();
+                println!(
+                    "{:>6}  {:<16} {:<10} attempts={} alerts={} correlation_id={} error={}",
+                    d.id,
+                    console::terminal_safe(&n.receiver),
+                    d.letter.reason,
+                    d.letter.attempts,
+                    n.alerts.len(),
+                    first.map_or("-", |a| a.correlation_id.as_str()),
+                    console::terminal_safe(&d.letter.error)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DeadlettersAction::Replay { id } => {
+            let url = format!("{base}/api/v1/deadletters/{id}/replay");
+            let mut req = client.post(&url);
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the daemon at {url}"))?;
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            if status.is_success() {
+                println!("replaying dead letter {id}: {text}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("replay of {id} refused: {status}: {text}");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
+}
+
+async fn notify_test(cfg: &config::Config, name: &str) -> anyhow::Result<ExitCode> {
+    use rabbitwatch::receivers::{AlertStatus, AlertSummary, GroupStatus, Notification};
+    use std::collections::BTreeMap;
+    let receivers = app::build_receivers(cfg).map_err(|e| {
+        anyhow::anyhow!(
+            e.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
+    let Some(r) = receivers.iter().find(|r| r.name() == name) else {
+        let names: Vec<&str> = receivers.iter().map(|r| r.name()).collect();
+        eprintln!(
+            "no receiver named {name:?}; configured: {}",
+            names.join(", ")
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    let now = rabbitwatch::domain::Timestamp::now().0;
+    let id = uuid::Uuid::now_v7().to_string();
+    let labels = BTreeMap::from([
+        (
+            "alertname".to_string(),
+            "RabbitwatchTestNotification".to_string(),
+        ),
+        ("severity".to_string(), "info".to_string()),
+        ("cluster".to_string(), "test".to_string()),
+    ]);
+    let n = Notification {
+        receiver: name.to_string(),
+        group_key: "test".to_string(),
+        status: GroupStatus::Firing,
+        group_labels: BTreeMap::new(),
+        common_labels: labels.clone(),
+        common_annotations: BTreeMap::new(),
+        alerts: vec![AlertSummary {
+            status: AlertStatus::Firing,
+            annotations: BTreeMap::from([(
+                "summary".to_string(),
+                "Test notification from rabbitwatch notify test".to_string(),
+            )]),
+            fingerprint: rabbitwatch::alerts::fingerprint(&labels),
+            labels,
+            starts_at: now,
+            ends_at: None,
+            correlation_id: id.clone(),
+            values: BTreeMap::new(),
+        }],
+        idempotency_key: format!("{id}:firing:1"),
+        flapping: false,
+        previous: None,
+        created_at: now,
+    };
+    match r.deliver(&n).await {
+        Ok(_) => {
+            println!("delivered to {name} ({}), correlation_id={id}", r.kind());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let kind = if e.is_retriable() {
+                "transient (the daemon would retry)"
+            } else {
+                "permanent (the daemon would dead-letter it)"
+            };
+            eprintln!("delivery to {name} failed, {kind}: {e}");
+            Ok(ExitCode::FAILURE)
         }
     }
 }

@@ -1,0 +1,541 @@
+//! Routing and grouping: which receivers hear about an alert, batched how, and when.
+//!
+//! Follows Alertmanager's routing tree (`matchers`, `continue`, inherited `group_by` and timings) and
+//! its notification log: for every (receiver, group) the store remembers which state of each alert was
+//! last sent (`GroupState::notified`). `plan` compares that with the alert table, so what is due is
+//! derived, never queued in memory: after a crash the next `plan` finds the same work. Pure: `now` is
+//! passed in; the caller writes the returned group states and notifications in one transaction.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use regex::Regex;
+
+use super::{Alert, AlertTable, State};
+use crate::receivers::{AlertStatus, AlertSummary, GroupStatus, Notification};
+use crate::rules::Mode;
+use crate::store::{GroupState, group_id};
+
+#[derive(Clone, Debug)]
+pub enum MatchOp {
+    Eq,
+    Ne,
+    Re(Regex),
+    NotRe(Regex),
+}
+
+/// `name=value`, `name!=value`, `name=~regex`, `name!~regex` (regexes anchored, as in Alertmanager).
+#[derive(Clone, Debug)]
+pub struct Matcher {
+    pub name: String,
+    pub op: MatchOp,
+    pub value: String,
+}
+
+impl Matcher {
+    pub fn parse(s: &str) -> Result<Matcher, String> {
+        let (name, op, value) = ["=~", "!~", "!=", "="]
+            .iter()
+            .find_map(|op| s.split_once(op).map(|(n, v)| (n.trim(), *op, v.trim())))
+            .ok_or_else(|| {
+                format!(
+                    "matcher {s:?}: expected name=value, name!=value, name=~regex or name!~regex"
+                )
+            })?;
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("matcher {s:?}: invalid label name {name:?}"));
+        }
+        let value = value.trim_matches('"').to_string();
+        let re = || {
+            Regex::new(&format!("^(?:{value})$")).map_err(|e| {
+                format!(
+                    "matcher {s:?}: invalid regex: {}",
+                    e.to_string().lines().last().unwrap_or_default().trim()
+                )
+            })
+        };
+        let op = match op {
+            "=" => MatchOp::Eq,
+            "!=" => MatchOp::Ne,
+            "=~" => MatchOp::Re(re()?),
+            _ => MatchOp::NotRe(re()?),
+        };
+        Ok(Matcher {
+            name: name.to_string(),
+            op,
+            value,
+        })
+    }
+
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let v = labels.get(&self.name).map_or("", String::as_str);
+        match &self.op {
+            MatchOp::Eq => v == self.value,
+            MatchOp::Ne => v != self.value,
+            MatchOp::Re(re) => re.is_match(v),
+            MatchOp::NotRe(re) => !re.is_match(v),
+        }
+    }
+}
+
+/// A node of the routing tree, with inherited settings already filled in.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub receiver: String,
+    pub matchers: Vec<Matcher>,
+    pub group_by: Vec<String>,
+    pub group_wait: Duration,
+    pub group_interval: Duration,
+    pub repeat_interval: Duration,
+    pub continue_: bool,
+    pub routes: Vec<Route>,
+}
+
+impl Route {
+    /// The routes an alert with `labels` goes to, each with its stable path ("0", "0.1", …).
+    pub fn select<'r>(&'r self, labels: &BTreeMap<String, String>) -> Vec<(String, &'r Route)> {
+        let mut out = Vec::new();
+        self.walk("0".to_string(), labels, &mut out);
+        out
+    }
+
+    fn walk<'r>(
+        &'r self,
+        path: String,
+        labels: &BTreeMap<String, String>,
+        out: &mut Vec<(String, &'r Route)>,
+    ) -> bool {
+        if !self.matchers.iter().all(|m| m.matches(labels)) {
+            return false;
+        }
+        let mut matched_child = false;
+        for (i, child) in self.routes.iter().enumerate() {
+            if child.walk(format!("{path}.{i}"), labels, out) {
+                matched_child = true;
+                if !child.continue_ {
+                    break;
+                }
+            }
+        }
+        if !matched_child {
+            out.push((path, self));
+        }
+        true
+    }
+}
+
+/// Routes plus per-receiver `send_resolved`.
+#[derive(Clone, Debug)]
+pub struct Dispatch {
+    pub root: Route,
+    pub send_resolved: BTreeMap<String, bool>,
+}
+
+/// A group state to store and, unless the receiver wants nothing (a resolve with
+/// `send_resolved: false`), the notification to enqueue with it.
+#[derive(Debug)]
+pub struct Flush {
+    pub group_id: String,
+    pub state: GroupState,
+    pub notification: Option<Notification>,
+}
+
+struct Group<'a> {
+    receiver: &'a str,
+    key: String,
+    route: &'a Route,
+    labels: BTreeMap<String, String>,
+    alerts: Vec<&'a Alert>,
+}
+
+/// What an alert should have been notified as: `firing`, `resolved`, or `flapping` (one notification
+/// for the whole storm); `None` while pending.
+fn desired(a: &Alert) -> Option<&'static str> {
+    match (a.flapping, a.state) {
+        (true, _) => Some("flapping"),
+        (false, State::Firing) => Some("firing"),
+        (false, State::Resolved) => Some("resolved"),
+        (false, State::Pending) => None,
+    }
+}
+
+/// Decides which groups are due and builds their notifications.
+pub fn plan(
+    d: &Dispatch,
+    alerts: &AlertTable,
+    groups: &BTreeMap<String, GroupState>,
+    now: i64,
+) -> Vec<Flush> {
+    let mut by_key: BTreeMap<String, Group<'_>> = BTreeMap::new();
+    for a in alerts.alerts.values() {
+        // Shadow rules are recorded and shown, never sent.
+        if a.mode != Mode::Active || desired(a).is_none() {
+            continue;
+        }
+        for (path, route) in d.root.select(&a.labels) {
+            let labels: BTreeMap<String, String> = route
+                .group_by
+                .iter()
+                .filter_map(|k| a.labels.get(k).map(|v| (k.clone(), v.clone())))
+                .collect();
+            let key = format!("{path}:{}", render_labels(&labels));
+            let id = group_id(&route.receiver, &key);
+            by_key
+                .entry(id)
+                .or_insert_with(|| Group {
+                    receiver: &route.receiver,
+                    key,
+                    route,
+                    labels,
+                    alerts: Vec::new(),
+                })
+                .alerts
+                .push(a);
+        }
+    }
+
+    let mut out = Vec::new();
+    for (id, g) in by_key {
+        let prev = groups.get(&id).cloned().unwrap_or_default();
+        let send_resolved = d.send_resolved.get(g.receiver).copied().unwrap_or(true);
+        let mut include: Vec<&Alert> = Vec::new();
+        let mut changed_at: Option<i64> = None;
+        let mut any_firing = false;
+        for a in &g.alerts {
+            let want = desired(a).expect("filtered above");
+            let had = prev.notified.get(&a.fingerprint).map(String::as_str);
+            let relevant = match want {
+                // A resolve matters only to those who heard it fire.
+                "resolved" => had.is_some_and(|h| h != "resolved"),
+                _ => true,
+            };
+            if !relevant {
+                continue;
+            }
+            if want != "resolved" {
+                any_firing = true;
+            }
+            if had != Some(want) {
+                let at = if want == "resolved" {
+                    a.resolved_at
+                } else {
+                    a.fired_at
+                }
+                .unwrap_or(a.active_since);
+                changed_at = Some(changed_at.map_or(at, |c| c.min(at)));
+            }
+            if want != "resolved" || send_resolved {
+                include.push(a);
+            }
+        }
+        let due = match (changed_at, prev.last_sent_at) {
+            (Some(at), None) => now - at >= g.route.group_wait.as_millis() as i64,
+            (Some(_), Some(last)) => now - last >= g.route.group_interval.as_millis() as i64,
+            (None, Some(last)) => {
+                any_firing && now - last >= g.route.repeat_interval.as_millis() as i64
+            }
+            (None, None) => false,
+        };
+        if !due {
+            continue;
+        }
+        let mut state = GroupState {
+            notified: BTreeMap::new(),
+            last_sent_at: Some(now),
+            sequence: prev.sequence + 1,
+            handle: prev.handle.clone(),
+        };
+        for a in &g.alerts {
+            let want = desired(a).expect("filtered above");
+            // Keep what firing alerts were sent as; a delivered resolve ends the alert's entry.
+            if want != "resolved" {
+                state
+                    .notified
+                    .insert(a.fingerprint.clone(), want.to_string());
+            }
+        }
+        // Only resolves, and this receiver does not want them: remember, send nothing.
+        let notification =
+            (!include.is_empty()).then(|| notification(&g, &include, any_firing, &state, now));
+        out.push(Flush {
+            group_id: id,
+            state,
+            notification,
+        });
+    }
+    out
+}
+
+fn render_labels(labels: &BTreeMap<String, String>) -> String {
+    let parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+fn notification(
+    g: &Group<'_>,
+    alerts: &[&Alert],
+    any_firing: bool,
+    state: &GroupState,
+    now: i64,
+) -> Notification {
+    let summaries: Vec<AlertSummary> = alerts
+        .iter()
+        .map(|a| AlertSummary {
+            status: if a.state == State::Resolved && !a.flapping {
+                AlertStatus::Resolved
+            } else {
+                AlertStatus::Firing
+            },
+            labels: a.labels.clone(),
+            annotations: a.annotations.clone(),
+            starts_at: a.fired_at.unwrap_or(a.active_since),
+            ends_at: a.resolved_at.filter(|_| a.state == State::Resolved),
+            correlation_id: a.correlation_id.clone(),
+            fingerprint: a.fingerprint.clone(),
+            values: a.values.clone(),
+        })
+        .collect();
+    let common =
+        |pick: fn(&AlertSummary) -> &BTreeMap<String, String>| -> BTreeMap<String, String> {
+            let Some(first) = summaries.first() else {
+                return BTreeMap::new();
+            };
+            pick(first)
+                .iter()
+                .filter(|(k, v)| summaries.iter().all(|s| pick(s).get(*k) == Some(*v)))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+    let status = if any_firing {
+        GroupStatus::Firing
+    } else {
+        GroupStatus::Resolved
+    };
+    let first_id = summaries
+        .first()
+        .map_or("none", |s| s.correlation_id.as_str());
+    let status_word = match status {
+        GroupStatus::Firing => "firing",
+        GroupStatus::Resolved => "resolved",
+    };
+    Notification {
+        receiver: g.receiver.to_string(),
+        group_key: g.key.clone(),
+        status,
+        group_labels: g.labels.clone(),
+        common_labels: common(|s| &s.labels),
+        common_annotations: common(|s| &s.annotations),
+        flapping: alerts.iter().any(|a| a.flapping),
+        idempotency_key: format!("{first_id}:{status_word}:{}", state.sequence),
+        alerts: summaries,
+        previous: None,
+        created_at: now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::Scope;
+    use std::collections::VecDeque;
+
+    fn route(group_wait: u64) -> Route {
+        Route {
+            receiver: "slack".into(),
+            matchers: vec![],
+            group_by: vec!["alertname".into(), "queue".into()],
+            group_wait: Duration::from_secs(group_wait),
+            group_interval: Duration::from_secs(60),
+            repeat_interval: Duration::from_secs(3600),
+            continue_: false,
+            routes: vec![Route {
+                receiver: "email".into(),
+                matchers: vec![Matcher::parse("severity=critical").unwrap()],
+                group_by: vec!["alertname".into(), "queue".into()],
+                group_wait: Duration::from_secs(group_wait),
+                group_interval: Duration::from_secs(60),
+                repeat_interval: Duration::from_secs(3600),
+                continue_: true,
+                routes: vec![],
+            }],
+        }
+    }
+
+    fn alert(queue: &str, severity: &str, state: State, at: i64) -> Alert {
+        let labels = BTreeMap::from([
+            ("alertname".to_string(), "Backlog".to_string()),
+            ("queue".to_string(), queue.to_string()),
+            ("severity".to_string(), severity.to_string()),
+        ]);
+        Alert {
+            fingerprint: super::super::fingerprint(&labels),
+            alertname: "Backlog".into(),
+            cluster: "c".into(),
+            scope: Scope::Queue,
+            labels,
+            annotations: BTreeMap::new(),
+            values: BTreeMap::new(),
+            state,
+            mode: Mode::Active,
+            correlation_id: format!("corr-{queue}"),
+            active_since: at,
+            fired_at: (state != State::Pending).then_some(at),
+            resolved_at: (state == State::Resolved).then_some(at),
+            last_held: at,
+            flips: VecDeque::new(),
+            flapping: false,
+            sequence: 0,
+        }
+    }
+
+    fn table(alerts: Vec<Alert>) -> AlertTable {
+        AlertTable {
+            alerts: alerts
+                .into_iter()
+                .map(|a| (a.fingerprint.clone(), a))
+                .collect(),
+        }
+    }
+
+    fn dispatch(group_wait: u64) -> Dispatch {
+        Dispatch {
+            root: route(group_wait),
+            send_resolved: BTreeMap::new(),
+        }
+    }
+
+    fn apply(groups: &mut BTreeMap<String, GroupState>, flushes: &[Flush]) {
+        for f in flushes {
+            groups.insert(f.group_id.clone(), f.state.clone());
+        }
+    }
+
+    #[test]
+    fn matchers_parse_and_match() {
+        let labels = BTreeMap::from([("severity".to_string(), "critical".to_string())]);
+        assert!(
+            Matcher::parse("severity=critical")
+                .unwrap()
+                .matches(&labels)
+        );
+        assert!(Matcher::parse("severity=~crit.*").unwrap().matches(&labels));
+        assert!(!Matcher::parse("severity!~crit.*").unwrap().matches(&labels));
+        assert!(Matcher::parse("team!=payments").unwrap().matches(&labels));
+        assert!(Matcher::parse("severity").is_err());
+        assert!(Matcher::parse("severity=~([").is_err());
+    }
+
+    #[test]
+    fn continue_routes_to_the_child_and_the_parent_receiver_otherwise() {
+        let r = route(0);
+        let crit = alert("q", "critical", State::Firing, 0);
+        let recv: Vec<&str> = r
+            .select(&crit.labels)
+            .iter()
+            .map(|(_, r)| r.receiver.as_str())
+            .collect();
+        assert_eq!(
+            recv,
+            vec!["email"],
+            "the matching child takes it; no sibling matched after it"
+        );
+        let warn = alert("q", "warning", State::Firing, 0);
+        let recv: Vec<&str> = r
+            .select(&warn.labels)
+            .iter()
+            .map(|(_, r)| r.receiver.as_str())
+            .collect();
+        assert_eq!(recv, vec!["slack"]);
+    }
+
+    #[test]
+    fn group_wait_then_one_firing_then_one_resolved_with_the_same_correlation_id() {
+        let d = dispatch(10);
+        let mut groups = BTreeMap::new();
+        let t = table(vec![alert("q1", "warning", State::Firing, 0)]);
+        assert!(
+            plan(&d, &t, &groups, 5_000).is_empty(),
+            "group_wait not over"
+        );
+        let f = plan(&d, &t, &groups, 10_000);
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            f[0].notification.as_ref().unwrap().status,
+            GroupStatus::Firing
+        );
+        assert_eq!(
+            f[0].notification.as_ref().unwrap().idempotency_key,
+            "corr-q1:firing:1"
+        );
+        apply(&mut groups, &f);
+        assert!(
+            plan(&d, &t, &groups, 20_000).is_empty(),
+            "nothing new: nothing sent"
+        );
+
+        let t = table(vec![alert("q1", "warning", State::Resolved, 30_000)]);
+        assert!(
+            plan(&d, &t, &groups, 40_000).is_empty(),
+            "group_interval not over since the firing message"
+        );
+        let f = plan(&d, &t, &groups, 70_000);
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            f[0].notification.as_ref().unwrap().status,
+            GroupStatus::Resolved
+        );
+        assert_eq!(
+            f[0].notification.as_ref().unwrap().alerts[0].correlation_id,
+            "corr-q1"
+        );
+        apply(&mut groups, &f);
+        assert!(
+            plan(&d, &t, &groups, 200_000).is_empty(),
+            "a resolve is sent once"
+        );
+    }
+
+    #[test]
+    fn a_resolve_nobody_heard_fire_is_not_sent() {
+        let d = dispatch(0);
+        let t = table(vec![alert("q1", "warning", State::Resolved, 0)]);
+        assert!(plan(&d, &t, &BTreeMap::new(), 1_000).is_empty());
+    }
+
+    #[test]
+    fn alerts_group_by_the_group_by_labels() {
+        let mut d = dispatch(0);
+        d.root.group_by = vec!["alertname".into()];
+        let t = table(
+            (0..100)
+                .map(|i| alert(&format!("q{i}"), "warning", State::Firing, 0))
+                .collect(),
+        );
+        let f = plan(&d, &t, &BTreeMap::new(), 0);
+        assert_eq!(f.len(), 1, "one group for one alertname");
+        assert_eq!(f[0].notification.as_ref().unwrap().alerts.len(), 100);
+    }
+
+    #[test]
+    fn shadow_alerts_are_never_sent() {
+        let mut a = alert("q1", "warning", State::Firing, 0);
+        a.mode = Mode::Shadow;
+        assert!(plan(&dispatch(0), &table(vec![a]), &BTreeMap::new(), 1_000).is_empty());
+    }
+
+    #[test]
+    fn firing_groups_repeat_after_repeat_interval() {
+        let d = dispatch(0);
+        let mut groups = BTreeMap::new();
+        let t = table(vec![alert("q1", "warning", State::Firing, 0)]);
+        let first = plan(&d, &t, &groups, 0);
+        apply(&mut groups, &first);
+        assert!(plan(&d, &t, &groups, 3_599_000).is_empty());
+        let f = plan(&d, &t, &groups, 3_600_000);
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            f[0].notification.as_ref().unwrap().idempotency_key,
+            "corr-q1:firing:2"
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! Delivery of the notifications the store holds: one worker per receiver, the one place that retries.
+//!
+//! Invariants (see also `store`): an entry leaves the outbox only in the same transaction that records
+//! its delivery or its dead letter. Per group, entries go out in order: a firing message in backoff
+//! holds back the resolve behind it. Backoff is 1 s, 3 s, 9 s, 27 s, … (factor 3, capped, ±10% jitter),
+//! never shorter than the receiver's `Retry-After`. Permanent errors fail early into the dead letters;
+//! transient ones retry until `max_attempts` or `max_age`, then become dead letters too. Nothing is
+//! dropped silently.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::domain::Timestamp;
+use crate::receivers::Receiver;
+use crate::store::{DeadLetter, OutboxEntry, Store, StoreError, group_id};
+
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    pub max_attempts: u32,
+    pub max_age: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_attempts: 12,
+            max_age: Duration::from_secs(24 * 3600),
+            max_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+/// 1 s × 3^(attempt−1), capped, with ±10% jitter (`jitter` in [0, 1)).
+pub fn backoff(attempt: u32, cap: Duration, jitter: f64) -> Duration {
+    let base = Duration::from_secs(1)
+        .saturating_mul(3u32.saturating_pow(attempt.saturating_sub(1).min(20)));
+    base.min(cap).mul_f64(0.9 + 0.2 * jitter)
+}
+
+/// Latency buckets (seconds) of `rabbitwatch_notification_latency_seconds`.
+pub const LATENCY_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
+
+/// Counters of one receiver, read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct ReceiverStats {
+    pub delivered: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    /// Cumulative histogram counts per `LATENCY_BUCKETS`, then +Inf.
+    pub latency_buckets: [AtomicU64; 11],
+    /// Sum of latencies in milliseconds.
+    pub latency_sum_ms: AtomicU64,
+}
+
+impl ReceiverStats {
+    fn observe_latency(&self, secs: f64) {
+        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_buckets[10].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_ms
+            .fetch_add((secs * 1000.0) as u64, Ordering::Relaxed);
+    }
+}
+
+pub type Stats = BTreeMap<String, Arc<ReceiverStats>>;
+
+/// Shared by the workers of receivers that pace together (e.g. one Slack channel).
+#[derive(Default)]
+pub struct Pacer {
+    last: Mutex<BTreeMap<String, tokio::time::Instant>>,
+}
+
+impl Pacer {
+    async fn wait(&self, key: &str, min: Duration) {
+        loop {
+            let wait = {
+                let mut last = self.last.lock().expect("pacer lock");
+                let now = tokio::time::Instant::now();
+                match last.get(key) {
+                    Some(t) if now < *t + min => Some(*t + min),
+                    _ => {
+                        last.insert(key.to_string(), now);
+                        None
+                    }
+                }
+            };
+            match wait {
+                Some(until) => tokio::time::sleep_until(until).await,
+                None => return,
+            }
+        }
+    }
+}
+
+/// Runs forever: delivers this receiver's due entries, then sleeps until the next is due or `wake`.
+pub async fn run_worker(
+    receiver: Arc<Receiver>,
+    store: Arc<Store>,
+    wake: Arc<Notify>,
+    pacer: Arc<Pacer>,
+    policy: Policy,
+    stats: Arc<ReceiverStats>,
+) {
+    loop {
+        let next = match deliver_due(&receiver, &store, &pacer, policy, &stats).await {
+            Ok(next) => next,
+            Err(e) => {
+                warn!(receiver = receiver.name(), error = %e, "outbox: state database error; retrying in 5s");
+                Some(Timestamp::now().0 + 5_000)
+            }
+        };
+        let sleep_ms = next.map_or(60_000, |t| (t - Timestamp::now().0).clamp(0, 60_000));
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {}
+        }
+    }
+}
+
+/// One pass over the outbox; returns when the next entry of this receiver is due, if any.
+async fn deliver_due(
+    receiver: &Receiver,
+    store: &Store,
+    pacer: &Pacer,
+    policy: Policy,
+    stats: &ReceiverStats,
+) -> Result<Option<i64>, StoreError> {
+    let entries: Vec<(u64, OutboxEntry)> = store
+        .outbox()?
+        .into_iter()
+        .filter(|(_, e)| e.notification.receiver == receiver.name())
+        .collect();
+    let mut blocked: HashSet<String> = HashSet::new();
+    let mut next_due: Option<i64> = None;
+    for (id, mut entry) in entries {
+        let group = entry.notification.group_key.clone();
+        if blocked.contains(&group) {
+            continue;
+        }
+        let now = Timestamp::now().0;
+        if entry.next_attempt_at > now {
+            blocked.insert(group);
+            next_due =
+                Some(next_due.map_or(entry.next_attempt_at, |n| n.min(entry.next_attempt_at)));
+            continue;
+        }
+        if let Some((key, min)) = receiver.pace() {
+            pacer.wait(&key, min).await;
+        }
+        let gid = group_id(receiver.name(), &group);
+        let mut n = entry.notification.clone();
+        n.previous = store.group(&gid)?.and_then(|g| g.handle);
+        let correlation_id = n
+            .alerts
+            .first()
+            .map(|a| a.correlation_id.clone())
+            .unwrap_or_default();
+        match receiver.deliver(&n).await {
+            Ok(delivered) => {
+                store.delivered(id, Some((&gid, delivered.handle)))?;
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
+                let latency = (Timestamp::now().0 - entry.enqueued_at) as f64 / 1000.0;
+                stats.observe_latency(latency);
+                info!(receiver = receiver.name(), correlation_id, idempotency_key = %n.idempotency_key, status = ?n.status, alerts = n.alerts.len(), attempts = entry.attempts + 1, "notification delivered");
+            }
+            Err(err) => {
+                entry.attempts += 1;
+                let now = Timestamp::now().0;
+                let expired = entry.attempts >= policy.max_attempts
+                    || now - entry.enqueued_at >= policy.max_age.as_millis() as i64;
+                if !err.is_retriable() || expired {
+                    let why = if err.is_retriable() {
+                        "gave_up"
+                    } else {
+                        "permanent"
+                    };
+                    warn!(receiver = receiver.name(), correlation_id, reason = err.reason(), error = %err, attempts = entry.attempts, why, "notification dead-lettered");
+                    store.dead_letter(
+                        id,
+                        &DeadLetter {
+                            notification: entry.notification,
+                            attempts: entry.attempts,
+                            error: err.to_string(),
+                            reason: why.to_string(),
+                            dead_at: now,
+                            enqueued_at: entry.enqueued_at,
+                        },
+                    )?;
+                    stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    // A dead letter must not hold its group's later entries back.
+                    continue;
+                }
+                let wait = backoff(entry.attempts, policy.max_backoff, fastrand::f64())
+                    .max(err.retry_after().unwrap_or_default());
+                entry.next_attempt_at = now + wait.as_millis() as i64;
+                entry.last_error = Some(err.to_string());
+                store.reschedule(id, &entry)?;
+                stats.retried.fetch_add(1, Ordering::Relaxed);
+                warn!(receiver = receiver.name(), correlation_id, reason = err.reason(), error = %err, attempts = entry.attempts, retry_in_ms = wait.as_millis() as u64, "notification failed; will retry");
+                blocked.insert(group);
+                next_due =
+                    Some(next_due.map_or(entry.next_attempt_at, |n| n.min(entry.next_attempt_at)));
+            }
+        }
+    }
+    Ok(next_due)
+}
+
+/// Marks a dead letter for redelivery.
+pub fn replay(store: &Store, id: u64) -> Result<u64, StoreError> {
+    store.replay(id, Timestamp::now().0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_triples_and_is_capped() {
+        let cap = Duration::from_secs(60);
+        let secs: Vec<u64> = (1..=6).map(|a| backoff(a, cap, 0.5).as_secs()).collect();
+        assert_eq!(secs, vec![1, 3, 9, 27, 60, 60]);
+    }
+
+    #[test]
+    fn backoff_jitter_stays_within_ten_percent() {
+        let cap = Duration::from_secs(600);
+        assert_eq!(backoff(3, cap, 0.0), Duration::from_secs(9).mul_f64(0.9));
+        assert_eq!(
+            backoff(3, cap, 0.999_999),
+            Duration::from_secs(9).mul_f64(0.9 + 0.2 * 0.999_999)
+        );
+    }
+}

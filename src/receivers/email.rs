@@ -1,0 +1,590 @@
+//! Email over SMTP: a plain-text message per notification, with the correlation and idempotency
+//! keys as headers and a `Message-ID` derived from the idempotency key (a redelivered duplicate
+//! has the same id, so mail clients can fold it).
+//!
+//! Owns the SMTP connection settings (`smtp://`, `smtp://…?tls=required` for STARTTLS, `smtps://`
+//! for implicit TLS), the message format, and the classification of SMTP errors (5xx permanent,
+//! 4xx and connection trouble transient). Untrusted text (queue names, annotations) never reaches a
+//! header with a line break or control character in it: it could otherwise add headers (`Bcc:`).
+
+use std::fmt::{self, Write as _};
+use std::time::Duration;
+
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, Message};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use reqwest::Url;
+
+use super::{
+    AlertStatus, AlertSummary, Delivered, DeliveryError, GroupStatus, InvalidReceiver,
+    Notification, correlation_ids, describe_entity, format_number, headline, rfc3339_millis,
+    value_lines,
+};
+use crate::config::Secret;
+
+/// Connecting, each command, and the whole DATA exchange are bounded by this.
+const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Subjects longer than this are cut: mail clients show less anyway.
+const SUBJECT_MAX: usize = 200;
+
+#[derive(Clone, Debug)]
+pub struct EmailConfig {
+    /// `smtp://host:port` (plain), `smtp://host:port?tls=required` (STARTTLS, or
+    /// `tls=opportunistic`), `smtps://host:port` (implicit TLS).
+    pub smtp_url: String,
+    pub from: String,
+    pub to: Vec<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub subject_prefix: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct EmailReceiver {
+    name: String,
+    from: Mailbox,
+    to: Vec<Mailbox>,
+    subject_prefix: Option<String>,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    /// Where the SMTP server is, without credentials: for logs and errors.
+    server: String,
+}
+
+impl fmt::Debug for EmailReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmailReceiver")
+            .field("name", &self.name)
+            .field("server", &self.server)
+            .field("from", &self.from.to_string())
+            .field("to", &self.to.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmailReceiver {
+    /// Checks the URL and addresses and prepares the transport; connects only on `verify` and
+    /// `deliver`.
+    pub fn new(name: impl Into<String>, cfg: EmailConfig) -> Result<Self, InvalidReceiver> {
+        let name = name.into();
+        let invalid = |message: String| InvalidReceiver::new(&name, format!("email: {message}"));
+
+        // The URL may hold a password: errors describe it, never quote it.
+        let url = Url::parse(&cfg.smtp_url)
+            .map_err(|e| invalid(format!("smtp_url is not a URL ({e})")))?;
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| invalid("smtp_url has no host".to_owned()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let mut tls_mode = None;
+        for (key, value) in url.query_pairs() {
+            match key.as_ref() {
+                "tls" if tls_mode.is_none() => tls_mode = Some(value.into_owned()),
+                other => {
+                    return Err(invalid(format!(
+                        "smtp_url: unknown or repeated parameter {other:?} (only tls=required|opportunistic)"
+                    )));
+                }
+            }
+        }
+        let tls_parameters = || {
+            TlsParameters::new(host.clone())
+                .map_err(|e| invalid(format!("cannot set up TLS for {host}: {e}")))
+        };
+        let builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.clone());
+        let (builder, default_port) = match (url.scheme(), tls_mode.as_deref()) {
+            ("smtp", None) => (builder, 25),
+            ("smtp", Some("required")) => (builder.tls(Tls::Required(tls_parameters()?)), 587),
+            ("smtp", Some("opportunistic")) => {
+                (builder.tls(Tls::Opportunistic(tls_parameters()?)), 587)
+            }
+            ("smtps", None) => (builder.tls(Tls::Wrapper(tls_parameters()?)), 465),
+            (scheme, tls) => {
+                return Err(invalid(format!(
+                    "smtp_url: unsupported scheme {scheme:?} with tls={tls:?}; use smtp://, smtp://…?tls=required or smtps://"
+                )));
+            }
+        };
+        let port = url.port().unwrap_or(default_port);
+        let mut builder = builder.port(port).timeout(Some(SMTP_TIMEOUT));
+
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let url_user = (!url.username().is_empty()).then(|| decode(url.username()));
+        let url_password = url.password().map(decode);
+        let username = cfg.username.or(url_user);
+        let password = cfg.password.map(|p| p.expose().to_owned()).or(url_password);
+        match (username, password) {
+            (Some(user), Some(password)) => {
+                builder = builder.credentials(Credentials::new(user, password));
+            }
+            (None, None) => {}
+            (Some(_), None) => return Err(invalid("username without a password".to_owned())),
+            (None, Some(_)) => return Err(invalid("password without a username".to_owned())),
+        }
+
+        let from: Mailbox = cfg
+            .from
+            .parse()
+            .map_err(|e| invalid(format!("from {:?} is not an address ({e})", cfg.from)))?;
+        if cfg.to.is_empty() {
+            return Err(invalid("to lists no recipient".to_owned()));
+        }
+        let to = cfg
+            .to
+            .iter()
+            .map(|t| {
+                t.parse::<Mailbox>()
+                    .map_err(|e| invalid(format!("to {t:?} is not an address ({e})")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        Ok(EmailReceiver {
+            server: format!("{}://{host}:{port}", url.scheme()),
+            name,
+            from,
+            to,
+            subject_prefix: cfg.subject_prefix,
+            transport: builder.build(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Start-up check: connects, greets and closes, so a wrong host or port fails at start.
+    pub async fn verify(&self) -> Result<(), DeliveryError> {
+        match self.transport.test_connection().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(DeliveryError::Transient {
+                reason: "connect",
+                message: format!("{}: the server did not answer NOOP", self.server),
+                retry_after: None,
+            }),
+            Err(e) => Err(classify_smtp(&self.server, &e)),
+        }
+    }
+
+    /// Sends the message; the handle is its `Message-ID`, so the resolve can thread under it.
+    pub async fn deliver(&self, n: &Notification) -> Result<Delivered, DeliveryError> {
+        let (message, message_id) = self.build_message(n)?;
+        self.transport
+            .send(message)
+            .await
+            .map_err(|e| classify_smtp(&self.server, &e))?;
+        Ok(Delivered {
+            handle: Some(message_id),
+        })
+    }
+
+    /// The message for `n` and its `Message-ID`.
+    pub fn build_message(&self, n: &Notification) -> Result<(Message, String), DeliveryError> {
+        let mut subject = headline(n);
+        if let Some(prefix) = &self.subject_prefix {
+            subject = format!("{prefix} {subject}");
+        }
+        let message_id = format!(
+            "<{}@{}>",
+            msg_id_part(&n.idempotency_key),
+            msg_id_part(self.from.email.domain())
+        );
+        let mut builder = Message::builder()
+            .from(self.from.clone())
+            .subject(header_text(&subject, SUBJECT_MAX))
+            .message_id(Some(message_id.clone()))
+            .raw_header(custom_header(
+                "X-Correlation-Id",
+                &correlation_ids(&n.alerts).join(", "),
+            ))
+            .raw_header(custom_header(
+                "X-Rabbitwatch-Idempotency-Key",
+                &n.idempotency_key,
+            ))
+            .header(ContentType::TEXT_PLAIN);
+        for to in &self.to {
+            builder = builder.to(to.clone());
+        }
+        if let Some(previous) = n.previous.as_deref().filter(|p| is_message_id(p)) {
+            builder = builder
+                .in_reply_to(previous.to_owned())
+                .references(previous.to_owned());
+        }
+        let message = builder
+            .body(render_body(n))
+            .map_err(|e| DeliveryError::Permanent {
+                reason: "invalid_message",
+                message: e.to_string(),
+            })?;
+        Ok((message, message_id))
+    }
+}
+
+fn custom_header(name: &'static str, value: &str) -> HeaderValue {
+    HeaderValue::new(
+        HeaderName::new_from_ascii_str(name),
+        header_text(value, 998),
+    )
+}
+
+/// Text fit for a header: control characters (CR and LF above all) become spaces, runs of spaces
+/// collapse, and the result is cut to `max` characters.
+pub fn header_text(value: &str, max: usize) -> String {
+    let mut out = String::with_capacity(value.len().min(max));
+    let mut len = 0;
+    for c in value.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if c == ' ' && (out.is_empty() || out.ends_with(' ')) {
+            continue;
+        }
+        if len >= max {
+            break;
+        }
+        out.push(c);
+        len += 1;
+    }
+    out.trim_end().to_owned()
+}
+
+/// RFC 5322 `dot-atom-text` for either side of a Message-ID; anything else becomes `-`.
+fn msg_id_part(text: &str) -> String {
+    let part: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    // No leading, trailing or doubled dots in a dot-atom.
+    let part = part.trim_matches('.').replace("..", ".");
+    if part.is_empty() {
+        "rabbitwatch".to_owned()
+    } else {
+        part
+    }
+}
+
+/// Whether `text` is a Message-ID we could have made (`<left@right>`, nothing that could break a
+/// header): only those are echoed into `In-Reply-To`.
+fn is_message_id(text: &str) -> bool {
+    text.len() <= 250
+        && text
+            .strip_prefix('<')
+            .and_then(|t| t.strip_suffix('>'))
+            .and_then(|t| t.split_once('@'))
+            .is_some_and(|(left, right)| {
+                !left.is_empty()
+                    && !right.is_empty()
+                    && msg_id_part(left) == left
+                    && msg_id_part(right) == right
+            })
+}
+
+/// One line of untrusted text in the body: control characters become spaces.
+fn line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Multi-line untrusted text, each line indented under the first.
+fn block(text: &str, indent: &str) -> String {
+    text.lines()
+        .map(line)
+        .collect::<Vec<_>>()
+        .join(&format!("\n{indent}"))
+}
+
+/// The plain-text body: the headline, then every alert with its labels, annotations, values and
+/// correlation id.
+pub fn render_body(n: &Notification) -> String {
+    let mut out = String::new();
+    // `write!` into a String cannot fail.
+    let _ = writeln!(out, "{}", line(&headline(n)));
+    for (i, alert) in n.alerts.iter().enumerate() {
+        let _ = writeln!(out);
+        render_alert(&mut out, i + 1, n.alerts.len(), alert, n.status);
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "--");
+    let _ = writeln!(out, "Group: {}", line(&n.group_key));
+    let _ = writeln!(out, "Idempotency key: {}", line(&n.idempotency_key));
+    if n.flapping {
+        let _ = writeln!(
+            out,
+            "This alert is flapping; further changes are held back until it settles."
+        );
+    }
+    let _ = writeln!(
+        out,
+        "Sent by rabbitwatch at {}",
+        rfc3339_millis(n.created_at)
+    );
+    out
+}
+
+fn render_alert(
+    out: &mut String,
+    index: usize,
+    total: usize,
+    alert: &AlertSummary,
+    group: GroupStatus,
+) {
+    let name = alert
+        .labels
+        .get("alertname")
+        .map_or("alert", String::as_str);
+    let status = match alert.status {
+        AlertStatus::Firing => "firing",
+        AlertStatus::Resolved => "resolved",
+    };
+    let _ = writeln!(
+        out,
+        "Alert {index} of {total}: {} {} ({status})",
+        line(name),
+        line(&describe_entity(&alert.labels))
+    );
+    let _ = writeln!(out, "  Started: {}", rfc3339_millis(alert.starts_at));
+    if let Some(ends) = alert.ends_at
+        && (alert.status == AlertStatus::Resolved || group == GroupStatus::Resolved)
+    {
+        let _ = writeln!(out, "  Ended: {}", rfc3339_millis(ends));
+    }
+    for key in ["summary", "description", "runbook_url"] {
+        if let Some(text) = alert.annotations.get(key) {
+            let _ = writeln!(out, "  {key}: {}", block(text, "    "));
+        }
+    }
+    for summary in value_lines(&alert.values) {
+        let _ = writeln!(out, "  {summary}");
+    }
+    let _ = writeln!(out, "  Labels:");
+    for (key, value) in &alert.labels {
+        let _ = writeln!(out, "    {} = {}", line(key), line(value));
+    }
+    let others: Vec<_> = alert
+        .annotations
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "summary" | "description" | "runbook_url"))
+        .collect();
+    if !others.is_empty() {
+        let _ = writeln!(out, "  Annotations:");
+        for (key, value) in others {
+            let _ = writeln!(out, "    {} = {}", line(key), block(value, "      "));
+        }
+    }
+    if !alert.values.is_empty() {
+        let _ = writeln!(out, "  Values:");
+        for (key, value) in &alert.values {
+            let _ = writeln!(out, "    {} = {}", line(key), format_number(*value));
+        }
+    }
+    let _ = writeln!(out, "  Correlation id: {}", line(&alert.correlation_id));
+    let _ = writeln!(out, "  Fingerprint: {}", line(&alert.fingerprint));
+}
+
+/// SMTP errors: a 5xx reply is final (fail early), a 4xx reply and any trouble reaching the server
+/// are worth retrying.
+fn classify_smtp(server: &str, e: &lettre::transport::smtp::Error) -> DeliveryError {
+    let message = format!("{server}: {e}");
+    let transient = |reason| DeliveryError::Transient {
+        reason,
+        message: message.clone(),
+        retry_after: None,
+    };
+    if e.is_permanent() {
+        DeliveryError::Permanent {
+            reason: "smtp_5xx",
+            message,
+        }
+    } else if e.is_transient() {
+        transient("smtp_4xx")
+    } else if e.is_timeout() {
+        transient("timeout")
+    } else if e.is_tls() {
+        transient("tls")
+    } else if e.is_client() {
+        // Our side cannot talk to this server (no common auth mechanism, …): a configuration matter.
+        DeliveryError::Permanent {
+            reason: "smtp_client",
+            message,
+        }
+    } else if e.is_response() {
+        transient("smtp_response")
+    } else {
+        transient("connect")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn config(smtp_url: &str) -> EmailConfig {
+        EmailConfig {
+            smtp_url: smtp_url.to_owned(),
+            from: "rabbitwatch@example.com".to_owned(),
+            to: vec!["oncall@example.com".to_owned()],
+            username: None,
+            password: None,
+            subject_prefix: None,
+        }
+    }
+
+    fn notification(queue: &str) -> Notification {
+        let labels: BTreeMap<String, String> = [
+            ("alertname", "QueueBacklogGrowing"),
+            ("cluster", "local"),
+            ("vhost", "/"),
+            ("queue", queue),
+            ("severity", "warning"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        Notification {
+            receiver: "oncall-email".to_owned(),
+            group_key: "g".to_owned(),
+            status: GroupStatus::Firing,
+            group_labels: BTreeMap::new(),
+            common_labels: labels.clone(),
+            common_annotations: BTreeMap::new(),
+            alerts: vec![AlertSummary {
+                status: AlertStatus::Firing,
+                labels,
+                annotations: [("summary".to_owned(), format!("Backlog growing on {queue}"))]
+                    .into_iter()
+                    .collect(),
+                starts_at: 1_700_000_000_000,
+                ends_at: None,
+                correlation_id: "0190a5b2-corr".to_owned(),
+                fingerprint: "fp".to_owned(),
+                values: [("messages".to_owned(), 1234.0)].into_iter().collect(),
+            }],
+            idempotency_key: "0190a5b2-corr:firing:1".to_owned(),
+            flapping: false,
+            previous: None,
+            created_at: 1_700_000_000_000,
+        }
+    }
+
+    fn install_ring() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+
+    #[test]
+    fn the_three_connection_styles_are_accepted_and_others_refused() {
+        install_ring();
+        for url in [
+            "smtp://127.0.0.1:2525",
+            "smtp://mail.example.com?tls=required",
+            "smtp://mail.example.com:587?tls=opportunistic",
+            "smtps://mail.example.com",
+        ] {
+            EmailReceiver::new("e", config(url)).unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+        for url in [
+            "http://mail.example.com",
+            "smtps://mail.example.com?tls=required",
+            "smtp://mail.example.com?tls=sometimes",
+            "smtp://mail.example.com?verify=no",
+            "smtp://",
+            "not a url",
+        ] {
+            assert!(EmailReceiver::new("e", config(url)).is_err(), "{url}");
+        }
+        let mut no_recipient = config("smtp://127.0.0.1:25");
+        no_recipient.to.clear();
+        assert!(EmailReceiver::new("e", no_recipient).is_err());
+        let mut bad_from = config("smtp://127.0.0.1:25");
+        bad_from.from = "not an address".to_owned();
+        assert!(EmailReceiver::new("e", bad_from).is_err());
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_not_repeated_in_errors_or_debug() {
+        let mut cfg = config("smtp://user:hunter2@127.0.0.1:2525");
+        let receiver = EmailReceiver::new("e", cfg.clone()).unwrap();
+        assert!(!format!("{receiver:?}").contains("hunter2"));
+        cfg.smtp_url = "smtp://user:hunter2@127.0.0.1:2525?bogus=1".to_owned();
+        let e = EmailReceiver::new("e", cfg).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn a_line_break_in_a_queue_name_cannot_add_a_header() {
+        let receiver = EmailReceiver::new("e", config("smtp://127.0.0.1:2525")).unwrap();
+        let n = notification("x\r\nBcc: victim@example.com");
+        let (message, _) = receiver.build_message(&n).unwrap();
+        let raw = String::from_utf8(message.formatted()).unwrap();
+        // Unfolded: a long subject is folded onto continuation lines, which start with a space.
+        let headers = raw.split("\r\n\r\n").next().unwrap().replace("\r\n ", " ");
+        assert!(
+            !headers
+                .lines()
+                .any(|l| l.to_ascii_lowercase().starts_with("bcc:")),
+            "{headers}"
+        );
+        assert_eq!(message.envelope().to().len(), 1);
+        assert!(
+            headers.contains("x Bcc: victim@example.com (/) on local"),
+            "{headers}"
+        );
+    }
+
+    #[test]
+    fn the_subject_and_headers_carry_the_keys() {
+        let mut cfg = config("smtp://127.0.0.1:2525");
+        cfg.subject_prefix = Some("[prod]".to_owned());
+        let receiver = EmailReceiver::new("e", cfg).unwrap();
+        let (message, id) = receiver.build_message(&notification("orders")).unwrap();
+        assert_eq!(id, "<0190a5b2-corr-firing-1@example.com>");
+        let raw = String::from_utf8(message.formatted())
+            .unwrap()
+            .replace("\r\n ", " ");
+        for expected in [
+            "Subject: [prod] [FIRING:1] QueueBacklogGrowing orders (/) on local\r\n",
+            "X-Correlation-Id: 0190a5b2-corr\r\n",
+            "X-Rabbitwatch-Idempotency-Key: 0190a5b2-corr:firing:1\r\n",
+            "Message-ID: <0190a5b2-corr-firing-1@example.com>\r\n",
+            "Backlog: 1234 messages",
+            "queue = orders",
+        ] {
+            assert!(raw.contains(expected), "missing {expected:?} in\n{raw}");
+        }
+    }
+
+    #[test]
+    fn a_resolve_threads_under_the_firing_message() {
+        let receiver = EmailReceiver::new("e", config("smtp://127.0.0.1:2525")).unwrap();
+        let mut n = notification("orders");
+        n.status = GroupStatus::Resolved;
+        n.previous = Some("<0190a5b2-corr-firing-1@example.com>".to_owned());
+        let raw = String::from_utf8(receiver.build_message(&n).unwrap().0.formatted()).unwrap();
+        assert!(
+            raw.contains("In-Reply-To: <0190a5b2-corr-firing-1@example.com>"),
+            "{raw}"
+        );
+        n.previous = Some("<a@b>\r\nBcc: x@y".to_owned());
+        let raw = String::from_utf8(receiver.build_message(&n).unwrap().0.formatted()).unwrap();
+        assert!(!raw.contains("In-Reply-To"), "{raw}");
+    }
+
+    #[test]
+    fn header_text_removes_every_control_character() {
+        assert_eq!(header_text("a\r\nb\tc\u{0}d  e", 100), "a b c d e");
+        assert_eq!(header_text("abcdef", 3), "abc");
+    }
+}

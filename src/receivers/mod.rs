@@ -1,0 +1,565 @@
+//! Where notifications go: Slack, email, webhooks, a log. Each receiver owns its payload format and
+//! the classification of its own errors; it never retries (the outbox is the one place that does).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Whether a group of alerts is (still) firing or has resolved, as Alertmanager's `status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupStatus {
+    Firing,
+    Resolved,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertStatus {
+    Firing,
+    Resolved,
+}
+
+/// One alert inside a notification.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertSummary {
+    pub status: AlertStatus,
+    /// Includes `alertname`, `cluster`, `severity`, `scope` and the entity (`vhost`, `queue` or `node`).
+    pub labels: BTreeMap<String, String>,
+    /// Rendered templates: `summary`, `description`, `runbook_url`, …; untrusted text (queue names).
+    pub annotations: BTreeMap<String, String>,
+    /// Milliseconds since the epoch.
+    pub starts_at: i64,
+    pub ends_at: Option<i64>,
+    /// UUIDv7 of the incident; the same in the firing and the resolved notification.
+    pub correlation_id: String,
+    /// Hex of the hash of the sorted labels: equal across replicas.
+    pub fingerprint: String,
+    /// The numbers behind the alert (e.g. `publish_rate`, `consume_rate`, `messages`, `consumers`,
+    /// `drain_eta`), for receivers that show or act on them.
+    #[serde(with = "crate::domain::float_map")]
+    pub values: BTreeMap<String, f64>,
+}
+
+/// What the outbox hands a receiver: one group of alerts, one message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    pub receiver: String,
+    /// Stable key of the alert group (route + `group_by` labels).
+    pub group_key: String,
+    pub status: GroupStatus,
+    pub group_labels: BTreeMap<String, String>,
+    pub common_labels: BTreeMap<String, String>,
+    pub common_annotations: BTreeMap<String, String>,
+    pub alerts: Vec<AlertSummary>,
+    /// `correlation_id:state:sequence`; sent as the `Idempotency-Key` header so a receiver can drop
+    /// the duplicate that at-least-once delivery may produce.
+    pub idempotency_key: String,
+    /// True for the single notification that replaces the noise of a flapping alert.
+    pub flapping: bool,
+    /// What an earlier delivery of this group to this receiver returned (e.g. a Slack message `ts`),
+    /// so a resolve can update the original message instead of posting a new one.
+    pub previous: Option<String>,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+}
+
+/// What a successful delivery returns to remember for the group (e.g. Slack's `channel` + `ts`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Delivered {
+    pub handle: Option<String>,
+}
+
+/// A failed delivery, classified. Only the outbox decides what to do with it.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum DeliveryError {
+    /// Worth retrying: timeouts, connection errors, 5xx, 408, 429 (with the server's `Retry-After`).
+    #[error("{reason}: {message}")]
+    Transient {
+        reason: &'static str,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Retrying cannot help (fail early): 4xx, Slack `invalid_payload`/`channel_not_found`/`invalid_auth`,
+    /// SMTP 5xx, a malformed address. Goes straight to dead letters.
+    #[error("{reason}: {message}")]
+    Permanent {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl DeliveryError {
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, DeliveryError::Transient { .. })
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            DeliveryError::Transient { retry_after, .. } => *retry_after,
+            DeliveryError::Permanent { .. } => None,
+        }
+    }
+
+    /// Low-cardinality label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DeliveryError::Transient { reason, .. } | DeliveryError::Permanent { reason, .. } => {
+                reason
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The receivers, and the one type the outbox holds them by
+
+pub mod email;
+pub mod log;
+pub mod slack;
+pub mod webhook;
+
+pub use email::{EmailConfig, EmailReceiver};
+pub use log::{LogConfig, LogReceiver};
+pub use slack::{SlackConfig, SlackReceiver};
+pub use webhook::{WebhookConfig, WebhookReceiver};
+
+/// A receiver configuration that cannot work, found when the receiver is built at start-up, so a
+/// typo fails `rabbitwatch check` instead of dead-lettering the first alert.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("receiver {receiver:?}: {message}")]
+pub struct InvalidReceiver {
+    pub receiver: String,
+    pub message: String,
+}
+
+impl InvalidReceiver {
+    pub(crate) fn new(receiver: &str, message: impl Into<String>) -> Self {
+        InvalidReceiver {
+            receiver: receiver.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every kind of receiver, dispatched by `match` (no trait objects: the set is closed and small).
+#[derive(Debug)]
+pub enum Receiver {
+    Slack(SlackReceiver),
+    Email(EmailReceiver),
+    Webhook(WebhookReceiver),
+    Log(LogReceiver),
+}
+
+impl Receiver {
+    /// The name the route refers to, e.g. `ops-slack`.
+    pub fn name(&self) -> &str {
+        match self {
+            Receiver::Slack(r) => r.name(),
+            Receiver::Email(r) => r.name(),
+            Receiver::Webhook(r) => r.name(),
+            Receiver::Log(r) => r.name(),
+        }
+    }
+
+    /// Low-cardinality kind for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Receiver::Slack(_) => "slack",
+            Receiver::Email(_) => "email",
+            Receiver::Webhook(_) => "webhook",
+            Receiver::Log(_) => "log",
+        }
+    }
+
+    /// Sends one notification. Never retries: the error says whether the outbox should.
+    pub async fn deliver(&self, n: &Notification) -> Result<Delivered, DeliveryError> {
+        match self {
+            Receiver::Slack(r) => r.deliver(n).await,
+            Receiver::Email(r) => r.deliver(n).await,
+            Receiver::Webhook(r) => r.deliver(n).await,
+            Receiver::Log(r) => r.deliver(n).await,
+        }
+    }
+
+    /// Start-up dependency check where the protocol has a cheap one (SMTP: connect, EHLO, NOOP).
+    pub async fn verify(&self) -> Result<(), DeliveryError> {
+        match self {
+            Receiver::Email(r) => r.verify().await,
+            Receiver::Slack(_) | Receiver::Webhook(_) | Receiver::Log(_) => Ok(()),
+        }
+    }
+
+    /// Deliveries sharing the key must be spaced at least the interval apart (Slack allows about
+    /// one message per second per channel). `None`: no pacing needed.
+    pub fn pace(&self) -> Option<(String, Duration)> {
+        match self {
+            Receiver::Slack(r) => Some((r.pacing_key(), slack::MIN_INTERVAL)),
+            Receiver::Email(_) | Receiver::Webhook(_) | Receiver::Log(_) => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// HTTP error classification, shared by the HTTP receivers (Slack, webhook)
+
+/// Classifies a non-success HTTP answer: 429 and 408 and 5xx are worth retrying (429 with the
+/// server's `Retry-After`), any other status is not.
+pub(crate) fn classify_http_status(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &str,
+) -> DeliveryError {
+    let message = format!("HTTP {}: {}", status.as_u16(), snippet(body));
+    match status.as_u16() {
+        429 => DeliveryError::Transient {
+            reason: "rate_limited",
+            message,
+            retry_after: retry_after(headers),
+        },
+        408 => DeliveryError::Transient {
+            reason: "timeout",
+            message,
+            retry_after: retry_after(headers),
+        },
+        500..=599 => DeliveryError::Transient {
+            reason: "http_5xx",
+            message,
+            retry_after: retry_after(headers),
+        },
+        400..=499 => DeliveryError::Permanent {
+            reason: "http_4xx",
+            message,
+        },
+        // 1xx/3xx that reqwest did not resolve: a misconfigured URL, not a passing fault.
+        _ => DeliveryError::Permanent {
+            reason: "http_status",
+            message,
+        },
+    }
+}
+
+/// Classifies a request that got no HTTP answer. The URL is left out of the message: Slack webhook
+/// URLs are credentials.
+pub(crate) fn classify_http_transport(e: reqwest::Error) -> DeliveryError {
+    let e = e.without_url();
+    let transient = |reason| DeliveryError::Transient {
+        reason,
+        message: e.to_string(),
+        retry_after: None,
+    };
+    if e.is_timeout() {
+        transient("timeout")
+    } else if e.is_connect() {
+        transient("connect")
+    } else if e.is_builder() {
+        DeliveryError::Permanent {
+            reason: "invalid_request",
+            message: e.to_string(),
+        }
+    } else if e.is_redirect() {
+        DeliveryError::Permanent {
+            reason: "redirect",
+            message: e.to_string(),
+        }
+    } else {
+        transient("transport")
+    }
+}
+
+/// `Retry-After` in delta-seconds (what Slack and most APIs send); an HTTP-date is ignored and the
+/// outbox's own backoff applies.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// A response body cut to a loggable size, without control characters.
+pub(crate) fn snippet(body: &str) -> String {
+    const MAX: usize = 200;
+    let mut out: String = body
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX)
+        .collect();
+    if body.trim().chars().count() > MAX {
+        out.push('…');
+    }
+    out
+}
+
+/// A value safe to put in an HTTP header: visible ASCII and spaces only (idempotency keys are ours,
+/// but a header must never be able to end early).
+pub(crate) fn header_safe(value: &str) -> String {
+    value
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .collect()
+}
+
+/// Milliseconds since the epoch as RFC 3339 (`2024-05-01T12:00:00.000Z`).
+pub(crate) fn rfc3339_millis(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Wording shared by the human-facing receivers (Slack, email). Everything returned here is raw:
+// each receiver escapes or sanitises it for its own medium.
+
+/// `[FIRING:2]`, `[RESOLVED:1]`, `[FLAPPING:1]`: the status and how many alerts it concerns.
+pub(crate) fn status_tag(n: &Notification) -> String {
+    let word = match (n.flapping, n.status) {
+        (true, _) => "FLAPPING",
+        (false, GroupStatus::Firing) => "FIRING",
+        (false, GroupStatus::Resolved) => "RESOLVED",
+    };
+    let count = match n.status {
+        GroupStatus::Firing => n
+            .alerts
+            .iter()
+            .filter(|a| a.status == AlertStatus::Firing)
+            .count(),
+        GroupStatus::Resolved => n.alerts.len(),
+    };
+    format!("[{word}:{count}]")
+}
+
+/// The alert name the group is about, or `N alerts` when it mixes several.
+pub(crate) fn group_alertname(n: &Notification) -> String {
+    if let Some(name) = n.common_labels.get("alertname") {
+        return name.clone();
+    }
+    let mut names = n.alerts.iter().filter_map(|a| a.labels.get("alertname"));
+    match names.next() {
+        Some(first) if names.all(|other| other == first) => first.clone(),
+        _ => format!("{} alerts", n.alerts.len()),
+    }
+}
+
+/// What the labels point at: `orders (/) on local`, `rabbit@node1 on local`, `on local`, or "".
+pub(crate) fn describe_entity(labels: &BTreeMap<String, String>) -> String {
+    let what = match (labels.get("queue"), labels.get("node")) {
+        (Some(queue), _) => match labels.get("vhost") {
+            Some(vhost) => format!("{queue} ({vhost})"),
+            None => queue.clone(),
+        },
+        (None, Some(node)) => node.clone(),
+        (None, None) => String::new(),
+    };
+    match labels.get("cluster") {
+        Some(cluster) if what.is_empty() => format!("on {cluster}"),
+        Some(cluster) => format!("{what} on {cluster}"),
+        None => what,
+    }
+}
+
+/// `[FIRING:1] QueueBacklogGrowing orders (/) on local`: the one-line summary of a notification.
+pub(crate) fn headline(n: &Notification) -> String {
+    let entity = describe_entity(&n.common_labels);
+    let mut line = format!("{} {}", status_tag(n), group_alertname(n));
+    if !entity.is_empty() {
+        line.push(' ');
+        line.push_str(&entity);
+    }
+    line
+}
+
+/// The correlation ids of `alerts`, each once, in order.
+pub(crate) fn correlation_ids<'a>(
+    alerts: impl IntoIterator<Item = &'a AlertSummary>,
+) -> Vec<&'a str> {
+    let mut ids: Vec<&str> = Vec::new();
+    for alert in alerts {
+        if !ids.contains(&alert.correlation_id.as_str()) {
+            ids.push(&alert.correlation_id);
+        }
+    }
+    ids
+}
+
+/// A number for people: integers without a fraction, others with up to two decimals.
+pub(crate) fn format_number(x: f64) -> String {
+    if !x.is_finite() {
+        return if x.is_nan() {
+            "NaN"
+        } else if x > 0.0 {
+            "+Inf"
+        } else {
+            "-Inf"
+        }
+        .to_owned();
+    }
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        return format!("{x:.0}");
+    }
+    let s = format!("{x:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// Seconds for people: `42s`, `5m 30s`, `2h 5m`; infinite is `never` (consumers slower than publishers).
+pub(crate) fn format_duration(secs: f64) -> String {
+    if !secs.is_finite() {
+        return "never".to_owned();
+    }
+    let secs = secs.max(0.0).round() as u64;
+    // Past an hour the seconds are noise.
+    let secs = if secs >= 3600 { secs / 60 * 60 } else { secs };
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+/// The numbers behind an alert as `Label: value` lines, for the ones a person reads first.
+pub(crate) fn value_lines(values: &BTreeMap<String, f64>) -> Vec<String> {
+    let get = |k: &str| values.get(k).copied().filter(|v| !v.is_nan());
+    let mut lines = Vec::new();
+    let (publish, consume) = (get("publish_rate"), get("consume_rate"));
+    if publish.is_some() || consume.is_some() {
+        let rate = |r: Option<f64>| r.map_or("?".to_owned(), format_number);
+        lines.push(format!(
+            "Rates: {}/s in, {}/s out",
+            rate(publish),
+            rate(consume)
+        ));
+    }
+    if let Some(backlog) = get("messages").or_else(|| get("messages_ready")) {
+        lines.push(format!("Backlog: {} messages", format_number(backlog)));
+    }
+    if let Some(consumers) = get("consumers") {
+        lines.push(format!("Consumers: {}", format_number(consumers)));
+    }
+    if let Some(eta) = get("drain_eta") {
+        lines.push(format!("Drain ETA: {}", format_duration(eta)));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::StatusCode;
+    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+
+    fn with_retry_after(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn http_statuses_are_classified_as_the_design_says() {
+        let none = HeaderMap::new();
+        let cases: &[(u16, bool, &str)] = &[
+            (400, false, "http_4xx"),
+            (401, false, "http_4xx"),
+            (403, false, "http_4xx"),
+            (404, false, "http_4xx"),
+            (410, false, "http_4xx"),
+            (408, true, "timeout"),
+            (429, true, "rate_limited"),
+            (500, true, "http_5xx"),
+            (502, true, "http_5xx"),
+            (503, true, "http_5xx"),
+        ];
+        for (status, retriable, reason) in cases {
+            let e = classify_http_status(StatusCode::from_u16(*status).unwrap(), &none, "x");
+            assert_eq!(e.is_retriable(), *retriable, "{status}");
+            assert_eq!(e.reason(), *reason, "{status}");
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds_are_honoured_and_dates_are_not_guessed() {
+        let e = classify_http_status(StatusCode::TOO_MANY_REQUESTS, &with_retry_after("2"), "");
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
+        let dated = with_retry_after("Wed, 21 Oct 2015 07:28:00 GMT");
+        assert_eq!(retry_after(&dated), None);
+    }
+
+    #[test]
+    fn snippets_are_short_and_single_line() {
+        let long = format!("bad\r\nthing{}", "x".repeat(500));
+        let s = snippet(&long);
+        assert!(!s.contains('\n') && !s.contains('\r'));
+        assert!(s.chars().count() <= 201);
+    }
+
+    #[test]
+    fn header_values_cannot_break_a_header() {
+        assert_eq!(header_safe("a:b\r\nX-Evil: 1"), "a:bX-Evil: 1");
+    }
+
+    #[test]
+    fn timestamps_render_as_rfc3339() {
+        assert_eq!(
+            rfc3339_millis(1_700_000_000_123),
+            "2023-11-14T22:13:20.123Z"
+        );
+    }
+
+    #[test]
+    fn durations_read_like_a_person_wrote_them() {
+        assert_eq!(format_duration(42.4), "42s");
+        assert_eq!(format_duration(330.0), "5m 30s");
+        assert_eq!(format_duration(7_530.0), "2h 5m");
+        assert_eq!(format_duration(f64::INFINITY), "never");
+        assert_eq!(format_duration(-3.0), "0s");
+        assert_eq!(format_number(120.0), "120");
+        assert_eq!(format_number(80.456), "80.46");
+        assert_eq!(format_number(0.5), "0.5");
+    }
+
+    #[test]
+    fn headlines_name_the_status_count_alert_and_entity() {
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            describe_entity(&labels(&[
+                ("queue", "orders"),
+                ("vhost", "/"),
+                ("cluster", "local")
+            ])),
+            "orders (/) on local"
+        );
+        assert_eq!(
+            describe_entity(&labels(&[("node", "rabbit@a"), ("cluster", "local")])),
+            "rabbit@a on local"
+        );
+        assert_eq!(
+            describe_entity(&labels(&[("cluster", "local")])),
+            "on local"
+        );
+        let alert = |status| AlertSummary {
+            status,
+            labels: labels(&[("alertname", "QueueBacklogGrowing")]),
+            annotations: BTreeMap::new(),
+            starts_at: 0,
+            ends_at: None,
+            correlation_id: "c".to_owned(),
+            fingerprint: "f".to_owned(),
+            values: BTreeMap::new(),
+        };
+        let mut n = Notification {
+            receiver: "r".to_owned(),
+            group_key: "g".to_owned(),
+            status: GroupStatus::Firing,
+            group_labels: BTreeMap::new(),
+            common_labels: labels(&[("cluster", "local")]),
+            common_annotations: BTreeMap::new(),
+            alerts: vec![alert(AlertStatus::Firing), alert(AlertStatus::Resolved)],
+            idempotency_key: "c:firing:1".to_owned(),
+            flapping: false,
+            previous: None,
+            created_at: 0,
+        };
+        assert_eq!(headline(&n), "[FIRING:1] QueueBacklogGrowing on local");
+        n.status = GroupStatus::Resolved;
+        assert_eq!(headline(&n), "[RESOLVED:2] QueueBacklogGrowing on local");
+        assert_eq!(correlation_ids(&n.alerts), vec!["c"]);
+    }
+}

@@ -1,0 +1,263 @@
+//! Webhook: the notification as JSON compatible with Alertmanager's webhook payload (version "4"),
+//! so existing consumers of Alertmanager webhooks read it unchanged, plus rabbitwatch's own fields
+//! (`correlation_id`, `values`, `idempotency_key`).
+//!
+//! With an `hmac_secret`, the exact body bytes are signed (`X-Rabbitwatch-Signature: sha256=<hex>`),
+//! so a receiver can reject anything it did not get from us. Never retries (the outbox does).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use reqwest::Url;
+use reqwest::header::CONTENT_TYPE;
+use serde::Serialize;
+use sha2::Sha256;
+
+use super::{
+    AlertStatus, Delivered, DeliveryError, GroupStatus, Notification, classify_http_status,
+    classify_http_transport, header_safe, rfc3339_millis,
+};
+use crate::config::Secret;
+
+pub const SIGNATURE_HEADER: &str = "X-Rabbitwatch-Signature";
+/// What Alertmanager sends as `endsAt` of an alert that has not ended.
+const NOT_ENDED: &str = "0001-01-01T00:00:00Z";
+
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    pub url: Url,
+    pub hmac_secret: Option<Secret>,
+    pub timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct WebhookReceiver {
+    name: String,
+    cfg: WebhookConfig,
+    http: reqwest::Client,
+}
+
+impl fmt::Debug for WebhookReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may carry a token in its query; the host says enough.
+        f.debug_struct("WebhookReceiver")
+            .field("name", &self.name)
+            .field("host", &self.cfg.url.host_str())
+            .field("signed", &self.cfg.hmac_secret.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Alertmanager's webhook payload, version 4, with rabbitwatch's additions.
+#[derive(Debug, Serialize)]
+struct Payload<'a> {
+    version: &'static str,
+    #[serde(rename = "groupKey")]
+    group_key: &'a str,
+    #[serde(rename = "truncatedAlerts")]
+    truncated_alerts: usize,
+    status: GroupStatus,
+    receiver: &'a str,
+    #[serde(rename = "groupLabels")]
+    group_labels: &'a BTreeMap<String, String>,
+    #[serde(rename = "commonLabels")]
+    common_labels: &'a BTreeMap<String, String>,
+    #[serde(rename = "commonAnnotations")]
+    common_annotations: &'a BTreeMap<String, String>,
+    #[serde(rename = "externalURL")]
+    external_url: &'a str,
+    alerts: Vec<AlertPayload<'a>>,
+    /// The first alert's correlation id (each alert also carries its own).
+    correlation_id: &'a str,
+    idempotency_key: &'a str,
+    flapping: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct AlertPayload<'a> {
+    status: AlertStatus,
+    labels: &'a BTreeMap<String, String>,
+    annotations: &'a BTreeMap<String, String>,
+    #[serde(rename = "startsAt")]
+    starts_at: String,
+    #[serde(rename = "endsAt")]
+    ends_at: String,
+    #[serde(rename = "generatorURL")]
+    generator_url: &'a str,
+    fingerprint: &'a str,
+    correlation_id: &'a str,
+    values: &'a BTreeMap<String, f64>,
+}
+
+/// The body a webhook receives for `n`, as bytes (the bytes that are signed).
+pub fn render_payload(n: &Notification) -> Vec<u8> {
+    let payload = Payload {
+        version: "4",
+        group_key: &n.group_key,
+        truncated_alerts: 0,
+        status: n.status,
+        receiver: &n.receiver,
+        group_labels: &n.group_labels,
+        common_labels: &n.common_labels,
+        common_annotations: &n.common_annotations,
+        external_url: "",
+        alerts: n
+            .alerts
+            .iter()
+            .map(|a| AlertPayload {
+                status: a.status,
+                labels: &a.labels,
+                annotations: &a.annotations,
+                starts_at: rfc3339_millis(a.starts_at),
+                ends_at: a
+                    .ends_at
+                    .map_or_else(|| NOT_ENDED.to_owned(), rfc3339_millis),
+                generator_url: "",
+                fingerprint: &a.fingerprint,
+                correlation_id: &a.correlation_id,
+                values: &a.values,
+            })
+            .collect(),
+        correlation_id: n.alerts.first().map_or("", |a| a.correlation_id.as_str()),
+        idempotency_key: &n.idempotency_key,
+        flapping: n.flapping,
+    };
+    // Non-finite values (an infinite drain ETA) become `null`, as JSON has no Infinity: serde_json
+    // does that itself for f64, so this cannot fail for these types.
+    serde_json::to_vec(&payload).unwrap_or_default()
+}
+
+/// `sha256=<hex of HMAC-SHA256(secret, body)>`.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    // HMAC takes keys of any length, so `new_from_slice` cannot fail here.
+    let mut mac =
+        <Hmac<Sha256>>::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+impl WebhookReceiver {
+    pub fn new(name: impl Into<String>, cfg: WebhookConfig, http: reqwest::Client) -> Self {
+        WebhookReceiver {
+            name: name.into(),
+            cfg,
+            http,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub async fn deliver(&self, n: &Notification) -> Result<Delivered, DeliveryError> {
+        let body = render_payload(n);
+        let mut request = self
+            .http
+            .post(self.cfg.url.clone())
+            .timeout(self.cfg.timeout)
+            .header(CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", header_safe(&n.idempotency_key));
+        if let Some(secret) = &self.cfg.hmac_secret {
+            request = request.header(SIGNATURE_HEADER, signature(secret.expose(), &body));
+        }
+        let response = request
+            .body(body)
+            .send()
+            .await
+            .map_err(classify_http_transport)?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(Delivered::default());
+        }
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        Err(classify_http_status(status, &headers, &text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::receivers::AlertSummary;
+
+    fn notification() -> Notification {
+        let labels: BTreeMap<String, String> =
+            [("alertname", "QueueBacklogGrowing"), ("queue", "orders")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+        Notification {
+            receiver: "autoscaler".to_owned(),
+            group_key: "{}:{queue=\"orders\"}".to_owned(),
+            status: GroupStatus::Resolved,
+            group_labels: labels.clone(),
+            common_labels: labels.clone(),
+            common_annotations: BTreeMap::new(),
+            alerts: vec![AlertSummary {
+                status: AlertStatus::Resolved,
+                labels,
+                annotations: BTreeMap::new(),
+                starts_at: 1_700_000_000_000,
+                ends_at: Some(1_700_000_060_000),
+                correlation_id: "corr-1".to_owned(),
+                fingerprint: "f1".to_owned(),
+                values: [
+                    ("drain_eta".to_owned(), f64::INFINITY),
+                    ("messages".to_owned(), 5.0),
+                ]
+                .into_iter()
+                .collect(),
+            }],
+            idempotency_key: "corr-1:resolved:2".to_owned(),
+            flapping: false,
+            previous: None,
+            created_at: 1_700_000_060_000,
+        }
+    }
+
+    #[test]
+    fn the_payload_reads_like_alertmanagers_version_4() {
+        let body: serde_json::Value =
+            serde_json::from_slice(&render_payload(&notification())).unwrap();
+        assert_eq!(body["version"], "4");
+        assert_eq!(body["status"], "resolved");
+        assert_eq!(body["groupKey"], "{}:{queue=\"orders\"}");
+        assert_eq!(body["truncatedAlerts"], 0);
+        assert_eq!(body["receiver"], "autoscaler");
+        assert_eq!(body["commonLabels"]["queue"], "orders");
+        assert_eq!(body["externalURL"], "");
+        let alert = &body["alerts"][0];
+        assert_eq!(alert["status"], "resolved");
+        assert_eq!(alert["startsAt"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(alert["endsAt"], "2023-11-14T22:14:20.000Z");
+        assert_eq!(alert["fingerprint"], "f1");
+        assert_eq!(alert["generatorURL"], "");
+        assert_eq!(alert["correlation_id"], "corr-1");
+        assert_eq!(alert["values"]["messages"], 5.0);
+        assert!(
+            alert["values"]["drain_eta"].is_null(),
+            "JSON has no Infinity"
+        );
+        assert_eq!(body["correlation_id"], "corr-1");
+        assert_eq!(body["idempotency_key"], "corr-1:resolved:2");
+    }
+
+    #[test]
+    fn an_alert_still_firing_ends_at_alertmanagers_zero_time() {
+        let mut n = notification();
+        n.alerts[0].ends_at = None;
+        let body: serde_json::Value = serde_json::from_slice(&render_payload(&n)).unwrap();
+        assert_eq!(body["alerts"][0]["endsAt"], NOT_ENDED);
+    }
+
+    #[test]
+    fn signatures_are_hmac_sha256_hex() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            signature("Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

@@ -1,0 +1,497 @@
+//! Embedded, crash-safe state: alerts, alert-group delivery state, the outbox and dead letters.
+//!
+//! One redb file (`<state.path>/rabbitwatch.redb`); every commit is durable when it returns
+//! (`Durability::Immediate`), and the file lock stops two daemons from sharing it. Values are JSON so
+//! the schema can evolve; `SCHEMA_VERSION` with `migrate` handles the rest.
+//!
+//! Invariants the outbox relies on:
+//! - an alert transition and the notifications it causes are written in ONE transaction
+//!   (`commit_cycle`): after a crash either both are there or neither is, and the next cycle redoes it;
+//! - a notification leaves the outbox only in the transaction that records its delivery or moves it to
+//!   the dead letters: a crash before that redelivers it (at-least-once; the idempotency key lets a
+//!   receiver drop the duplicate), a crash after it never loses it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::alerts::Alert;
+use crate::receivers::Notification;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const ALERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("alerts");
+const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+
+pub const SCHEMA_VERSION: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open state database {path}: {detail}")]
+    Open { path: PathBuf, detail: String },
+    #[error(
+        "state database {path} has schema version {found}, newer than this rabbitwatch understands ({SCHEMA_VERSION}); upgrade rabbitwatch or move the file away"
+    )]
+    TooNew { path: PathBuf, found: u64 },
+    #[error("state database error: {0}")]
+    Db(String),
+    #[error("corrupt record in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+    #[error("no dead letter with id {0}")]
+    NoSuchDeadLetter(u64),
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(impl From<$t> for StoreError { fn from(e: $t) -> Self { StoreError::Db(e.to_string()) } })*};
+}
+db_err!(
+    redb::Error,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// A notification waiting for delivery, with its retry bookkeeping.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub notification: Notification,
+    pub attempts: u32,
+    /// Milliseconds since the epoch; not before this.
+    pub next_attempt_at: i64,
+    pub enqueued_at: i64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub notification: Notification,
+    pub attempts: u32,
+    pub error: String,
+    pub reason: String,
+    pub dead_at: i64,
+    pub enqueued_at: i64,
+}
+
+/// Per (receiver, group): what was last sent, so the dispatcher knows what changed, and the handle a
+/// receiver returned (a Slack `channel:ts`) so a resolve can update the original message.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupState {
+    /// Fingerprint → state last notified (`firing`/`resolved`).
+    pub notified: BTreeMap<String, String>,
+    pub last_sent_at: Option<i64>,
+    pub sequence: u64,
+    pub handle: Option<String>,
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+/// What one evaluation cycle changes, written atomically.
+#[derive(Debug, Default)]
+pub struct CycleWrite<'a> {
+    pub upsert_alerts: Vec<&'a Alert>,
+    pub remove_alerts: Vec<String>,
+    pub groups: Vec<(String, GroupState)>,
+    pub enqueue: Vec<OutboxEntry>,
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("state records always serialise")
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        table,
+        detail: e.to_string(),
+    })
+}
+
+pub fn group_id(receiver: &str, group_key: &str) -> String {
+    format!("{receiver}\u{0}{group_key}")
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join("rabbitwatch.redb");
+        let open_err = |detail: String| StoreError::Open {
+            path: path.clone(),
+            detail,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        let db = Database::create(&path).map_err(|e| open_err(e.to_string()))?;
+        let store = Store { db, path };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            let found = meta.get("schema_version")?.map(|v| v.value());
+            match found {
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(StoreError::TooNew {
+                        path: self.path.clone(),
+                        found: v,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION)?;
+                }
+            }
+            // Create every table so readers never meet a missing one.
+            tx.open_table(ALERTS)?;
+            tx.open_table(GROUPS)?;
+            tx.open_table(OUTBOX)?;
+            tx.open_table(DEAD)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A cheap write that proves the database accepts commits (for `/readyz`).
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            meta.insert("last_probe", crate::domain::Timestamp::now().0 as u64)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A record that no longer parses is reported and skipped, never allowed to block the rest.
+    pub fn load_alerts(&self) -> Result<Vec<Alert>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(ALERTS)?;
+        let mut out = Vec::new();
+        for r in t.iter()? {
+            let (k, v) = r?;
+            match parse("alerts", v.value()) {
+                Ok(a) => out.push(a),
+                Err(e) => {
+                    tracing::error!(fingerprint = k.value(), error = %e, "skipping unreadable alert record")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn load_groups(&self) -> Result<BTreeMap<String, GroupState>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(GROUPS)?;
+        t.iter()?
+            .map(|r| {
+                let (k, v) = r?;
+                Ok((k.value().to_string(), parse("groups", v.value())?))
+            })
+            .collect()
+    }
+
+    pub fn group(&self, id: &str) -> Result<Option<GroupState>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(GROUPS)?;
+        t.get(id)?.map(|v| parse("groups", v.value())).transpose()
+    }
+
+    /// Writes alert changes, group states and new outbox entries in one transaction; returns the
+    /// outbox ids assigned.
+    pub fn commit_cycle(&self, w: &CycleWrite<'_>) -> Result<Vec<u64>, StoreError> {
+        let tx = self.db.begin_write()?;
+        let mut ids = Vec::new();
+        {
+            let mut alerts = tx.open_table(ALERTS)?;
+            for a in &w.upsert_alerts {
+                alerts.insert(a.fingerprint.as_str(), json(a).as_slice())?;
+            }
+            for fp in &w.remove_alerts {
+                alerts.remove(fp.as_str())?;
+            }
+            let mut groups = tx.open_table(GROUPS)?;
+            for (id, g) in &w.groups {
+                groups.insert(id.as_str(), json(g).as_slice())?;
+            }
+            let mut outbox = tx.open_table(OUTBOX)?;
+            let mut meta = tx.open_table(META)?;
+            let mut next = meta.get("next_id")?.map_or(1, |v| v.value());
+            for e in &w.enqueue {
+                outbox.insert(next, json(e).as_slice())?;
+                ids.push(next);
+                next += 1;
+            }
+            meta.insert("next_id", next)?;
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    /// Every entry in the outbox, oldest first. An entry that no longer parses is reported and
+    /// skipped (it stays counted in `rabbitwatch_outbox_pending`); it must not block the others.
+    pub fn outbox(&self) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(OUTBOX)?;
+        let mut out = Vec::new();
+        for r in t.iter()? {
+            let (k, v) = r?;
+            match parse("outbox", v.value()) {
+                Ok(e) => out.push((k.value(), e)),
+                Err(e) => {
+                    tracing::error!(id = k.value(), error = %e, "skipping unreadable outbox entry")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a delivery: the entry leaves the outbox and the group remembers the receiver's handle.
+    pub fn delivered(
+        &self,
+        id: u64,
+        group: Option<(&str, Option<String>)>,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut outbox = tx.open_table(OUTBOX)?;
+            outbox.remove(id)?;
+            if let Some((gid, Some(handle))) = group {
+                let mut groups = tx.open_table(GROUPS)?;
+                let mut g: GroupState = match groups.get(gid)? {
+                    Some(v) => parse("groups", v.value())?,
+                    None => GroupState::default(),
+                };
+                g.handle = Some(handle);
+                groups.insert(gid, json(&g).as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn reschedule(&self, id: u64, entry: &OutboxEntry) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut outbox = tx.open_table(OUTBOX)?;
+            outbox.insert(id, json(entry).as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Moves an entry from the outbox to the dead letters (same id).
+    pub fn dead_letter(&self, id: u64, letter: &DeadLetter) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut outbox = tx.open_table(OUTBOX)?;
+            outbox.remove(id)?;
+            let mut dead = tx.open_table(DEAD)?;
+            dead.insert(id, json(letter).as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn dead_letters(&self) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(DEAD)?;
+        t.iter()?
+            .map(|r| {
+                let (k, v) = r?;
+                Ok((k.value(), parse("dead_letters", v.value())?))
+            })
+            .collect()
+    }
+
+    /// Moves a dead letter back into the outbox for immediate delivery; returns its new outbox id.
+    pub fn replay(&self, id: u64, now: i64) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write()?;
+        let new_id;
+        {
+            let mut dead = tx.open_table(DEAD)?;
+            let letter: DeadLetter = match dead.remove(id)? {
+                Some(v) => parse("dead_letters", v.value())?,
+                None => return Err(StoreError::NoSuchDeadLetter(id)),
+            };
+            let mut meta = tx.open_table(META)?;
+            new_id = meta.get("next_id")?.map_or(1, |v| v.value());
+            meta.insert("next_id", new_id + 1)?;
+            let entry = OutboxEntry {
+                notification: letter.notification,
+                attempts: 0,
+                next_attempt_at: now,
+                enqueued_at: now,
+                last_error: None,
+            };
+            let mut outbox = tx.open_table(OUTBOX)?;
+            outbox.insert(new_id, json(&entry).as_slice())?;
+        }
+        tx.commit()?;
+        Ok(new_id)
+    }
+
+    /// (outbox entries, dead letters)
+    pub fn counts(&self) -> Result<(u64, u64), StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok((tx.open_table(OUTBOX)?.len()?, tx.open_table(DEAD)?.len()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::receivers::GroupStatus;
+
+    fn note(key: &str) -> Notification {
+        Notification {
+            receiver: "r".into(),
+            group_key: key.into(),
+            status: GroupStatus::Firing,
+            group_labels: BTreeMap::new(),
+            common_labels: BTreeMap::new(),
+            common_annotations: BTreeMap::new(),
+            alerts: vec![],
+            idempotency_key: format!("{key}:firing:1"),
+            flapping: false,
+            previous: None,
+            created_at: 0,
+        }
+    }
+
+    fn entry(key: &str) -> OutboxEntry {
+        OutboxEntry {
+            notification: note(key),
+            attempts: 0,
+            next_attempt_at: 0,
+            enqueued_at: 0,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn outbox_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let ids = s
+                .commit_cycle(&CycleWrite {
+                    enqueue: vec![entry("a"), entry("b")],
+                    ..Default::default()
+                })
+                .unwrap();
+            assert_eq!(ids, vec![1, 2]);
+            s.delivered(1, None).unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let left: Vec<String> = s
+            .outbox()
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.notification.group_key)
+            .collect();
+        assert_eq!(left, vec!["b"]);
+        let ids = s
+            .commit_cycle(&CycleWrite {
+                enqueue: vec![entry("c")],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(ids, vec![3], "ids are never reused");
+    }
+
+    #[test]
+    fn dead_letters_are_listed_and_replayed_into_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let id = s
+            .commit_cycle(&CycleWrite {
+                enqueue: vec![entry("a")],
+                ..Default::default()
+            })
+            .unwrap()[0];
+        let e = &s.outbox().unwrap()[0].1;
+        s.dead_letter(
+            id,
+            &DeadLetter {
+                notification: e.notification.clone(),
+                attempts: 1,
+                error: "invalid_payload".into(),
+                reason: "permanent".into(),
+                dead_at: 5,
+                enqueued_at: 0,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.counts().unwrap(), (0, 1));
+        let new_id = s.replay(id, 10).unwrap();
+        assert_eq!(s.counts().unwrap(), (1, 0));
+        assert!(new_id > id);
+        assert!(matches!(
+            s.replay(id, 10),
+            Err(StoreError::NoSuchDeadLetter(_))
+        ));
+    }
+
+    #[test]
+    fn notifications_with_infinite_values_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut e = entry("inf");
+        e.notification.alerts.push(crate::receivers::AlertSummary {
+            status: crate::receivers::AlertStatus::Firing,
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            starts_at: 0,
+            ends_at: None,
+            correlation_id: "c".into(),
+            fingerprint: "f".into(),
+            values: [("drain_eta".to_string(), f64::INFINITY)].into(),
+        });
+        s.commit_cycle(&CycleWrite {
+            enqueue: vec![e],
+            ..Default::default()
+        })
+        .unwrap();
+        let back = s.outbox().unwrap();
+        assert_eq!(
+            back[0].1.notification.alerts[0].values["drain_eta"],
+            f64::INFINITY
+        );
+    }
+
+    #[test]
+    fn a_second_daemon_cannot_open_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        assert!(Store::open(dir.path()).is_err());
+    }
+
+    #[test]
+    fn group_handles_are_remembered_on_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let id = s
+            .commit_cycle(&CycleWrite {
+                enqueue: vec![entry("g")],
+                ..Default::default()
+            })
+            .unwrap()[0];
+        let gid = group_id("r", "g");
+        s.delivered(id, Some((&gid, Some("C1:123.4".into()))))
+            .unwrap();
+        assert_eq!(
+            s.group(&gid).unwrap().unwrap().handle.as_deref(),
+            Some("C1:123.4")
+        );
+    }
+}
