@@ -12,7 +12,7 @@ use crate::alerts::dispatch::Dispatch;
 use crate::analysis::Params;
 use crate::config::{Config, ReceiverConfig, ReceiverKind};
 use crate::domain::{StatsMode, Timestamp};
-use crate::engine::Engine;
+use crate::engine::{Alerting, Engine, ReloadStatus};
 use crate::http::{HttpState, router};
 use crate::outbox::{self, Pacer, ReceiverStats, Stats};
 use crate::receivers::{
@@ -21,6 +21,22 @@ use crate::receivers::{
 use crate::scrape::Scraper;
 use crate::store::Store;
 use crate::view::{ClusterHandle, ClusterView, LastError, Tracker};
+
+/// The parts of a config that a reload can swap in without a restart.
+pub fn alerting(config: &Config) -> Alerting {
+    Alerting {
+        rules: config.rules.clone(),
+        dispatch: config.route.clone().map(|root| Dispatch {
+            root,
+            send_resolved: config
+                .receivers
+                .iter()
+                .map(|r| (r.name.clone(), r.send_resolved))
+                .collect(),
+        }),
+        inhibit: config.inhibit.clone(),
+    }
+}
 
 /// Builds every configured receiver; a configuration that cannot work fails here, at start (and in
 /// `rabbitwatch check`), not at the first alert.
@@ -98,20 +114,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .iter()
         .map(|_| Arc::new(tokio::sync::Notify::new()))
         .collect();
-    let dispatch = config.route.clone().map(|root| Dispatch {
-        root,
-        send_resolved: config
-            .receivers
-            .iter()
-            .map(|r| (r.name.clone(), r.send_resolved))
-            .collect(),
-    });
     let engine = Arc::new(Engine::new(
         store.clone(),
-        config.rules.clone(),
-        dispatch,
+        alerting(&config),
         wakes.clone(),
     )?);
+    let reload_status = Arc::new(ReloadStatus::new(now));
+    let reloader: Arc<dyn Fn() -> Result<String, String> + Send + Sync> = {
+        let (path, engine, status) = (config.source.clone(), engine.clone(), reload_status.clone());
+        let running: Vec<String> = receivers.iter().map(|r| r.name().to_string()).collect();
+        Arc::new(move || reload(&path, &engine, &status, &running))
+    };
     let stats: Stats = receivers
         .iter()
         .map(|r| (r.name().to_string(), Arc::new(ReceiverStats::default())))
@@ -131,6 +144,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         engine: engine.clone(),
         stats: Arc::new(stats.clone()),
         api_token: config.server.api_token.clone(),
+        reload: reloader.clone(),
+        reload_status: reload_status.clone(),
     };
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
@@ -173,7 +188,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(poll_loop(handle.clone(), scraper, params, engine.clone()))
     }));
 
-    wait_for_shutdown().await;
+    wait_for_shutdown(&*reloader).await;
     info!("shutting down");
     for l in &loops {
         l.abort();
@@ -187,7 +202,49 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_shutdown() {
+/// Re-reads the config file and swaps in its rules, routes and inhibitions. Anything invalid keeps
+/// the running config: every error is logged and returned, and the reload metric drops to 0.
+fn reload(
+    path: &std::path::Path,
+    engine: &Engine,
+    status: &ReloadStatus,
+    running: &[String],
+) -> Result<String, String> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let fail = |why: String| {
+        status.ok.store(false, Relaxed);
+        warn!(config = %path.display(), error = %why, "reload failed; keeping the running config");
+        Err(why)
+    };
+    let cfg = match crate::config::load(path) {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
+    };
+    // Receivers need workers; those start with the daemon. A route to a new receiver would queue
+    // notifications nobody delivers.
+    let missing: Vec<&str> = cfg
+        .receivers
+        .iter()
+        .map(|r| r.name.as_str())
+        .filter(|n| !running.iter().any(|r| r == n))
+        .collect();
+    if !missing.is_empty() {
+        return fail(format!(
+            "new receivers need a restart: {}",
+            missing.join(", ")
+        ));
+    }
+    let rules = cfg.rules.len();
+    engine.reload(alerting(&cfg), Timestamp::now());
+    status.ok.store(true, Relaxed);
+    status.last_success.store(Timestamp::now().0, Relaxed);
+    info!(config = %path.display(), rules, "config reloaded (rules, routes, inhibitions); cluster, receiver, server and state changes need a restart");
+    Ok(format!(
+        "reloaded {rules} rule(s); cluster, receiver, server and state changes need a restart\n"
+    ))
+}
+
+async fn wait_for_shutdown(reload: &(dyn Fn() -> Result<String, String> + Send + Sync)) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -200,7 +257,9 @@ async fn wait_for_shutdown() {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return,
             _ = term.recv() => return,
-            _ = hup.recv() => warn!("SIGHUP received: live reload is not implemented yet; restart to apply config changes"),
+            _ = hup.recv() => {
+                let _ = reload();
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::alerts::dispatch::{Matcher, Route};
+use crate::alerts::mute::InhibitRule;
 use crate::outbox::Policy;
 use crate::receivers::{EmailConfig, LogConfig, SlackConfig, WebhookConfig};
 use crate::rules::RuleSet;
@@ -66,6 +67,7 @@ pub struct Config {
     pub receivers: Vec<ReceiverConfig>,
     /// `None` when no receivers are configured: alerts are evaluated and shown, not sent.
     pub route: Option<Route>,
+    pub inhibit: Vec<InhibitRule>,
     pub outbox: Policy,
 }
 
@@ -160,7 +162,18 @@ struct RawConfig {
     receivers: Vec<RawReceiver>,
     route: Option<RawRoute>,
     #[serde(default)]
+    inhibit: Vec<RawInhibit>,
+    #[serde(default)]
     outbox: RawOutbox,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInhibit {
+    source_matchers: Vec<S>,
+    target_matchers: Vec<S>,
+    #[serde(default)]
+    equal: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -546,6 +559,15 @@ impl Validator<'_> {
             }
         };
         let outbox = self.outbox(&raw.outbox);
+        let inhibit = raw
+            .inhibit
+            .iter()
+            .map(|r| InhibitRule {
+                source: self.matchers(&r.source_matchers),
+                target: self.matchers(&r.target_matchers),
+                equal: r.equal.clone(),
+            })
+            .collect();
         Config {
             source: self.file.clone(),
             server,
@@ -555,8 +577,20 @@ impl Validator<'_> {
             rules,
             receivers,
             route,
+            inhibit,
             outbox,
         }
+    }
+
+    fn matchers(&mut self, raw: &[S]) -> Vec<Matcher> {
+        let mut out = Vec::new();
+        for m in raw {
+            match Matcher::parse(&m.value) {
+                Ok(mm) => out.push(mm),
+                Err(e) => self.error_at(m, e),
+            }
+        }
+        out
     }
 
     fn rules(&mut self, patterns: &[S]) -> RuleSet {
@@ -740,13 +774,7 @@ impl Validator<'_> {
                 String::new()
             }
         };
-        let mut matchers = Vec::new();
-        for m in &r.matchers {
-            match Matcher::parse(&m.value) {
-                Ok(mm) => matchers.push(mm),
-                Err(e) => self.error_at(m, e),
-            }
-        }
+        let matchers = self.matchers(&r.matchers);
         let inherit = |pick: fn(&Route) -> Duration, default: u64| {
             parent.map_or(Duration::from_secs(default), pick)
         };

@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tracing::{error, info};
 
 use crate::alerts::dispatch::{Dispatch, plan};
+use crate::alerts::mute::{InhibitRule, Silence, muted};
 use crate::alerts::{Alert, AlertTable, FlapPolicy, State, Transition};
 use crate::domain::Timestamp;
 use crate::rules::{RuleSet, evaluate};
@@ -28,18 +29,49 @@ const FULL_FLUSH_MS: i64 = 60_000;
 
 struct Inner {
     table: AlertTable,
+    silences: Vec<Silence>,
     groups: BTreeMap<String, GroupState>,
     persisted: HashMap<String, Persisted>,
     last_full_flush: i64,
 }
 
+/// Outcome of the last config reload, for `/metrics`.
+#[derive(Debug)]
+pub struct ReloadStatus {
+    pub ok: std::sync::atomic::AtomicBool,
+    /// Ms since the epoch of the last successful load (start-up counts).
+    pub last_success: std::sync::atomic::AtomicI64,
+}
+
+impl ReloadStatus {
+    pub fn new(now: Timestamp) -> Self {
+        ReloadStatus {
+            ok: std::sync::atomic::AtomicBool::new(true),
+            last_success: std::sync::atomic::AtomicI64::new(now.0),
+        }
+    }
+}
+
+/// What reloads can change without a restart.
+pub struct Alerting {
+    pub rules: RuleSet,
+    pub dispatch: Option<Dispatch>,
+    pub inhibit: Vec<InhibitRule>,
+}
+
+/// The alerts as the API and metrics see them, with whether each is silenced or inhibited.
+#[derive(Default)]
+pub struct Published {
+    pub alerts: Vec<Alert>,
+    pub muted: std::collections::HashSet<String>,
+}
+
 pub struct Engine {
-    rules: ArcSwap<RuleSet>,
-    dispatch: Option<Dispatch>,
+    alerting: ArcSwap<Alerting>,
     store: Arc<Store>,
     inner: Mutex<Inner>,
     wake: Vec<Arc<Notify>>,
-    published: ArcSwap<Vec<Alert>>,
+    published: ArcSwap<Published>,
     flap: FlapPolicy,
 }
 
@@ -51,11 +83,11 @@ impl Engine {
     /// Resumes from the store: alert states (pending timers included) and what each group was sent.
     pub fn new(
         store: Arc<Store>,
-        rules: RuleSet,
-        dispatch: Option<Dispatch>,
+        alerting: Alerting,
         wake: Vec<Arc<Notify>>,
     ) -> Result<Engine, StoreError> {
         let alerts = store.load_alerts()?;
+        let silences = store.silences()?;
         let groups = store.load_groups()?;
         let persisted = alerts
             .iter()
@@ -67,13 +99,16 @@ impl Engine {
                 .map(|a| (a.fingerprint.clone(), a))
                 .collect(),
         };
-        let published = ArcSwap::from_pointee(table.alerts.values().cloned().collect());
+        let published = ArcSwap::from_pointee(Published {
+            alerts: table.alerts.values().cloned().collect(),
+            muted: Default::default(),
+        });
         Ok(Engine {
-            rules: ArcSwap::from_pointee(rules),
-            dispatch,
+            alerting: ArcSwap::from_pointee(alerting),
             store,
             inner: Mutex::new(Inner {
                 table,
+                silences,
                 groups,
                 persisted,
                 last_full_flush: Timestamp::now().0,
@@ -84,8 +119,59 @@ impl Engine {
         })
     }
 
-    pub fn alerts(&self) -> Arc<Vec<Alert>> {
+    pub fn alerts(&self) -> Arc<Published> {
         self.published.load_full()
+    }
+
+    /// Swaps in new rules, routes and inhibitions (a reload); alerts of removed rules resolve.
+    pub fn reload(&self, alerting: Alerting, now: Timestamp) {
+        let mut inner = self.inner.lock().expect("engine lock");
+        let retired = inner
+            .table
+            .retire_missing_rules(&alerting.rules, now, self.flap);
+        if !retired.is_empty() {
+            info!(
+                resolved = retired.len(),
+                "reload: alerts of removed or disabled rules resolved"
+            );
+        }
+        self.alerting.store(Arc::new(alerting));
+        self.commit(&mut inner, now);
+    }
+
+    pub fn silences(&self) -> Vec<Silence> {
+        self.inner.lock().expect("engine lock").silences.clone()
+    }
+
+    /// Validates and stores a silence; it takes effect at the next dispatcher tick (≤ 1 s).
+    pub fn add_silence(&self, silence: Silence) -> Result<Silence, String> {
+        silence.compile()?;
+        if silence.ends_at <= silence.starts_at {
+            return Err("a silence must end after it starts".into());
+        }
+        self.store
+            .put_silence(&silence)
+            .map_err(|e| e.to_string())?;
+        info!(silence = %silence.id, matchers = ?silence.matchers, ends_at = silence.ends_at, "silence added");
+        self.inner
+            .lock()
+            .expect("engine lock")
+            .silences
+            .push(silence.clone());
+        Ok(silence)
+    }
+
+    /// Ends a silence now; `Ok(false)` if there is no such silence.
+    pub fn expire_silence(&self, id: &str, now: Timestamp) -> Result<bool, String> {
+        let mut inner = self.inner.lock().expect("engine lock");
+        let Some(s) = inner.silences.iter_mut().find(|s| s.id == id) else {
+            return Ok(false);
+        };
+        s.ends_at = s.ends_at.min(now.0);
+        self.store.put_silence(s).map_err(|e| e.to_string())?;
+        info!(silence = %id, "silence expired");
+        self.commit(&mut inner, now);
+        Ok(true)
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -101,11 +187,12 @@ impl Engine {
 
     /// Evaluates the rules over a cluster's new view and records what changed.
     pub fn on_cycle(&self, view: &ClusterView, now: Timestamp) {
-        let rules = self.rules.load();
-        let eval = evaluate(&rules, view, now);
+        let alerting = self.alerting.load();
+        let rules = &alerting.rules;
+        let eval = evaluate(rules, view, now);
         let mut inner = self.inner.lock().expect("engine lock");
         let mut new_id = || uuid::Uuid::now_v7().to_string();
-        let transitions = inner.table.step(&rules, &eval, now, self.flap, &mut new_id);
+        let transitions = inner.table.step(rules, &eval, now, self.flap, &mut new_id);
         for t in &transitions {
             if let Some(a) = inner.table.get(t.fingerprint()) {
                 let what = match t {
@@ -137,8 +224,10 @@ impl Engine {
 
     fn commit(&self, inner: &mut Inner, now: Timestamp) {
         let now_ms = now.0;
-        let flushes = match &self.dispatch {
-            Some(d) => plan(d, &inner.table, &inner.groups, now_ms),
+        let alerting = self.alerting.load();
+        let muted = muted(&inner.table, &inner.silences, &alerting.inhibit, now_ms);
+        let flushes = match &alerting.dispatch {
+            Some(d) => plan(d, &inner.table, &inner.groups, &muted, now_ms),
             None => Vec::new(),
         };
         let full = now_ms - inner.last_full_flush >= FULL_FLUSH_MS;
@@ -205,7 +294,9 @@ impl Engine {
                 }
             }
         }
-        self.published
-            .store(Arc::new(inner.table.alerts.values().cloned().collect()));
+        self.published.store(Arc::new(Published {
+            alerts: inner.table.alerts.values().cloned().collect(),
+            muted,
+        }));
     }
 }

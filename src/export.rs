@@ -8,8 +8,9 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use crate::alerts::{Alert, State};
+use crate::alerts::State;
 use crate::domain::{StatsMode, Timestamp};
+use crate::engine::{Published, ReloadStatus};
 use crate::outbox::{LATENCY_BUCKETS, Stats};
 use crate::snapshot::NodeSample;
 use crate::view::{ClusterView, QueueView, escape_label_value};
@@ -211,10 +212,11 @@ const NODE_FAMILIES: &[NodeGauge] = &[
 
 /// The daemon's own state beyond the clusters: alerts and delivery.
 pub struct Extras<'a> {
-    pub alerts: &'a [Alert],
+    pub alerts: &'a Published,
     pub receivers: &'a Stats,
     /// (outbox entries, dead letters); `None` when the store could not be read.
     pub outbox: Option<(u64, u64)>,
+    pub reload: Option<&'a ReloadStatus>,
 }
 
 /// Renders the cluster metrics only (benchmarks use this).
@@ -223,9 +225,10 @@ pub fn render(clusters: &[Arc<ClusterView>], now: Timestamp) -> String {
     render_with(
         clusters,
         &Extras {
-            alerts: &[],
+            alerts: &Published::default(),
             receivers: &stats,
             outbox: None,
+            reload: None,
         },
         now,
     )
@@ -398,7 +401,12 @@ fn render_alerting(o: &mut Out, x: &Extras<'_>) {
     use std::collections::BTreeMap;
     use std::sync::atomic::Ordering::Relaxed;
     let mut counts: BTreeMap<(&str, &str, &str, &str), u64> = BTreeMap::new();
-    for a in x.alerts.iter().filter(|a| a.state != State::Resolved) {
+    for a in x
+        .alerts
+        .alerts
+        .iter()
+        .filter(|a| a.state != State::Resolved)
+    {
         let severity = a.labels.get("severity").map_or("", String::as_str);
         *counts
             .entry((&a.alertname, severity, a.state.as_str(), a.mode.as_str()))
@@ -418,6 +426,24 @@ fn render_alerting(o: &mut Out, x: &Extras<'_>) {
             label("mode", mode)
         );
         o.sample("rabbitwatch_alerts", &l, n as f64);
+    }
+    if let Some(r) = x.reload {
+        o.family("rabbitwatch_config_last_reload_successful", "gauge", "1 if the last config load (start or reload) succeeded; 0 means the running config is older than the file.");
+        o.sample(
+            "rabbitwatch_config_last_reload_successful",
+            "",
+            f64::from(u8::from(r.ok.load(Relaxed))),
+        );
+        o.family(
+            "rabbitwatch_config_last_reload_success_timestamp_seconds",
+            "gauge",
+            "Unix time of the last successful config load.",
+        );
+        o.sample(
+            "rabbitwatch_config_last_reload_success_timestamp_seconds",
+            "",
+            r.last_success.load(Relaxed) as f64 / 1000.0,
+        );
     }
     if let Some((pending, dead)) = x.outbox {
         o.family(

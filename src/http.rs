@@ -14,10 +14,11 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::Alert;
+use crate::alerts::mute::Silence;
 use crate::analysis::Status;
 use crate::config::Secret;
 use crate::domain::Timestamp;
-use crate::engine::Engine;
+use crate::engine::{Engine, ReloadStatus};
 use crate::export;
 use crate::outbox::Stats;
 use crate::store::DeadLetter;
@@ -33,6 +34,9 @@ pub struct HttpState {
     pub stats: Arc<Stats>,
     /// Mutating calls need `Authorization: Bearer <token>` when set.
     pub api_token: Option<Secret>,
+    /// Re-reads the config file; `Err` keeps the running config and says why.
+    pub reload: Arc<dyn Fn() -> Result<String, String> + Send + Sync>,
+    pub reload_status: Arc<ReloadStatus>,
 }
 
 impl HttpState {
@@ -50,6 +54,12 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/queues", get(queues))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/deadletters", get(dead_letters))
+        .route("/-/reload", axum::routing::post(reload))
+        .route("/api/v1/silences", get(list_silences).post(add_silence))
+        .route(
+            "/api/v1/silences/{id}",
+            axum::routing::delete(expire_silence),
+        )
         .route(
             "/api/v1/deadletters/{id}/replay",
             axum::routing::post(replay),
@@ -62,12 +72,14 @@ async fn metrics(State(st): State<HttpState>) -> Response {
     let alerts = st.engine.alerts();
     let counts = st.engine.store().counts().ok();
     let stats = st.stats.clone();
+    let reload_status = st.reload_status.clone();
     // Rendering 100k queues takes a while; keep it off the async worker threads.
     let render = move || {
         let extras = export::Extras {
             alerts: &alerts,
             receivers: &stats,
             outbox: counts,
+            reload: Some(&reload_status),
         };
         export::render_with(&views, &extras, Timestamp::now())
     };
@@ -304,21 +316,139 @@ async fn queues(State(st): State<HttpState>, Query(f): Query<QueueFilter>) -> Re
 }
 
 #[derive(Serialize, Deserialize, Debug)]
+pub struct AlertRow {
+    #[serde(flatten)]
+    pub alert: Alert,
+    /// Silenced or inhibited: visible here, not notified.
+    pub muted: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
 pub struct AlertsBody {
-    pub alerts: Vec<Alert>,
+    pub alerts: Vec<AlertRow>,
 }
 
 /// Every alert the daemon holds: pending, firing, recently resolved; shadow-mode ones included.
 async fn alerts(State(st): State<HttpState>) -> Json<AlertsBody> {
-    let mut alerts: Vec<Alert> = st.engine.alerts().iter().cloned().collect();
+    let published = st.engine.alerts();
+    let mut alerts: Vec<AlertRow> = published
+        .alerts
+        .iter()
+        .map(|a| AlertRow {
+            muted: published.muted.contains(&a.fingerprint),
+            alert: a.clone(),
+        })
+        .collect();
     alerts.sort_by(|a, b| {
-        (a.state as u8, &a.alertname, &a.fingerprint).cmp(&(
-            b.state as u8,
-            &b.alertname,
-            &b.fingerprint,
-        ))
+        let key = |r: &AlertRow| {
+            (
+                r.alert.state as u8,
+                r.alert.alertname.clone(),
+                r.alert.fingerprint.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
     });
     Json(AlertsBody { alerts })
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct SilencesBody {
+    pub silences: Vec<Silence>,
+}
+
+async fn list_silences(State(st): State<HttpState>) -> Json<SilencesBody> {
+    Json(SilencesBody {
+        silences: st.engine.silences(),
+    })
+}
+
+/// `{"matchers": ["queue=orders"], "duration": "2h", "comment": "…", "created_by": "…"}`
+/// (or `ends_at` in ms since the epoch instead of `duration`).
+#[derive(Serialize, Deserialize)]
+pub struct NewSilence {
+    pub matchers: Vec<String>,
+    pub duration: Option<String>,
+    pub ends_at: Option<i64>,
+    #[serde(default)]
+    pub comment: String,
+    #[serde(default)]
+    pub created_by: String,
+}
+
+async fn add_silence(
+    State(st): State<HttpState>,
+    headers: axum::http::HeaderMap,
+    Json(req): Json<NewSilence>,
+) -> Response {
+    if !authorized(&st, &headers) {
+        return unauthorized();
+    }
+    let now = Timestamp::now().0;
+    let ends_at = match (
+        req.ends_at,
+        req.duration.as_deref().map(humantime::parse_duration),
+    ) {
+        (Some(t), None) => t,
+        (None, Some(Ok(d))) => now + d.as_millis() as i64,
+        (None, Some(Err(e))) => {
+            return (StatusCode::BAD_REQUEST, format!("duration: {e}")).into_response();
+        }
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "give exactly one of duration or ends_at",
+            )
+                .into_response();
+        }
+    };
+    let silence = Silence {
+        id: uuid::Uuid::now_v7().to_string(),
+        matchers: req.matchers,
+        starts_at: now,
+        ends_at,
+        created_by: req.created_by,
+        comment: req.comment,
+    };
+    match st.engine.add_silence(silence) {
+        Ok(s) => (StatusCode::CREATED, Json(s)).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+    }
+}
+
+async fn expire_silence(
+    State(st): State<HttpState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if !authorized(&st, &headers) {
+        return unauthorized();
+    }
+    match st.engine.expire_silence(&id, Timestamp::now()) {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => (StatusCode::NOT_FOUND, format!("no silence {id}")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+}
+
+async fn reload(State(st): State<HttpState>, headers: axum::http::HeaderMap) -> Response {
+    if !authorized(&st, &headers) {
+        return unauthorized();
+    }
+    let f = st.reload.clone();
+    match tokio::task::spawn_blocking(move || f()).await {
+        Ok(Ok(msg)) => (StatusCode::OK, msg).into_response(),
+        Ok(Err(why)) => (StatusCode::BAD_REQUEST, why).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token (server.api_token_file)",
+    )
+        .into_response()
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -367,11 +497,7 @@ async fn replay(
     headers: axum::http::HeaderMap,
 ) -> Response {
     if !authorized(&st, &headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (server.api_token_file)",
-        )
-            .into_response();
+        return unauthorized();
     }
     match crate::outbox::replay(st.engine.store(), id) {
         Ok(new_id) => {

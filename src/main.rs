@@ -77,6 +77,16 @@ enum Command {
         #[arg(long, global = true)]
         url: Option<String>,
     },
+    /// Silences: mute matching alerts for a while (through the daemon's API).
+    Silence {
+        #[command(subcommand)]
+        action: SilenceAction,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Daemon base URL [default: http://<server.listen from the config>]
+        #[arg(long, global = true)]
+        url: Option<String>,
+    },
     /// Send a test notification through a configured receiver.
     Notify {
         #[command(subcommand)]
@@ -99,6 +109,25 @@ enum DeadlettersAction {
     List,
     /// Put a dead letter back into the outbox for delivery.
     Replay { id: u64 },
+}
+
+#[derive(Subcommand)]
+enum SilenceAction {
+    /// Add a silence: every matcher (name=value, name!=value, name=~regex, name!~regex) must hold.
+    Add {
+        #[arg(long = "matcher", short = 'm', required = true)]
+        matchers: Vec<String>,
+        #[arg(long, default_value = "2h")]
+        duration: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+        #[arg(long, env = "USER", default_value = "")]
+        created_by: String,
+    },
+    /// List silences (active and expired).
+    List,
+    /// End a silence now.
+    Expire { id: String },
 }
 
 #[derive(Subcommand)]
@@ -201,18 +230,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             url,
         } => {
-            let base = match url {
-                Some(u) => u.trim_end_matches('/').to_string(),
-                None => match load(config.clone()) {
-                    Ok(cfg) => format!("http://{}", cfg.server.listen),
-                    Err(code) => return Ok(code),
-                },
-            };
-            let token = match config.map(|c| config::load(&c)) {
-                Some(Ok(cfg)) => cfg.server.api_token.map(|t| t.expose().to_string()),
-                _ => std::env::var("RABBITWATCH_API_TOKEN").ok(),
+            let (base, token) = match daemon_target(config, url) {
+                Ok(t) => t,
+                Err(code) => return Ok(code),
             };
             runtime()?.block_on(deadletters(&base, action, token))
+        }
+        Command::Silence {
+            action,
+            config,
+            url,
+        } => {
+            let (base, token) = match daemon_target(config, url) {
+                Ok(t) => t,
+                Err(code) => return Ok(code),
+            };
+            runtime()?.block_on(silence(&base, action, token))
         }
         Command::Notify {
             action: NotifyAction::Test { receiver, config },
@@ -291,6 +324,96 @@ async fn status(base: &str, watch: bool, interval: Duration) -> anyhow::Result<E
             _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
         }
     }
+}
+
+/// The daemon's base URL and API token, from `--url` or the config's `server.listen`.
+fn daemon_target(
+    config: Option<PathBuf>,
+    url: Option<String>,
+) -> Result<(String, Option<String>), ExitCode> {
+    let cfg = match (&url, config) {
+        (Some(_), None) => None,
+        (_, config) => Some(load(config)?),
+    };
+    let base = match url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => format!(
+            "http://{}",
+            cfg.as_ref().map(|c| c.server.listen).expect("loaded above")
+        ),
+    };
+    let token = cfg
+        .and_then(|c| c.server.api_token.map(|t| t.expose().to_string()))
+        .or_else(|| std::env::var("RABBITWATCH_API_TOKEN").ok());
+    Ok((base, token))
+}
+
+async fn silence(
+    base: &str,
+    action: SilenceAction,
+    token: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let auth = |req: reqwest::RequestBuilder| match &token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    };
+    let url = format!("{base}/api/v1/silences");
+    let resp = match action {
+        SilenceAction::Add {
+            matchers,
+            duration,
+            comment,
+            created_by,
+        } => {
+            let body = rabbitwatch::http::NewSilence {
+                matchers,
+                duration: Some(duration),
+                ends_at: None,
+                comment,
+                created_by,
+            };
+            auth(client.post(&url).json(&body)).send().await
+        }
+        SilenceAction::List => client.get(&url).send().await,
+        SilenceAction::Expire { id } => auth(client.delete(format!("{url}/{id}"))).send().await,
+    }
+    .with_context(|| format!("cannot reach the daemon at {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        eprintln!("{status}: {text}");
+        return Ok(ExitCode::FAILURE);
+    }
+    match serde_json::from_str::<rabbitwatch::http::SilencesBody>(&text) {
+        Ok(list) => {
+            let now = rabbitwatch::domain::Timestamp::now().0;
+            if list.silences.is_empty() {
+                println!("no silences");
+            }
+            for s in list.silences {
+                let state = if s.is_active(now) {
+                    "active"
+                } else {
+                    "expired"
+                };
+                let left = humantime::format_duration(Duration::from_secs(
+                    (s.ends_at - now).max(0) as u64 / 1000,
+                ));
+                println!(
+                    "{}  {state:<7} ends in {left:<10} {}  {}",
+                    s.id,
+                    s.matchers.join(","),
+                    console::terminal_safe(&s.comment)
+                );
+            }
+        }
+        Err(_) if text.is_empty() => println!("ok"),
+        Err(_) => println!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn test_rules(files: &[PathBuf]) -> ExitCode {

@@ -18,6 +18,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::Alert;
+use crate::alerts::mute::Silence;
 use crate::receivers::Notification;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -25,6 +26,7 @@ const ALERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("alerts");
 const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+const SILENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("silences");
 
 pub const SCHEMA_VERSION: u64 = 1;
 
@@ -156,6 +158,7 @@ impl Store {
             tx.open_table(GROUPS)?;
             tx.open_table(OUTBOX)?;
             tx.open_table(DEAD)?;
+            tx.open_table(SILENCES)?;
         }
         tx.commit()?;
         Ok(())
@@ -338,6 +341,22 @@ impl Store {
         }
         tx.commit()?;
         Ok(new_id)
+    }
+
+    pub fn silences(&self) -> Result<Vec<Silence>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SILENCES)?;
+        t.iter()?.map(|r| parse("silences", r?.1.value())).collect()
+    }
+
+    pub fn put_silence(&self, s: &Silence) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(SILENCES)?;
+            t.insert(s.id.as_str(), json(s).as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// (outbox entries, dead letters)

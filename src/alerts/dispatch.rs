@@ -160,16 +160,18 @@ fn desired(a: &Alert) -> Option<&'static str> {
 }
 
 /// Decides which groups are due and builds their notifications.
+/// `muted`: fingerprints silenced or inhibited right now (see `mute`); they are left out as if absent.
 pub fn plan(
     d: &Dispatch,
     alerts: &AlertTable,
     groups: &BTreeMap<String, GroupState>,
+    muted: &std::collections::HashSet<String>,
     now: i64,
 ) -> Vec<Flush> {
     let mut by_key: BTreeMap<String, Group<'_>> = BTreeMap::new();
     for a in alerts.alerts.values() {
         // Shadow rules are recorded and shown, never sent.
-        if a.mode != Mode::Active || desired(a).is_none() {
+        if a.mode != Mode::Active || desired(a).is_none() || muted.contains(&a.fingerprint) {
             continue;
         }
         for (path, route) in d.root.select(&a.labels) {
@@ -337,7 +339,7 @@ fn notification(
 mod tests {
     use super::*;
     use crate::rules::Scope;
-    use std::collections::VecDeque;
+    use std::collections::{HashSet, VecDeque};
 
     fn route(group_wait: u64) -> Route {
         Route {
@@ -454,10 +456,10 @@ mod tests {
         let mut groups = BTreeMap::new();
         let t = table(vec![alert("q1", "warning", State::Firing, 0)]);
         assert!(
-            plan(&d, &t, &groups, 5_000).is_empty(),
+            plan(&d, &t, &groups, &HashSet::new(), 5_000).is_empty(),
             "group_wait not over"
         );
-        let f = plan(&d, &t, &groups, 10_000);
+        let f = plan(&d, &t, &groups, &HashSet::new(), 10_000);
         assert_eq!(f.len(), 1);
         assert_eq!(
             f[0].notification.as_ref().unwrap().status,
@@ -469,16 +471,16 @@ mod tests {
         );
         apply(&mut groups, &f);
         assert!(
-            plan(&d, &t, &groups, 20_000).is_empty(),
+            plan(&d, &t, &groups, &HashSet::new(), 20_000).is_empty(),
             "nothing new: nothing sent"
         );
 
         let t = table(vec![alert("q1", "warning", State::Resolved, 30_000)]);
         assert!(
-            plan(&d, &t, &groups, 40_000).is_empty(),
+            plan(&d, &t, &groups, &HashSet::new(), 40_000).is_empty(),
             "group_interval not over since the firing message"
         );
-        let f = plan(&d, &t, &groups, 70_000);
+        let f = plan(&d, &t, &groups, &HashSet::new(), 70_000);
         assert_eq!(f.len(), 1);
         assert_eq!(
             f[0].notification.as_ref().unwrap().status,
@@ -490,7 +492,7 @@ mod tests {
         );
         apply(&mut groups, &f);
         assert!(
-            plan(&d, &t, &groups, 200_000).is_empty(),
+            plan(&d, &t, &groups, &HashSet::new(), 200_000).is_empty(),
             "a resolve is sent once"
         );
     }
@@ -499,7 +501,7 @@ mod tests {
     fn a_resolve_nobody_heard_fire_is_not_sent() {
         let d = dispatch(0);
         let t = table(vec![alert("q1", "warning", State::Resolved, 0)]);
-        assert!(plan(&d, &t, &BTreeMap::new(), 1_000).is_empty());
+        assert!(plan(&d, &t, &BTreeMap::new(), &HashSet::new(), 1_000).is_empty());
     }
 
     #[test]
@@ -511,7 +513,7 @@ mod tests {
                 .map(|i| alert(&format!("q{i}"), "warning", State::Firing, 0))
                 .collect(),
         );
-        let f = plan(&d, &t, &BTreeMap::new(), 0);
+        let f = plan(&d, &t, &BTreeMap::new(), &HashSet::new(), 0);
         assert_eq!(f.len(), 1, "one group for one alertname");
         assert_eq!(f[0].notification.as_ref().unwrap().alerts.len(), 100);
     }
@@ -520,7 +522,34 @@ mod tests {
     fn shadow_alerts_are_never_sent() {
         let mut a = alert("q1", "warning", State::Firing, 0);
         a.mode = Mode::Shadow;
-        assert!(plan(&dispatch(0), &table(vec![a]), &BTreeMap::new(), 1_000).is_empty());
+        assert!(
+            plan(
+                &dispatch(0),
+                &table(vec![a]),
+                &BTreeMap::new(),
+                &HashSet::new(),
+                1_000
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_muted_alert_is_sent_once_its_silence_ends_while_it_still_fires() {
+        let d = dispatch(0);
+        let mut groups = BTreeMap::new();
+        let a = alert("q1", "warning", State::Firing, 0);
+        let muted = HashSet::from([a.fingerprint.clone()]);
+        let t = table(vec![a]);
+        let f = plan(&d, &t, &groups, &muted, 1_000);
+        assert!(f.is_empty(), "silenced: nothing sent");
+        apply(&mut groups, &f);
+        let f = plan(&d, &t, &groups, &HashSet::new(), 2_000);
+        assert_eq!(
+            f.len(),
+            1,
+            "the silence ended, the alert still fires: it goes out"
+        );
     }
 
     #[test]
@@ -528,10 +557,10 @@ mod tests {
         let d = dispatch(0);
         let mut groups = BTreeMap::new();
         let t = table(vec![alert("q1", "warning", State::Firing, 0)]);
-        let first = plan(&d, &t, &groups, 0);
+        let first = plan(&d, &t, &groups, &HashSet::new(), 0);
         apply(&mut groups, &first);
-        assert!(plan(&d, &t, &groups, 3_599_000).is_empty());
-        let f = plan(&d, &t, &groups, 3_600_000);
+        assert!(plan(&d, &t, &groups, &HashSet::new(), 3_599_000).is_empty());
+        let f = plan(&d, &t, &groups, &HashSet::new(), 3_600_000);
         assert_eq!(f.len(), 1);
         assert_eq!(
             f[0].notification.as_ref().unwrap().idempotency_key,

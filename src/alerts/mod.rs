@@ -6,6 +6,7 @@
 //! restart resumes pending timers and `keep_firing_for` where they were.
 
 pub mod dispatch;
+pub mod mute;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::Duration;
