@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::alerts::dispatch::Dispatch;
 use crate::analysis::Params;
@@ -277,76 +277,96 @@ async fn poll_loop(
     let mut tracker = Tracker::new(&cfg.name, params);
     let mut errors = std::collections::BTreeMap::new();
     let mut skipped = 0u64;
+    let mut cycle: u64 = 0;
     loop {
+        cycle += 1;
+        // Every log line of this cycle carries the cluster and the cycle number.
+        let span = tracing::info_span!("cycle", cluster = %cfg.name, cycle);
         let started = Instant::now();
         let progress = || handle.mark_progress(Timestamp::now());
-        let result = scraper.scrape(Timestamp::now, &progress).await;
-        let elapsed = started.elapsed();
-        let prev = handle.view.load_full();
-        let now = Timestamp::now();
-        let view = match result {
-            Ok(snap) => {
-                if !prev.up {
-                    info!(cluster = %cfg.name, queues = snap.queues.len(), version = %snap.rabbitmq_version, "cluster reachable");
+        let result = scraper
+            .scrape(Timestamp::now, &progress)
+            .instrument(span.clone())
+            .await;
+        let next = {
+            let _entered = span.enter();
+            let elapsed = started.elapsed();
+            let prev = handle.view.load_full();
+            let now = Timestamp::now();
+            let view = match result {
+                Ok(snap) => {
+                    if !prev.up {
+                        info!(queues = snap.queues.len(), version = %snap.rabbitmq_version, "cluster reachable");
+                    }
+                    if snap.stats_mode == StatsMode::DepthOnly
+                        && (prev.stats_mode != StatsMode::DepthOnly || prev.last_success.is_none())
+                    {
+                        warn!(
+                            "broker keeps no message statistics (disable_stats or rates_mode none): depth-only analysis, rates unknown"
+                        );
+                    }
+                    if snap.truncated > 0 {
+                        warn!(
+                            watched = snap.queues.len(),
+                            dropped = snap.truncated,
+                            "more queues than max_queues: watching those with the largest backlog"
+                        );
+                    }
+                    let queues = tracker.observe(&snap, now);
+                    ClusterView {
+                        name: cfg.name.clone(),
+                        poll_interval: poll,
+                        up: true,
+                        last_attempt: Some(now),
+                        last_success: Some(snap.taken_at),
+                        last_error: None,
+                        scrape_duration: Some(elapsed.as_secs_f64()),
+                        stats_mode: snap.stats_mode,
+                        rabbitmq_version: snap.rabbitmq_version,
+                        nodes: Arc::new(snap.nodes),
+                        queues: Arc::new(queues),
+                        truncated: snap.truncated,
+                        errors_total: errors.clone(),
+                        skipped_total: skipped,
+                    }
                 }
-                if snap.stats_mode == StatsMode::DepthOnly
-                    && (prev.stats_mode != StatsMode::DepthOnly || prev.last_success.is_none())
-                {
-                    warn!(cluster = %cfg.name, "broker keeps no message statistics (disable_stats or rates_mode none): depth-only analysis, rates unknown");
+                Err(e) => {
+                    let reason = e.reason();
+                    warn!(reason, error = %e, "scrape failed; keeping history, no samples this cycle");
+                    *errors.entry(reason).or_insert(0u64) += 1;
+                    ClusterView {
+                        up: false,
+                        last_attempt: Some(now),
+                        last_error: Some(LastError {
+                            reason,
+                            message: e.to_string(),
+                            at: now.0,
+                        }),
+                        scrape_duration: Some(elapsed.as_secs_f64()),
+                        errors_total: errors.clone(),
+                        skipped_total: skipped,
+                        ..(*prev).clone()
+                    }
                 }
-                if snap.truncated > 0 {
-                    warn!(cluster = %cfg.name, watched = snap.queues.len(), dropped = snap.truncated, "more queues than max_queues: watching those with the largest backlog");
-                }
-                let queues = tracker.observe(&snap, now);
-                ClusterView {
-                    name: cfg.name.clone(),
-                    poll_interval: poll,
-                    up: true,
-                    last_attempt: Some(now),
-                    last_success: Some(snap.taken_at),
-                    last_error: None,
-                    scrape_duration: Some(elapsed.as_secs_f64()),
-                    stats_mode: snap.stats_mode,
-                    rabbitmq_version: snap.rabbitmq_version,
-                    nodes: Arc::new(snap.nodes),
-                    queues: Arc::new(queues),
-                    truncated: snap.truncated,
-                    errors_total: errors.clone(),
-                    skipped_total: skipped,
-                }
-            }
-            Err(e) => {
-                let reason = e.reason();
-                warn!(cluster = %cfg.name, reason, error = %e, "scrape failed; keeping history, no samples this cycle");
-                *errors.entry(reason).or_insert(0u64) += 1;
-                ClusterView {
-                    up: false,
-                    last_attempt: Some(now),
-                    last_error: Some(LastError {
-                        reason,
-                        message: e.to_string(),
-                        at: now.0,
-                    }),
-                    scrape_duration: Some(elapsed.as_secs_f64()),
-                    errors_total: errors.clone(),
-                    skipped_total: skipped,
-                    ..(*prev).clone()
-                }
-            }
-        };
-        let view = Arc::new(view);
-        handle.view.store(view.clone());
-        engine.on_cycle(&view, now);
-        handle.mark_progress(now);
+            };
+            let view = Arc::new(view);
+            handle.view.store(view.clone());
+            engine.on_cycle(&view, now);
+            handle.mark_progress(now);
 
-        let missed = (elapsed.as_nanos() / poll.as_nanos().max(1)) as u32;
-        if missed > 0 {
-            skipped += u64::from(missed);
-            warn!(cluster = %cfg.name, took_ms = elapsed.as_millis() as u64, skipped = missed, "scrape took longer than poll_interval; skipping ticks");
-        }
-        // ±5% jitter keeps many daemons (or clusters) from polling in lockstep.
-        let jitter = poll.mul_f64(0.1 * fastrand::f64());
-        let next = started + poll * (missed + 1) + jitter - poll.mul_f64(0.05);
+            let missed = (elapsed.as_nanos() / poll.as_nanos().max(1)) as u32;
+            if missed > 0 {
+                skipped += u64::from(missed);
+                warn!(
+                    took_ms = elapsed.as_millis() as u64,
+                    skipped = missed,
+                    "scrape took longer than poll_interval; skipping ticks"
+                );
+            }
+            // ±5% jitter keeps many daemons (or clusters) from polling in lockstep.
+            let jitter = poll.mul_f64(0.1 * fastrand::f64());
+            started + poll * (missed + 1) + jitter - poll.mul_f64(0.05)
+        };
         tokio::time::sleep_until(next.into()).await;
     }
 }

@@ -903,6 +903,11 @@ impl Validator<'_> {
         }
         let url_text = self.string(&rc.url);
         let url = match reqwest::Url::parse(url_text.trim_end_matches('/')) {
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                // Credentials in a URL end up in error messages and logs; keep them in their own keys.
+                self.error_at(&rc.url, "url must not contain credentials; use username and password (or password_file)");
+                u
+            }
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
             Ok(_) | Err(_) => {
                 self.error_at(
@@ -1056,6 +1061,16 @@ mod tests {
             errs[0]
         );
         assert!(errs[0].contains("pol_interval"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn credentials_in_the_cluster_url_are_refused_without_echoing_them() {
+        let errs = errors(&MINIMAL.replace(
+            "http://127.0.0.1:15672",
+            "http://admin:hunter2@127.0.0.1:15672",
+        ));
+        assert!(errs[0].contains("must not contain credentials"), "{errs:?}");
+        assert!(!errs[0].contains("hunter2"), "{errs:?}");
     }
 
     #[test]

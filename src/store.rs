@@ -224,7 +224,16 @@ impl Store {
             }
             let mut groups = tx.open_table(GROUPS)?;
             for (id, g) in &w.groups {
-                groups.insert(id.as_str(), json(g).as_slice())?;
+                // The receiver's handle (a Slack ts) is written only by `delivered`, after the plan
+                // that produced `g` was made: keep the stored one, or the resolve could not find the
+                // message it should update.
+                let stored: Option<GroupState> = groups
+                    .get(id.as_str())?
+                    .map(|v| parse("groups", v.value()))
+                    .transpose()?;
+                let mut g = g.clone();
+                g.handle = stored.and_then(|s| s.handle);
+                groups.insert(id.as_str(), json(&g).as_slice())?;
             }
             let mut outbox = tx.open_table(OUTBOX)?;
             let mut meta = tx.open_table(META)?;
@@ -493,6 +502,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _first = Store::open(dir.path()).unwrap();
         assert!(Store::open(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_later_cycle_does_not_erase_a_delivered_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let gid = group_id("r", "g");
+        let planned = GroupState {
+            sequence: 1,
+            ..Default::default()
+        };
+        let id = s
+            .commit_cycle(&CycleWrite {
+                groups: vec![(gid.clone(), planned.clone())],
+                enqueue: vec![entry("g")],
+                ..Default::default()
+            })
+            .unwrap()[0];
+        s.delivered(id, Some((&gid, Some("C1:1.0".into()))))
+            .unwrap();
+        // The engine planned the resolve from its copy, made before the delivery: no handle.
+        let resolve = GroupState {
+            sequence: 2,
+            ..Default::default()
+        };
+        s.commit_cycle(&CycleWrite {
+            groups: vec![(gid.clone(), resolve)],
+            ..Default::default()
+        })
+        .unwrap();
+        let g = s.group(&gid).unwrap().unwrap();
+        assert_eq!((g.sequence, g.handle.as_deref()), (2, Some("C1:1.0")));
     }
 
     #[test]

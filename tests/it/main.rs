@@ -1,6 +1,10 @@
 //! The integration-test binary: one crate so the suite links once and its tests run in parallel.
-//! Each module covers one area of behaviour; `util` holds the harness they share.
+//! Each module covers one area of behaviour; the `util*` modules hold the harness they share.
 
+mod alerting;
 mod pipeline;
 mod prometheus;
+mod receivers;
 mod util;
+mod util_slack;
+mod util_smtp;

@@ -9,7 +9,6 @@
 #![allow(dead_code)] // not every test uses every helper
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::future::Future;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -217,6 +216,31 @@ pub async fn publish_n(amqp_url: &str, queue: &str, n: usize) {
         .wait_for_confirms()
         .await
         .unwrap_or_else(|e| panic!("waiting for confirms on {queue:?}: {e}"));
+    close(&connection).await;
+}
+
+/// Declares each of `queues` and publishes `n` messages to each, all over one channel, returning once
+/// the broker confirmed them all: many queues filling at about the same moment.
+pub async fn publish_n_each(amqp_url: &str, queues: &[impl AsRef<str>], n: usize) {
+    let (connection, channel) = connect(amqp_url).await;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("enabling publisher confirms: {e}"));
+    for queue in queues {
+        declare_on(&channel, queue.as_ref()).await;
+    }
+    for queue in queues {
+        for _ in 0..n {
+            publish_on(&channel, queue.as_ref())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    channel
+        .wait_for_confirms()
+        .await
+        .unwrap_or_else(|e| panic!("waiting for confirms: {e}"));
     close(&connection).await;
 }
 
@@ -499,10 +523,43 @@ pub struct Daemon {
 }
 
 const LOG_FILES: [&str; 2] = ["stdout.log", "stderr.log"];
+const CONFIG_FILE: &str = "rabbitwatch.yaml";
+
+/// `rabbitwatch run` on the config in `dir`, inside `dir`, its output appended to the log files there.
+fn spawn_daemon(dir: &Path) -> Child {
+    let log = |name: &str| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(name))
+            .expect("opening a log file")
+    };
+    Command::new(env!("CARGO_BIN_EXE_rabbitwatch"))
+        .arg("run")
+        .arg("--config")
+        .arg(dir.join(CONFIG_FILE))
+        .current_dir(dir)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info,rabbitwatch=debug".to_owned()),
+        )
+        .env("NO_COLOR", "1") // the logs are read as plain text
+        .stdin(Stdio::null())
+        .stdout(log(LOG_FILES[0]))
+        .stderr(log(LOG_FILES[1]))
+        .spawn()
+        .expect("spawning the daemon")
+}
 
 impl Daemon {
     /// Starts the daemon and returns once `/healthz` answers 200.
     pub async fn start(config_yaml: &str) -> Daemon {
+        Daemon::start_with_files(config_yaml, &[]).await
+    }
+
+    /// Like `start`, with `files` (name, contents) written beside the config first: rule files,
+    /// secrets, anything the config names by a relative path.
+    pub async fn start_with_files(config_yaml: &str, files: &[(&str, &str)]) -> Daemon {
         let listen = regex::Regex::new(r"(?m)^\s+listen:\s*(\S+)\s*$")
             .expect("a valid regex")
             .captures(config_yaml)
@@ -512,24 +569,12 @@ impl Daemon {
             .prefix("rabbitwatch-it-")
             .tempdir()
             .expect("creating the daemon's temp dir");
-        let config = dir.path().join("rabbitwatch.yaml");
-        std::fs::write(&config, config_yaml).expect("writing the config");
-        let log = |name: &str| File::create(dir.path().join(name)).expect("creating a log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_rabbitwatch"))
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .current_dir(dir.path())
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,rabbitwatch=debug".to_owned()),
-            )
-            .env("NO_COLOR", "1") // the logs are read as plain text
-            .stdin(Stdio::null())
-            .stdout(log(LOG_FILES[0]))
-            .stderr(log(LOG_FILES[1]))
-            .spawn()
-            .expect("spawning the daemon");
+        std::fs::write(dir.path().join(CONFIG_FILE), config_yaml).expect("writing the config");
+        for (name, contents) in files {
+            std::fs::write(dir.path().join(name), contents)
+                .unwrap_or_else(|e| panic!("writing {name} beside the config: {e}"));
+        }
+        let child = spawn_daemon(dir.path());
         let mut daemon = Daemon {
             child,
             dir,
@@ -538,6 +583,30 @@ impl Daemon {
         };
         daemon.wait_until_healthy(Duration::from_secs(60)).await;
         daemon
+    }
+
+    /// The temp dir holding the config, the files written beside it, the state and the logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// SIGKILL, as a crash or the OOM killer would: no shutdown code runs, nothing is flushed.
+    /// Returns once the process is gone.
+    pub fn kill9(&mut self) {
+        // On Unix `Child::kill` is SIGKILL.
+        self.child.kill().expect("sending SIGKILL to the daemon");
+        self.child.wait().expect("reaping the daemon");
+    }
+
+    /// Starts the daemon again on the same config and state dir after it stopped (e.g. `kill9`),
+    /// and returns once `/healthz` answers 200. Its logs are appended to the first run's.
+    pub async fn restart(&mut self) {
+        assert!(
+            matches!(self.child.try_wait(), Ok(Some(_))),
+            "restart needs the daemon stopped first"
+        );
+        self.child = spawn_daemon(self.dir.path());
+        self.wait_until_healthy(Duration::from_secs(60)).await;
     }
 
     async fn wait_until_healthy(&mut self, within: Duration) {
@@ -577,6 +646,23 @@ impl Daemon {
             .text()
             .await
             .map_err(|e| format!("GET {url}: reading the body: {e}"))?;
+        Ok((status, body))
+    }
+
+    /// POST to `path` without a body, returning the status code and body.
+    pub async fn post(&self, path: &str) -> Result<(u16, String), String> {
+        let url = format!("{}{path}", self.base_url);
+        let response = self
+            .http
+            .post(&url)
+            .send()
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| format!("POST {url}: reading the body: {e}"))?;
         Ok((status, body))
     }
 
