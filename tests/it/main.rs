@@ -2,9 +2,11 @@
 //! Each module covers one area of behaviour; the `util*` modules hold the harness they share.
 
 mod alerting;
+mod muting;
 mod pipeline;
 mod prometheus;
 mod receivers;
 mod util;
+mod util_proxy;
 mod util_slack;
 mod util_smtp;
