@@ -10,7 +10,7 @@ use tracing::{Instrument, info, warn};
 
 use crate::alerts::dispatch::Dispatch;
 use crate::analysis::Params;
-use crate::config::{Config, ReceiverConfig, ReceiverKind};
+use crate::config::{Config, Heartbeat, ReceiverConfig, ReceiverKind, Require};
 use crate::domain::{StatsMode, Timestamp};
 use crate::engine::{Alerting, Engine, ReloadStatus};
 use crate::http::{HttpState, router};
@@ -21,6 +21,100 @@ use crate::receivers::{
 use crate::scrape::Scraper;
 use crate::store::Store;
 use crate::view::{ClusterHandle, ClusterView, LastError, Tracker};
+
+/// Checks every cluster before anything starts: reachable, credentials accepted, a user that can see
+/// every vhost. `startup.require` decides what failing means; the message lists every failed check
+/// and what to do about it.
+async fn startup_checks(config: &Config, scrapers: &[Scraper]) -> anyhow::Result<()> {
+    let mut failed = Vec::new();
+    for s in scrapers {
+        let name = &s.config().name;
+        match s.check_access().await {
+            Ok(tags) => info!(cluster = %name, tags = ?tags, "start-up check passed"),
+            Err(e) => {
+                let hint = match &e {
+                    crate::scrape::AccessProblem::Scrape(se) => match se.reason() {
+                        "connect" | "timeout" => {
+                            " (is the management plugin enabled? rabbitmq-plugins enable rabbitmq_management)"
+                        }
+                        _ => "",
+                    },
+                    crate::scrape::AccessProblem::NotMonitoring { .. } => "",
+                };
+                warn!(cluster = %name, error = %e, "start-up check failed");
+                failed.push(format!("cluster {name}: {e}{hint}"));
+            }
+        }
+    }
+    let stop = match config.startup {
+        Require::All => !failed.is_empty(),
+        Require::Any => failed.len() == scrapers.len() && !scrapers.is_empty(),
+        Require::None => false,
+    };
+    if stop {
+        anyhow::bail!(
+            "start-up checks failed (startup.require: {}):\n  {}",
+            match config.startup {
+                Require::All => "all",
+                Require::Any => "any",
+                Require::None => "none",
+            },
+            failed.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// "Die rather than limp": a poll loop that made no progress for five intervals (and a minute) is
+/// stuck in a way retrying will not fix; exit non-zero so the supervisor restarts the daemon.
+/// `/healthz` reports the condition earlier (three intervals).
+async fn watchdog(handles: Vec<Arc<ClusterHandle>>) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        let now = Timestamp::now();
+        for h in &handles {
+            let idle = now.secs_since(h.last_progress());
+            let limit = 5.0 * h.poll_interval.as_secs_f64() + 60.0;
+            if idle > limit {
+                tracing::error!(cluster = %h.name, idle_s = idle as u64, limit_s = limit as u64, "watchdog: the poll loop made no progress; exiting so the supervisor restarts rabbitwatch");
+                std::process::exit(70);
+            }
+        }
+    }
+}
+
+/// Dead-man's switch: GET the heartbeat URL every interval while every poll loop is progressing, so
+/// whoever watches the URL learns when the monitor itself is gone.
+async fn heartbeat(hb: Heartbeat, handles: Vec<Arc<ClusterHandle>>) {
+    let Ok(client) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    else {
+        warn!("heartbeat: cannot build an HTTP client");
+        return;
+    };
+    let mut every = tokio::time::interval(hb.interval);
+    loop {
+        every.tick().await;
+        let now = Timestamp::now();
+        let healthy = handles.iter().all(|h| {
+            now.secs_since(h.last_progress()) <= 3.0 * h.poll_interval.as_secs_f64() + 30.0
+        });
+        if !healthy {
+            warn!("heartbeat: skipped, a poll loop is not progressing");
+            continue;
+        }
+        match client.get(hb.url.clone()).send().await {
+            Ok(r) if r.status().is_success() => tracing::debug!("heartbeat sent"),
+            Ok(r) => warn!(
+                status = r.status().as_u16(),
+                "heartbeat: endpoint refused the ping"
+            ),
+            Err(e) => warn!(error = %e.without_url(), "heartbeat: cannot reach the endpoint"),
+        }
+    }
+}
 
 /// The parts of a config that a reload can swap in without a restart.
 pub fn alerting(config: &Config) -> Alerting {
@@ -97,6 +191,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .iter()
         .map(|c| Scraper::new(c.clone()).with_context(|| format!("cluster {}", c.name)))
         .collect::<anyhow::Result<Vec<_>>>()?;
+
+    startup_checks(&config, &scrapers).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -175,6 +271,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ))
         })
         .collect();
+    loops.push(tokio::spawn(watchdog(handles.clone())));
+    if let Some(hb) = config.heartbeat.clone() {
+        loops.push(tokio::spawn(heartbeat(hb, handles.clone())));
+    }
     let ticker = engine.clone();
     loops.push(tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));

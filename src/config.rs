@@ -69,6 +69,27 @@ pub struct Config {
     pub route: Option<Route>,
     pub inhibit: Vec<InhibitRule>,
     pub outbox: Policy,
+    pub startup: Require,
+    pub heartbeat: Option<Heartbeat>,
+}
+
+/// `startup.require`: which start-up checks must pass for `run` to go on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Require {
+    /// Every cluster must be reachable with usable credentials.
+    All,
+    /// At least one cluster (the default): a monitor that can watch something starts and pages about
+    /// the rest through `ClusterUnreachable`.
+    Any,
+    /// Only report.
+    None,
+}
+
+/// `heartbeat:` — a dead-man's switch: GET `url` every `interval` while the daemon is healthy.
+#[derive(Clone, Debug)]
+pub struct Heartbeat {
+    pub url: reqwest::Url,
+    pub interval: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -164,7 +185,23 @@ struct RawConfig {
     #[serde(default)]
     inhibit: Vec<RawInhibit>,
     #[serde(default)]
+    startup: RawStartup,
+    heartbeat: Option<RawHeartbeat>,
+    #[serde(default)]
     outbox: RawOutbox,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStartup {
+    require: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeartbeat {
+    url: S,
+    interval: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -568,6 +605,29 @@ impl Validator<'_> {
                 equal: r.equal.clone(),
             })
             .collect();
+        let startup = match raw.startup.require.as_ref().map(|r| (r, r.value.trim())) {
+            None | Some((_, "any")) => Require::Any,
+            Some((_, "all")) => Require::All,
+            Some((_, "none")) => Require::None,
+            Some((r, other)) => {
+                self.error_at(
+                    r,
+                    format!("startup.require: unknown value {other:?}; expected all, any or none"),
+                );
+                Require::Any
+            }
+        };
+        let heartbeat = raw.heartbeat.as_ref().and_then(|h| {
+            Some(Heartbeat {
+                url: self.url(&h.url, "heartbeat.url")?,
+                interval: self.duration(
+                    h.interval.as_ref(),
+                    Duration::from_secs(60),
+                    Duration::from_secs(1),
+                    "heartbeat.interval",
+                ),
+            })
+        });
         Config {
             source: self.file.clone(),
             server,
@@ -579,6 +639,8 @@ impl Validator<'_> {
             route,
             inhibit,
             outbox,
+            startup,
+            heartbeat,
         }
     }
 

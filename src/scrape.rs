@@ -51,6 +51,17 @@ pub enum ScrapeError {
     Client(String),
 }
 
+/// Why a start-up access check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessProblem {
+    #[error(transparent)]
+    Scrape(ScrapeError),
+    #[error(
+        "the user has tags {tags:?}, without monitoring or administrator it sees only the vhosts it has permissions on and no node data; run: rabbitmqctl set_user_tags <user> monitoring"
+    )]
+    NotMonitoring { tags: Vec<String> },
+}
+
 impl ScrapeError {
     /// A short, low-cardinality label for `rabbitwatch_scrape_errors_total{reason}`.
     pub fn reason(&self) -> &'static str {
@@ -319,6 +330,45 @@ impl Scraper {
             url: self.url(path),
             detail: e.to_string(),
         })
+    }
+
+    /// Start-up check: reachable, credentials accepted, and a user allowed to read every vhost's
+    /// statistics (`monitoring` or `administrator` tag). Returns the user's tags.
+    pub async fn check_access(&self) -> Result<Vec<String>, AccessProblem> {
+        #[derive(Deserialize)]
+        struct WhoAmI {
+            #[serde(default)]
+            tags: TagList,
+        }
+        // RabbitMQ 3.x sends tags as a comma-separated string in older releases, a list in newer.
+        #[derive(Deserialize, Default)]
+        #[serde(untagged)]
+        enum TagList {
+            List(Vec<String>),
+            Text(String),
+            #[default]
+            None,
+        }
+        let who: WhoAmI = self
+            .get_json("/api/whoami")
+            .await
+            .map_err(AccessProblem::Scrape)?;
+        let tags: Vec<String> = match who.tags {
+            TagList::List(l) => l,
+            TagList::Text(t) => t
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            TagList::None => Vec::new(),
+        };
+        if !tags
+            .iter()
+            .any(|t| t == "monitoring" || t == "administrator")
+        {
+            return Err(AccessProblem::NotMonitoring { tags });
+        }
+        Ok(tags)
     }
 
     /// One full scrape: overview (stats mode), nodes, then every watched queue, page by page.
