@@ -6,6 +6,7 @@ mod muting;
 mod pipeline;
 mod prometheus;
 mod receivers;
+mod secrets;
 mod startup;
 mod util;
 mod util_proxy;
