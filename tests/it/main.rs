@@ -8,6 +8,7 @@ mod prometheus;
 mod receivers;
 mod secrets;
 mod startup;
+mod tls;
 mod util;
 mod util_proxy;
 mod util_slack;
