@@ -358,17 +358,8 @@ pub fn parse(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    let mut options = serde_saphyr::Options::default();
-    options.with_snippet = false;
-    let raw: RawConfig = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
-        let (line, col) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-        ConfigError::Invalid(vec![Diagnostic {
-            file: path.to_path_buf(),
-            line,
-            col,
-            message: syntax_message(&e),
-        }])
-    })?;
+    let raw: RawConfig =
+        crate::yaml::parse(path, text).map_err(|d| ConfigError::Invalid(vec![d]))?;
     let mut v = Validator {
         file: path.to_path_buf(),
         dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -381,16 +372,6 @@ pub fn parse(
     } else {
         v.errors.sort_by_key(|d| (d.line, d.col));
         Err(ConfigError::Invalid(v.errors))
-    }
-}
-
-/// serde-saphyr appends " at line X column Y" to some messages; we print the location ourselves.
-fn syntax_message(e: &serde_saphyr::Error) -> String {
-    let msg = e.to_string();
-    let msg = msg.lines().next().unwrap_or_default().to_string();
-    match msg.find(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg,
     }
 }
 

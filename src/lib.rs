@@ -19,3 +19,4 @@ pub mod scrape;
 pub mod snapshot;
 pub mod store;
 pub mod view;
+pub mod yaml;

@@ -1793,28 +1793,29 @@ fn regex_error_summary(e: &regex::Error) -> String {
 
 // ---------------------------------------------------------------- tests
 
+/// Field values by name for unit tests (here and in `template`); a missing name is unknown.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct TestEnv(std::collections::HashMap<&'static str, Value<'static>>);
+
+#[cfg(test)]
+impl TestEnv {
+    pub(crate) fn with(mut self, name: &'static str, value: impl Into<Value<'static>>) -> Self {
+        self.0.insert(name, value.into());
+        self
+    }
+}
+
+#[cfg(test)]
+impl Env for TestEnv {
+    fn get(&self, field: FieldId) -> Option<Value<'_>> {
+        self.0.get(field.name()).cloned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
-
-    /// Field values by name; a missing name is unknown.
-    #[derive(Default)]
-    struct TestEnv(HashMap<&'static str, Value<'static>>);
-
-    impl TestEnv {
-        fn with(mut self, name: &'static str, value: impl Into<Value<'static>>) -> Self {
-            self.0.insert(name, value.into());
-            self
-        }
-    }
-
-    impl Env for TestEnv {
-        fn get(&self, field: FieldId) -> Option<Value<'_>> {
-            self.0.get(field.name()).cloned()
-        }
-    }
 
     fn queue_env() -> TestEnv {
         TestEnv::default()

@@ -155,20 +155,7 @@ fn wildcard(pattern: &str, name: &str) -> bool {
 }
 
 pub fn parse_file(file: &Path, text: &str) -> Result<RuleFile, Vec<Diagnostic>> {
-    let mut options = serde_saphyr::Options::default();
-    options.with_snippet = false;
-    let raw: RawFile = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
-        let (line, col) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-        let msg = e.to_string();
-        let msg = msg.lines().next().unwrap_or_default();
-        let msg = msg.find(" at line ").map_or(msg, |i| &msg[..i]);
-        vec![Diagnostic {
-            file: file.to_path_buf(),
-            line,
-            col,
-            message: msg.to_string(),
-        }]
-    })?;
+    let raw: RawFile = crate::yaml::parse(file, text).map_err(|d| vec![d])?;
     let mut c = Compiler {
         file: file.to_path_buf(),
         lines: text.lines().collect(),

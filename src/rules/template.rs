@@ -548,25 +548,8 @@ fn three_significant(value: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
-
-    #[derive(Default)]
-    struct TestEnv(HashMap<&'static str, Value<'static>>);
-
-    impl TestEnv {
-        fn with(mut self, name: &'static str, value: impl Into<Value<'static>>) -> Self {
-            self.0.insert(name, value.into());
-            self
-        }
-    }
-
-    impl Env for TestEnv {
-        fn get(&self, field: FieldId) -> Option<Value<'_>> {
-            self.0.get(field.name()).cloned()
-        }
-    }
+    use crate::rules::expr::TestEnv;
 
     fn env() -> TestEnv {
         TestEnv::default()

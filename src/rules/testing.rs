@@ -173,17 +173,7 @@ pub fn run_file(path: &Path) -> Result<FileReport, Vec<Diagnostic>> {
         }]
     };
     let text = std::fs::read_to_string(path).map_err(|e| diag(format!("cannot read: {e}")))?;
-    let mut options = serde_saphyr::Options::default();
-    options.with_snippet = false;
-    let file: TestFile = serde_saphyr::from_str_with_options(&text, options).map_err(|e| {
-        let (line, col) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-        vec![Diagnostic {
-            file: path.to_path_buf(),
-            line,
-            col,
-            message: e.to_string().lines().next().unwrap_or_default().to_string(),
-        }]
-    })?;
+    let file: TestFile = crate::yaml::parse(path, &text).map_err(|d| vec![d])?;
     let base = path.parent().unwrap_or(Path::new("."));
     let patterns: Vec<(String, Option<Diagnostic>)> =
         file.rule_files.iter().map(|p| (p.clone(), None)).collect();
