@@ -64,6 +64,12 @@ pub fn router(state: HttpState) -> Router {
             "/api/v1/deadletters/{id}/replay",
             axum::routing::post(replay),
         )
+        // A slow or oversized client must not tie up the server: request bodies here are small JSON.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            std::time::Duration::from_secs(30),
+        ))
         .with_state(state)
 }
 

@@ -312,3 +312,30 @@ fn serving_beyond_loopback_without_a_token_refuses_to_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_bodies_are_refused() {
+    let vhost = TestVhost::create().await;
+    let daemon = Daemon::start(&config_for(vhost.name(), free_port(), &Tuning::default())).await;
+    let huge = format!(
+        r#"{{"matchers": ["queue={}"], "duration": "1h"}}"#,
+        "x".repeat(100 * 1024)
+    );
+    let response = crate::util::http_client()
+        .post(format!("{}/api/v1/silences", daemon.base_url()))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .expect("POST /api/v1/silences");
+    assert_eq!(response.status().as_u16(), 413);
+    let (_, silences) = daemon
+        .get_json("/api/v1/silences")
+        .await
+        .expect("GET silences");
+    assert_eq!(
+        silences["silences"].as_array().map(Vec::len),
+        Some(0),
+        "nothing was stored"
+    );
+}
