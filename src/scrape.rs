@@ -31,6 +31,8 @@ const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
 pub enum ScrapeError {
     #[error("cannot connect to {url}: {detail}")]
     Connect { url: String, detail: String },
+    #[error("request to {url} failed after connecting: {detail}")]
+    Transport { url: String, detail: String },
     #[error("timed out after {timeout:?} waiting for {url}")]
     Timeout { url: String, timeout: Duration },
     #[error(
@@ -66,7 +68,8 @@ impl ScrapeError {
     /// A short, low-cardinality label for `rabbitwatch_scrape_errors_total{reason}`.
     pub fn reason(&self) -> &'static str {
         match self {
-            ScrapeError::Connect { .. } => "connect",
+            // One label for "the connection failed", whether before or after it was made.
+            ScrapeError::Connect { .. } | ScrapeError::Transport { .. } => "connect",
             ScrapeError::Timeout { .. } => "timeout",
             ScrapeError::Auth { .. } => "auth",
             ScrapeError::Http { status, .. } if *status >= 500 => "http_5xx",
@@ -279,7 +282,8 @@ impl Scraper {
                     detail: error_chain(&e),
                 }
             } else {
-                ScrapeError::Connect {
+                // Connected, then the exchange broke (reset, closed early): same remedy, own words.
+                ScrapeError::Transport {
                     url: url.clone(),
                     detail: error_chain(&e),
                 }

@@ -2,6 +2,7 @@
 //! Each module covers one area of behaviour; the `util*` modules hold the harness they share.
 
 mod alerting;
+mod faults;
 mod muting;
 mod pipeline;
 mod prometheus;
@@ -10,6 +11,7 @@ mod secrets;
 mod startup;
 mod tls;
 mod util;
+mod util_faults;
 mod util_proxy;
 mod util_slack;
 mod util_smtp;

@@ -102,9 +102,15 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub async fn start() -> SmtpSink {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        SmtpSink::start_on(0).await
+    }
+
+    /// Like `start`, on a given port (0: any free one), e.g. one the daemon was told about before
+    /// the sink came up.
+    pub async fn start_on(port: u16) -> SmtpSink {
+        let listener = TcpListener::bind(("127.0.0.1", port))
             .await
-            .expect("binding the SMTP sink");
+            .unwrap_or_else(|e| panic!("binding the SMTP sink on port {port}: {e}"));
         let addr = listener.local_addr().expect("the SMTP sink's address");
         let state = Arc::new(SinkState::default());
         let shared = Arc::clone(&state);
