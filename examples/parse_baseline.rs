@@ -1,0 +1,193 @@
+//! The "merely parsing" baseline of DESIGN.md §9: how long `serde_json::from_slice` into a typed struct
+//! with the fields the daemon reads takes over one cycle's saved `/api/queues` pages, and (when the pages
+//! were saved gzipped, as the daemon receives them) gunzip + parse. Used by `scripts/bench`.
+//!
+//! ```text
+//! cargo run --release --example parse_baseline -- DIR [REPS]
+//! ```
+//!
+//! Reads every `DIR/*.json` (plain) and `DIR/*.json.gz` (gzip) file, runs each step REPS times (default
+//! 7) on one thread and prints the median thread CPU time of each as `key=value` pairs.
+
+use std::borrow::Cow;
+use std::hint::black_box;
+use std::io::Read;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Page<'a> {
+    #[serde(borrow)]
+    items: Vec<Queue<'a>>,
+    page_count: u32,
+}
+
+/// Mirrors the fields of `QUEUE_COLUMNS` (src/scrape.rs), borrowed where the daemon borrows.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Queue<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    vhost: Cow<'a, str>,
+    #[serde(rename = "type")]
+    kind: Option<&'a str>,
+    durable: Option<bool>,
+    messages: Option<u64>,
+    messages_ready: Option<u64>,
+    messages_unacknowledged: Option<u64>,
+    consumers: Option<u64>,
+    consumer_utilisation: Option<f64>,
+    head_message_timestamp: Option<f64>,
+    arguments: Option<Arguments>,
+    message_stats: Option<MessageStats>,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Arguments {
+    #[serde(rename = "x-max-length")]
+    max_length: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct MessageStats {
+    publish: Option<u64>,
+    deliver_get: Option<u64>,
+    ack: Option<u64>,
+    redeliver: Option<u64>,
+    deliver_no_ack: Option<u64>,
+    get_no_ack: Option<u64>,
+}
+
+fn parse_all(pages: &[Vec<u8>]) -> usize {
+    pages
+        .iter()
+        .map(|p| {
+            serde_json::from_slice::<Page<'_>>(p)
+                .expect("a saved page is valid JSON")
+                .items
+                .len()
+        })
+        .sum()
+}
+
+/// CPU time this thread has run (`CLOCK_THREAD_CPUTIME_ID`, ns precision), so that other processes
+/// competing for the cores (builds, tests) slow a run down without adding to it. `None` off Linux.
+#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+fn thread_cpu() -> Option<Duration> {
+    #[repr(C)]
+    struct Timespec {
+        tv_sec: i64,
+        tv_nsec: i64,
+    }
+    unsafe extern "C" {
+        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+    }
+    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    let mut ts = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: glibc's clock_gettime writes one timespec (two 64-bit fields on this target) into `ts`.
+    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+#[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
+fn thread_cpu() -> Option<Duration> {
+    None
+}
+
+/// Median CPU time of `reps` runs (wall-clock time where the kernel has no schedstat).
+fn median(reps: usize, mut f: impl FnMut() -> usize) -> (Duration, usize) {
+    let mut times = Vec::with_capacity(reps);
+    let mut items = 0;
+    for _ in 0..reps {
+        let (t, c) = (Instant::now(), thread_cpu());
+        items = black_box(f());
+        times.push(match (c, thread_cpu()) {
+            (Some(a), Some(b)) => b - a,
+            _ => t.elapsed(),
+        });
+    }
+    times.sort();
+    (times[times.len() / 2], items)
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let Some(dir) = args.next() else {
+        eprintln!("usage: parse_baseline DIR [REPS]");
+        return ExitCode::from(2);
+    };
+    let reps: usize = args.next().and_then(|r| r.parse().ok()).unwrap_or(7).max(1);
+    let mut plain = Vec::new();
+    let mut gz = Vec::new();
+    let mut entries: Vec<_> = match std::fs::read_dir(&dir) {
+        Ok(d) => d.filter_map(Result::ok).map(|e| e.path()).collect(),
+        Err(e) => {
+            eprintln!("cannot read {dir}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    entries.sort();
+    for path in entries {
+        let name = path.to_string_lossy();
+        let bytes = std::fs::read(&path).expect("readable page file");
+        if name.ends_with(".json.gz") {
+            gz.push(bytes);
+        } else if name.ends_with(".json") {
+            plain.push(bytes);
+        }
+    }
+    if plain.is_empty() && gz.is_empty() {
+        eprintln!("no *.json or *.json.gz files in {dir}");
+        return ExitCode::FAILURE;
+    }
+    if plain.is_empty() {
+        plain = gz
+            .iter()
+            .map(|g| {
+                let mut out = Vec::new();
+                flate2::read::GzDecoder::new(&g[..])
+                    .read_to_end(&mut out)
+                    .expect("valid gzip");
+                out
+            })
+            .collect();
+    }
+    let (parse, items) = median(reps, || parse_all(&plain));
+    print!(
+        "pages={} items={items} bytes={} parse_ms={:.2}",
+        plain.len(),
+        plain.iter().map(Vec::len).sum::<usize>(),
+        parse.as_secs_f64() * 1e3
+    );
+    if !gz.is_empty() {
+        let (both, _) = median(reps, || {
+            let pages: Vec<Vec<u8>> = gz
+                .iter()
+                .map(|g| {
+                    let mut out = Vec::with_capacity(g.len() * 8);
+                    flate2::read::GzDecoder::new(&g[..])
+                        .read_to_end(&mut out)
+                        .expect("valid gzip");
+                    out
+                })
+                .collect();
+            parse_all(&pages)
+        });
+        print!(
+            " gz_bytes={} gunzip_parse_ms={:.2}",
+            gz.iter().map(Vec::len).sum::<usize>(),
+            both.as_secs_f64() * 1e3
+        );
+    }
+    println!();
+    ExitCode::SUCCESS
+}
