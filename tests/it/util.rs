@@ -634,35 +634,27 @@ impl Daemon {
 
     /// GET `path`, returning the status code and body.
     pub async fn get(&self, path: &str) -> Result<(u16, String), String> {
-        let url = format!("{}{path}", self.base_url);
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        let status = response.status().as_u16();
-        let body = response
-            .text()
-            .await
-            .map_err(|e| format!("GET {url}: reading the body: {e}"))?;
-        Ok((status, body))
+        self.request(reqwest::Method::GET, path).await
     }
 
     /// POST to `path` without a body, returning the status code and body.
     pub async fn post(&self, path: &str) -> Result<(u16, String), String> {
+        self.request(reqwest::Method::POST, path).await
+    }
+
+    async fn request(&self, method: reqwest::Method, path: &str) -> Result<(u16, String), String> {
         let url = format!("{}{path}", self.base_url);
         let response = self
             .http
-            .post(&url)
+            .request(method.clone(), &url)
             .send()
             .await
-            .map_err(|e| format!("POST {url}: {e}"))?;
+            .map_err(|e| format!("{method} {url}: {e}"))?;
         let status = response.status().as_u16();
         let body = response
             .text()
             .await
-            .map_err(|e| format!("POST {url}: reading the body: {e}"))?;
+            .map_err(|e| format!("{method} {url}: reading the body: {e}"))?;
         Ok((status, body))
     }
 
