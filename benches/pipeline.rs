@@ -6,14 +6,13 @@
 //! For 1k/10k/100k queues:
 //! - decode: `rabbitwatch::scrape::decode_queue_page` over every page of one cycle, as the daemon
 //!   asks for them (`columns=QUEUE_COLUMNS`, 500 per page), then the same with the daemon's per-item
-//!   work (name filters, `into_sample`, duplicate check); next to it the baseline of merely parsing
+//!   work (`QueueCollector`: name filters, `into_sample`); next to it the baseline of merely parsing
 //!   the bytes into a typed struct, and decoding full-size (no `columns`) pages for comparison;
 //! - observe: `Tracker::observe` of cycle 31 (poll 5 s, window 1 m, so every window is full);
 //! - render: `export::render` of the resulting `ClusterView`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use rabbitwatch::analysis::Params;
 use rabbitwatch::config::NameFilter;
-use rabbitwatch::domain::{QueueKey, StatsMode, Timestamp};
+use rabbitwatch::domain::{StatsMode, Timestamp};
 use rabbitwatch::export;
-use rabbitwatch::scrape::decode_queue_page;
+use rabbitwatch::scrape::{QueueCollector, decode_queue_page};
 use rabbitwatch::snapshot::{Counters, QueueSample, Snapshot};
 use rabbitwatch::view::{ClusterView, QueueView, Tracker};
 use regex::Regex;
@@ -239,34 +238,14 @@ struct BaseStats {
     get_no_ack: Option<u64>,
 }
 
-/// What `Scraper::scrape_queues` does with each page once the bytes are in (it is private and async,
-/// so it is mirrored here line for line): decode, filter by name, intern the vhost, `into_sample`,
-/// drop duplicates.
+/// What `Scraper::scrape_queues` does with each page once the bytes are in: the daemon's own
+/// `QueueCollector` (decode, filter by name, intern vhost and type, `into_sample`).
 fn pages_to_samples(pages: &[Vec<u8>], vf: &NameFilter, qf: &NameFilter) -> Vec<QueueSample> {
-    let mut out = Vec::new();
-    let mut vhosts: Vec<Arc<str>> = Vec::new();
-    let mut seen: HashSet<QueueKey> = HashSet::new();
+    let mut c = QueueCollector::new(vf, qf, StatsMode::Full);
     for body in pages {
-        let (items, _) = decode_queue_page(body).expect("valid page");
-        for q in items {
-            if !vf.matches(&q.vhost) || !qf.matches(&q.name) {
-                continue;
-            }
-            let vhost = match vhosts.iter().find(|v| ***v == *q.vhost) {
-                Some(v) => v.clone(),
-                None => {
-                    let v: Arc<str> = Arc::from(&*q.vhost);
-                    vhosts.push(v.clone());
-                    v
-                }
-            };
-            let sample = q.into_sample(vhost, StatsMode::Full);
-            if seen.insert(sample.key.clone()) {
-                out.push(sample);
-            }
-        }
+        c.add_listing(body).expect("valid page");
     }
-    out
+    c.finish()
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -427,8 +406,12 @@ fn run(n: usize) -> Row {
     let mut views: Vec<QueueView> = Vec::new();
     for c in 0..CYCLES {
         let snap = snapshot_at(&base, &models, c, POLL_MS);
-        drop(views);
-        let (v, spent) = measure(|| tracker.observe(&snap, snap.taken_at));
+        // As in the daemon: the new view is built while the old one is published, then replaces it.
+        let (v, spent) = measure(|| {
+            let new = tracker.observe(snap.queues, snap.taken_at, snap.taken_at);
+            drop(std::mem::take(&mut views));
+            new
+        });
         views = v;
         times.push(spent);
     }
@@ -468,7 +451,7 @@ fn run(n: usize) -> Row {
     for c in 0..CYCLES {
         let snap = snapshot_at(&base, &models, c, 10_000);
         drop(views);
-        views = tracker.observe(&snap, snap.taken_at);
+        views = tracker.observe(snap.queues, snap.taken_at, snap.taken_at);
     }
     let heap_default = live_bytes() - heap_before;
     drop(views);
@@ -556,7 +539,7 @@ fn main() {
     );
     println!("decode     = rabbitwatch::scrape::decode_queue_page over every page");
     println!(
-        "+sample    = decode + name filters + into_sample + duplicate check (the daemon's per-page work)"
+        "+sample    = QueueCollector: decode + name filters + into_sample (the daemon's per-page work)"
     );
     println!(
         "full-dec   = decode_queue_page over full-size pages (no columns), {:.0} B/queue",

@@ -394,7 +394,7 @@ async fn poll_loop(
             let prev = handle.view.load_full();
             let now = Timestamp::now();
             let view = match result {
-                Ok(snap) => {
+                Ok(mut snap) => {
                     if !prev.up {
                         info!(queues = snap.queues.len(), version = %snap.rabbitmq_version, "cluster reachable");
                     }
@@ -412,7 +412,8 @@ async fn poll_loop(
                             "more queues than max_queues: watching those with the largest backlog"
                         );
                     }
-                    let queues = tracker.observe(&snap, now);
+                    let queues =
+                        tracker.observe(std::mem::take(&mut snap.queues), snap.taken_at, now);
                     ClusterView {
                         name: cfg.name.clone(),
                         poll_interval: poll,

@@ -127,6 +127,7 @@ pub struct ClusterConfig {
     pub tls: TlsConfig,
     pub poll_interval: Duration,
     pub timeout: Duration,
+    /// Queues per `/api/queues` page; 0 lists them in one request (cheapest for RabbitMQ 3.x).
     pub page_size: u32,
     pub vhosts: NameFilter,
     pub queues: NameFilter,
@@ -1005,15 +1006,15 @@ impl Validator<'_> {
             "timeout",
         );
         let page_size = match &rc.page_size {
-            Some(s) if !(100..=500).contains(&s.value) => {
+            Some(s) if s.value != 0 && !(100..=500).contains(&s.value) => {
                 self.error_at(
                     s,
-                    "page_size must be between 100 and 500 (RabbitMQ rejects pages above 500)",
+                    "page_size must be 0 (one request, the default) or between 100 and 500 (RabbitMQ rejects pages above 500)",
                 );
-                500
+                0
             }
             Some(s) => s.value,
-            None => 500,
+            None => 0,
         };
         let max_queues = match &rc.max_queues {
             Some(s) if s.value == 0 => {
@@ -1072,7 +1073,7 @@ mod tests {
         let cl = &c.clusters[0];
         assert_eq!(cl.password.expose(), "s3cret");
         assert_eq!(cl.poll_interval, Duration::from_secs(10));
-        assert_eq!(cl.page_size, 500);
+        assert_eq!(cl.page_size, 0);
         assert!(cl.queues.matches("orders"));
         assert!(!cl.queues.matches("amq.gen-123"));
         assert_eq!(c.analysis.window, Duration::from_secs(300));

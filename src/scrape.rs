@@ -4,14 +4,14 @@
 //! failure by a short `reason`. A scrape either returns a complete snapshot or an error: a failed page
 //! fails the whole cycle, so a partial listing can never look like queues vanishing.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, NameFilter};
 use crate::domain::{QueueKey, StatsMode, Timestamp};
 use crate::snapshot::{Counters, NodeSample, QueueSample, Snapshot};
 
@@ -181,15 +181,148 @@ pub struct MessageStatsDto {
     pub get_no_ack: u64,
 }
 
-/// Decodes one `/api/queues` page. Public so benchmarks measure exactly what the daemon does.
+/// Decodes one `/api/queues` response: a page (`{"items": [...], "page_count": N}`) or, unpaged, a
+/// plain array. Returns the items and the page count (1 for an unpaged listing).
 pub fn decode_queue_page(bytes: &[u8]) -> Result<(Vec<QueueDto<'_>>, u32), serde_json::Error> {
+    if first_byte(bytes) == Some(b'[') {
+        let items: Vec<QueueDto<'_>> = serde_json::from_slice(bytes)?;
+        return Ok((items, 1));
+    }
     let page: PageDto<'_> = serde_json::from_slice(bytes)?;
     Ok((page.items, page.page_count))
 }
 
+fn first_byte(bytes: &[u8]) -> Option<u8> {
+    bytes.iter().copied().find(|b| !b.is_ascii_whitespace())
+}
+
+/// Turns `/api/queues` responses into samples as they are decoded, item by item: no intermediate list
+/// of decoded items, vhost and queue-type strings shared across queues, name filters applied on the way.
+/// Public so benchmarks and fuzzing exercise exactly what the daemon does.
+pub struct QueueCollector<'f> {
+    vhost_filter: Option<&'f NameFilter>,
+    queue_filter: Option<&'f NameFilter>,
+    mode: StatsMode,
+    vhosts: Vec<Arc<str>>,
+    kinds: Vec<Arc<str>>,
+    samples: Vec<QueueSample>,
+}
+
+impl<'f> QueueCollector<'f> {
+    pub fn new(vhosts: &'f NameFilter, queues: &'f NameFilter, mode: StatsMode) -> Self {
+        QueueCollector {
+            vhost_filter: (!vhosts.is_match_all()).then_some(vhosts),
+            queue_filter: (!queues.is_match_all()).then_some(queues),
+            mode,
+            vhosts: Vec::new(),
+            kinds: Vec::new(),
+            samples: Vec::new(),
+        }
+    }
+
+    /// Decodes one response body (a page or an unpaged array) into samples; returns the page count
+    /// the broker reported (1 for an unpaged listing, 0 when a page says nothing).
+    pub fn add_listing(&mut self, body: &[u8]) -> Result<u32, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let pages = ListingSeed(self).deserialize(&mut de)?;
+        de.end()?;
+        Ok(pages)
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    pub fn finish(self) -> Vec<QueueSample> {
+        self.samples
+    }
+
+    fn push(&mut self, q: QueueDto<'_>) {
+        if self.vhost_filter.is_some_and(|f| !f.matches(&q.vhost))
+            || self.queue_filter.is_some_and(|f| !f.matches(&q.name))
+        {
+            return;
+        }
+        let vhost = intern(&mut self.vhosts, &q.vhost);
+        let kind = intern(&mut self.kinds, q.kind.unwrap_or("classic"));
+        let sample = q.into_sample(vhost, kind, self.mode);
+        self.samples.push(sample);
+    }
+}
+
+/// Shares one allocation per distinct string; listings are sorted by vhost, so the last one usually hits.
+fn intern(pool: &mut Vec<Arc<str>>, s: &str) -> Arc<str> {
+    if let Some(v) = pool.iter().rev().find(|v| ***v == *s) {
+        return v.clone();
+    }
+    let v: Arc<str> = Arc::from(s);
+    pool.push(v.clone());
+    v
+}
+
+struct ListingSeed<'c, 'f>(&'c mut QueueCollector<'f>);
+
+impl<'de> DeserializeSeed<'de> for ListingSeed<'_, '_> {
+    type Value = u32;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u32, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ListingSeed<'_, '_> {
+    type Value = u32;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of queues, or a page of them")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u32, A::Error> {
+        while let Some(q) = seq.next_element::<QueueDto<'de>>()? {
+            self.0.push(q);
+        }
+        Ok(1)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u32, A::Error> {
+        let mut page_count = 0;
+        let mut items = false;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match &*key {
+                "items" => {
+                    map.next_value_seed(ItemsSeed(&mut *self.0))?;
+                    items = true;
+                }
+                "page_count" => page_count = map.next_value()?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        if !items {
+            return Err(serde::de::Error::missing_field("items"));
+        }
+        Ok(page_count)
+    }
+}
+
+struct ItemsSeed<'c, 'f>(&'c mut QueueCollector<'f>);
+
+impl<'de> DeserializeSeed<'de> for ItemsSeed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(ListingSeed(self.0)).map(|_| ())
+    }
+}
+
 impl QueueDto<'_> {
     /// `vhost` is shared across all queues of one vhost to keep 100k keys small.
-    pub fn into_sample(self, vhost: Arc<str>, mode: StatsMode) -> QueueSample {
+    pub fn into_sample(self, vhost: Arc<str>, kind: Arc<str>, mode: StatsMode) -> QueueSample {
         let ready = self.messages_ready.unwrap_or(0);
         let unacked = self.messages_unacknowledged.unwrap_or(0);
         let counters = match mode {
@@ -213,7 +346,7 @@ impl QueueDto<'_> {
                 vhost,
                 name: self.name.into(),
             },
-            kind: self.kind.unwrap_or("classic").into(),
+            kind,
             durable: self.durable,
             messages: self.messages.unwrap_or(ready + unacked),
             messages_ready: ready,
@@ -394,9 +527,9 @@ impl Scraper {
             .get_json(&format!("/api/nodes?columns={NODE_COLUMNS}"))
             .await?;
         progress();
-        let mut queues = Vec::new();
+        let mut collector = QueueCollector::new(&self.cfg.vhosts, &self.cfg.queues, stats_mode);
         if self.cfg.vhosts.is_match_all() {
-            self.scrape_queues("/api/queues", stats_mode, &mut queues, progress)
+            self.scrape_queues("/api/queues", &mut collector, progress)
                 .await?;
         } else {
             let vhosts: Vec<VhostDto> = self.get_json("/api/vhosts?columns=name").await?;
@@ -405,10 +538,10 @@ impl Scraper {
                     "/api/queues/{}",
                     utf8_percent_encode(&vhost.name, NON_ALPHANUMERIC)
                 );
-                self.scrape_queues(&path, stats_mode, &mut queues, progress)
-                    .await?;
+                self.scrape_queues(&path, &mut collector, progress).await?;
             }
         }
+        let mut queues = collector.finish();
         let truncated = keep_largest(&mut queues, self.cfg.max_queues);
         Ok(Snapshot {
             taken_at: now(),
@@ -420,47 +553,36 @@ impl Scraper {
         })
     }
 
+    /// Lists one path's queues: in one request when `page_size` is 0 (RabbitMQ 3.x builds the whole
+    /// list for every page, so one request costs the broker least), else page by page. Pages rely on
+    /// the broker's default order (vhost, then name): an explicit `sort` makes RabbitMQ 3.10 compute
+    /// statistics for every queue on every page. A queue that shifts across a page boundary while we
+    /// page shows up twice; the tracker keeps the first (see `view::Tracker::observe`).
     async fn scrape_queues(
         &self,
         base: &str,
-        mode: StatsMode,
-        out: &mut Vec<QueueSample>,
+        collector: &mut QueueCollector<'_>,
         progress: &(dyn Fn() + Sync),
     ) -> Result<(), ScrapeError> {
-        let mut vhosts: Vec<Arc<str>> = Vec::new();
-        // Queues created while we page can shift items across page boundaries; never count one twice.
-        let mut seen: HashSet<QueueKey> = HashSet::new();
         let mut page = 1u32;
         loop {
-            let path = format!(
-                "{base}?page={page}&page_size={}&columns={QUEUE_COLUMNS}&sort=name",
-                self.cfg.page_size
-            );
+            let path = if self.cfg.page_size == 0 {
+                format!("{base}?columns={QUEUE_COLUMNS}")
+            } else {
+                format!(
+                    "{base}?page={page}&page_size={}&columns={QUEUE_COLUMNS}",
+                    self.cfg.page_size
+                )
+            };
             let body = self.get(&path).await?;
             progress();
-            let (items, page_count) =
-                decode_queue_page(&body).map_err(|e| ScrapeError::Decode {
+            let page_count = collector
+                .add_listing(&body)
+                .map_err(|e| ScrapeError::Decode {
                     url: self.url(&path),
                     detail: e.to_string(),
                 })?;
-            for q in items {
-                if !self.cfg.vhosts.matches(&q.vhost) || !self.cfg.queues.matches(&q.name) {
-                    continue;
-                }
-                let vhost = match vhosts.iter().find(|v| ***v == *q.vhost) {
-                    Some(v) => v.clone(),
-                    None => {
-                        let v: Arc<str> = Arc::from(&*q.vhost);
-                        vhosts.push(v.clone());
-                        v
-                    }
-                };
-                let sample = q.into_sample(vhost, mode);
-                if seen.insert(sample.key.clone()) {
-                    out.push(sample);
-                }
-            }
-            if page >= page_count {
+            if self.cfg.page_size == 0 || page >= page_count {
                 return Ok(());
             }
             page += 1;
@@ -510,16 +632,25 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
+    fn all() -> NameFilter {
+        NameFilter {
+            include: regex::Regex::new(".*").unwrap(),
+            exclude: None,
+        }
+    }
+
+    fn collect(body: &[u8], mode: StatsMode) -> Vec<QueueSample> {
+        let (v, q) = (all(), all());
+        let mut c = QueueCollector::new(&v, &q, mode);
+        c.add_listing(body).unwrap();
+        c.finish()
+    }
+
     fn sample(name: &str, messages: u64) -> QueueSample {
         let page = format!(
             r#"{{"items":[{{"name":"{name}","vhost":"/","messages":{messages}}}],"page_count":1}}"#
         );
-        let (items, _) = decode_queue_page(page.as_bytes()).unwrap();
-        items
-            .into_iter()
-            .next()
-            .unwrap()
-            .into_sample(Arc::from("/"), StatsMode::Full)
+        collect(page.as_bytes(), StatsMode::Full).remove(0)
     }
 
     #[test]
@@ -532,25 +663,14 @@ mod tests {
     #[test]
     fn depth_only_mode_has_no_counters() {
         let page = br#"{"items":[{"name":"q","vhost":"/","messages":1,"message_stats":{"publish":5}}],"page_count":1}"#;
-        let (items, _) = decode_queue_page(page).unwrap();
-        let s = items
-            .into_iter()
-            .next()
-            .unwrap()
-            .into_sample(Arc::from("/"), StatsMode::DepthOnly);
-        assert_eq!(s.counters, None);
+        assert_eq!(collect(page, StatsMode::DepthOnly)[0].counters, None);
     }
 
     #[test]
     fn consumed_counts_acks_and_no_ack_deliveries() {
         let page = br#"{"items":[{"name":"q","vhost":"v","messages":0,"consumers":2,
             "message_stats":{"publish":10,"deliver_get":9,"ack":4,"deliver_no_ack":3,"get_no_ack":2,"redeliver":1}}],"page_count":1}"#;
-        let (items, _) = decode_queue_page(page).unwrap();
-        let s = items
-            .into_iter()
-            .next()
-            .unwrap()
-            .into_sample(Arc::from("v"), StatsMode::Full);
+        let s = collect(page, StatsMode::Full).remove(0);
         assert_eq!(s.counters.unwrap().consumed(), 9);
         assert_eq!(s.consumers, 2);
     }
@@ -560,6 +680,74 @@ mod tests {
         let page = br#"{"items":[{"name":"a\"b\\c\n","vhost":"/"}],"page_count":1}"#;
         let (items, _) = decode_queue_page(page).unwrap();
         assert_eq!(items[0].name, "a\"b\\c\n");
+        assert_eq!(&*collect(page, StatsMode::Full)[0].key.name, "a\"b\\c\n");
+    }
+
+    #[test]
+    fn unpaged_listings_and_pages_give_the_same_samples() {
+        let items = r#"[{"name":"a","vhost":"v1","type":"quorum","messages":2},
+            {"name":"b","vhost":"v1","messages":1},{"name":"c","vhost":"v2","messages":0}]"#;
+        let page = format!(r#"{{"filtered_count":3,"items":{items},"page":1,"page_count":1}}"#);
+        let unpaged = collect(items.as_bytes(), StatsMode::Full);
+        assert_eq!(unpaged, collect(page.as_bytes(), StatsMode::Full));
+        assert_eq!(unpaged.len(), 3);
+        assert_eq!(&*unpaged[0].kind, "quorum");
+        assert_eq!(&*unpaged[1].kind, "classic");
+        // One allocation per distinct vhost, shared by its queues.
+        assert!(Arc::ptr_eq(&unpaged[0].key.vhost, &unpaged[1].key.vhost));
+        assert_eq!(&*unpaged[2].key.vhost, "v2");
+    }
+
+    #[test]
+    fn the_collector_applies_the_name_filters() {
+        let vhosts = NameFilter {
+            include: regex::Regex::new("^prod").unwrap(),
+            exclude: None,
+        };
+        let queues = NameFilter {
+            include: regex::Regex::new(".*").unwrap(),
+            exclude: Some(regex::Regex::new(r"^amq\.").unwrap()),
+        };
+        let mut c = QueueCollector::new(&vhosts, &queues, StatsMode::Full);
+        let pages = c
+            .add_listing(
+                br#"[{"name":"a","vhost":"prod"},{"name":"amq.gen-1","vhost":"prod"},{"name":"b","vhost":"test"}]"#,
+            )
+            .unwrap();
+        assert_eq!(pages, 1);
+        let names: Vec<_> = c.finish().iter().map(|q| q.key.name.clone()).collect();
+        assert_eq!(names, vec!["a".into()] as Vec<Box<str>>);
+    }
+
+    #[test]
+    fn broken_listings_are_errors_not_empty_lists() {
+        let (v, q) = (all(), all());
+        for body in [
+            &b"{}"[..],
+            br#"{"page_count":3}"#,
+            br#"{"items":{"items":[]}}"#,
+            br#"[{"vhost":"/"}]"#,
+            br#"[{"name":"a","vhost":"/"}"#,
+            br#"[] trailing"#,
+            b"",
+            b"null",
+        ] {
+            let mut c = QueueCollector::new(&v, &q, StatsMode::Full);
+            assert!(
+                c.add_listing(body).is_err(),
+                "{} was accepted",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn page_count_is_read_from_pages() {
+        let (v, q) = (all(), all());
+        let mut c = QueueCollector::new(&v, &q, StatsMode::Full);
+        let page = br#"{"items":[{"name":"a","vhost":"/"}],"page":1,"page_count":4,"total_count":1600}"#;
+        assert_eq!(c.add_listing(page).unwrap(), 4);
+        assert_eq!(c.len(), 1);
     }
 
     #[test]

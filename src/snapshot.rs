@@ -38,7 +38,8 @@ impl Counters {
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueueSample {
     pub key: QueueKey,
-    pub kind: Box<str>,
+    /// `classic`, `quorum`, `stream`: one shared allocation per distinct type in a scrape.
+    pub kind: std::sync::Arc<str>,
     pub durable: bool,
     pub messages: u64,
     pub messages_ready: u64,

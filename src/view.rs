@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::analysis::{self, Latest, Params, QueueHealth};
 use crate::domain::{QueueKey, StatsMode, Timestamp};
-use crate::snapshot::{NodeSample, QueueSample, Snapshot, Window};
+use crate::snapshot::{NodeSample, QueueSample, Window};
 
 #[derive(Debug)]
 pub struct QueueView {
@@ -109,13 +109,16 @@ impl ClusterHandle {
 struct Tracked {
     window: Window,
     prom_labels: Arc<str>,
+    /// The last cycle that listed this queue.
+    seen: u64,
 }
 
 /// One cluster's history and the analysis over it.
 pub struct Tracker {
     cluster: String,
     params: Params,
-    queues: HashMap<QueueKey, Tracked>,
+    queues: HashMap<QueueKey, Tracked, foldhash::fast::RandomState>,
+    cycle: u64,
 }
 
 impl Tracker {
@@ -123,10 +126,12 @@ impl Tracker {
         Tracker {
             cluster: cluster.to_string(),
             params,
-            queues: HashMap::new(),
+            queues: HashMap::default(),
+            cycle: 0,
         }
     }
 
+    /// Queues with history, including those kept through one missed listing.
     pub fn len(&self) -> usize {
         self.queues.len()
     }
@@ -135,16 +140,25 @@ impl Tracker {
         self.queues.is_empty()
     }
 
-    /// Folds a complete snapshot into the history and returns the analysed queues.
-    pub fn observe(&mut self, snap: &Snapshot, now: Timestamp) -> Vec<QueueView> {
-        let at = snap.taken_at;
+    /// Folds a complete snapshot's queues into the history and returns them analysed, in listing order.
+    ///
+    /// A queue listed twice (it shifted across a page boundary while the scrape paged) is analysed
+    /// once. A queue missing from one listing is not published, but its history is kept for one more
+    /// cycle, so a queue that a paged listing skipped does not restart its window; after that it is
+    /// forgotten.
+    pub fn observe(
+        &mut self,
+        queues: Vec<QueueSample>,
+        at: Timestamp,
+        now: Timestamp,
+    ) -> Vec<QueueView> {
+        self.cycle += 1;
+        let cycle = self.cycle;
         let span = self.params.window_ms;
-        let mut views = Vec::with_capacity(snap.queues.len());
-        let mut seen: std::collections::HashSet<&QueueKey> =
-            std::collections::HashSet::with_capacity(snap.queues.len());
-        for q in &snap.queues {
-            seen.insert(&q.key);
+        let mut views = Vec::with_capacity(queues.len());
+        for q in queues {
             let tracked = match self.queues.get_mut(&q.key) {
+                Some(t) if t.seen == cycle => continue,
                 Some(t) => {
                     t.window.push(at, q.messages, q.counters, span);
                     t
@@ -152,20 +166,22 @@ impl Tracker {
                 None => self.queues.entry(q.key.clone()).or_insert_with(|| Tracked {
                     window: Window::new(at, q.messages, q.counters),
                     prom_labels: prom_labels(&self.cluster, &q.key).into(),
+                    seen: cycle,
                 }),
             };
+            tracked.seen = cycle;
             let latest = Latest {
                 consumers: q.consumers,
                 head_message_timestamp: q.head_message_timestamp,
             };
             views.push(QueueView {
-                sample: q.clone(),
                 health: analysis::analyze(&tracked.window, latest, &self.params, now),
                 prom_labels: tracked.prom_labels.clone(),
+                sample: q,
             });
         }
-        if seen.len() != self.queues.len() {
-            self.queues.retain(|k, _| seen.contains(k));
+        if views.len() != self.queues.len() {
+            self.queues.retain(|_, t| t.seen + 1 >= cycle);
         }
         views
     }
@@ -198,32 +214,67 @@ fn prom_labels(cluster: &str, key: &QueueKey) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scrape::decode_queue_page;
+    use crate::config::NameFilter;
+    use crate::scrape::QueueCollector;
+    use crate::snapshot::QueueSample;
 
-    fn snap(at: i64, names: &[&str]) -> Snapshot {
+    fn queues(names: &[(&str, u64)]) -> Vec<QueueSample> {
         let items: Vec<String> = names
             .iter()
-            .map(|n| format!(r#"{{"name":"{n}","vhost":"/","messages":1,"consumers":1}}"#))
+            .map(|(n, publish)| {
+                format!(
+                    r#"{{"name":"{n}","vhost":"/","messages":1,"consumers":1,"message_stats":{{"publish":{publish}}}}}"#
+                )
+            })
             .collect();
-        let page = format!(r#"{{"items":[{}],"page_count":1}}"#, items.join(","));
-        let (items, _) = decode_queue_page(page.as_bytes()).unwrap();
-        Snapshot {
-            taken_at: Timestamp(at),
-            queues: items
-                .into_iter()
-                .map(|q| q.into_sample(Arc::from("/"), StatsMode::Full))
-                .collect(),
-            ..Default::default()
-        }
+        let all = NameFilter {
+            include: regex::Regex::new(".*").unwrap(),
+            exclude: None,
+        };
+        let mut c = QueueCollector::new(&all, &all, StatsMode::Full);
+        c.add_listing(format!("[{}]", items.join(",")).as_bytes())
+            .unwrap();
+        c.finish()
+    }
+
+    fn observe(t: &mut Tracker, at_s: i64, names: &[(&str, u64)]) -> Vec<QueueView> {
+        let at = Timestamp(at_s * 1000);
+        t.observe(queues(names), at, at)
     }
 
     #[test]
-    fn a_deleted_queue_is_forgotten_on_the_next_snapshot() {
+    fn a_deleted_queue_is_not_published_on_the_next_snapshot() {
         let mut t = Tracker::new("c", Params { window_ms: 60_000 });
-        assert_eq!(t.observe(&snap(0, &["a", "b"]), Timestamp(0)).len(), 2);
-        let views = t.observe(&snap(1_000, &["a"]), Timestamp(1_000));
+        assert_eq!(observe(&mut t, 0, &[("a", 0), ("b", 0)]).len(), 2);
+        let views = observe(&mut t, 5, &[("a", 0)]);
         assert_eq!(views.len(), 1);
+        assert_eq!(&*views[0].sample.key.name, "a");
+        // Its history goes one cycle later.
+        observe(&mut t, 10, &[("a", 0)]);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_queue_listed_twice_is_analysed_once() {
+        let mut t = Tracker::new("c", Params { window_ms: 60_000 });
+        let views = observe(&mut t, 0, &[("a", 0), ("b", 0), ("b", 0), ("c", 0)]);
+        let names: Vec<&str> = views.iter().map(|v| &*v.sample.key.name).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_queue_missing_from_one_listing_keeps_its_history() {
+        let mut t = Tracker::new("c", Params { window_ms: 30_000 });
+        for i in 0..6 {
+            observe(&mut t, i * 5, &[("a", 10 * i as u64), ("b", 10 * i as u64)]);
+        }
+        // A paged listing skipped "b" once (a queue before it was deleted mid-scrape).
+        observe(&mut t, 30, &[("a", 60)]);
+        let views = observe(&mut t, 35, &[("a", 70), ("b", 70)]);
+        let b = views.iter().find(|v| &*v.sample.key.name == "b").unwrap();
+        // The window still spans 30 s, so the rate is known at once: 2 msg/s.
+        let rate = b.health.publish_rate.expect("history kept");
+        assert!((rate - 2.0).abs() < 0.01, "{rate}");
     }
 
     #[test]
