@@ -87,15 +87,60 @@ async fn metrics(State(st): State<HttpState>) -> Response {
             outbox: counts,
             reload: Some(&reload_status),
         };
-        export::render_with(&views, &extras, Timestamp::now())
+        export::render_parts(&views, &extras, Timestamp::now())
     };
     match tokio::task::spawn_blocking(render).await {
-        Ok(body) => ([(header::CONTENT_TYPE, export::CONTENT_TYPE)], body).into_response(),
+        Ok(parts) => (
+            [(header::CONTENT_TYPE, export::CONTENT_TYPE)],
+            axum::body::Body::new(Parts::new(parts)),
+        )
+            .into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("render failed: {e}"),
         )
             .into_response(),
+    }
+}
+
+/// A response body sent part after part, each part handed to hyper as it is (no copy, no joining).
+struct Parts {
+    parts: std::vec::IntoIter<String>,
+    remaining: u64,
+}
+
+impl Parts {
+    fn new(parts: Vec<String>) -> Self {
+        let remaining = parts.iter().map(|p| p.len() as u64).sum();
+        Parts {
+            parts: parts.into_iter(),
+            remaining,
+        }
+    }
+}
+
+impl http_body::Body for Parts {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let next = self.parts.by_ref().find(|p| !p.is_empty());
+        if let Some(p) = &next {
+            self.remaining -= p.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|p| Ok(http_body::Frame::data(p.into()))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    /// Exact, so the response carries a Content-Length.
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
     }
 }
 

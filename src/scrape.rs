@@ -1,7 +1,7 @@
 //! Management HTTP API client: one scrape of one cluster → `Snapshot`.
 //!
-//! Asks only for the columns the analysis needs, pages through queue listings, and classifies every
-//! failure by a short `reason`. A scrape either returns a complete snapshot or an error: a failed page
+//! Asks only for the columns the analysis needs, lists queues in one request (or pages, with `page_size`),
+//! and classifies every failure by a short `reason`. A scrape either returns a complete snapshot or an error: a failed page
 //! fails the whole cycle, so a partial listing can never look like queues vanishing.
 
 use std::sync::Arc;
@@ -745,7 +745,8 @@ mod tests {
     fn page_count_is_read_from_pages() {
         let (v, q) = (all(), all());
         let mut c = QueueCollector::new(&v, &q, StatsMode::Full);
-        let page = br#"{"items":[{"name":"a","vhost":"/"}],"page":1,"page_count":4,"total_count":1600}"#;
+        let page =
+            br#"{"items":[{"name":"a","vhost":"/"}],"page":1,"page_count":4,"total_count":1600}"#;
         assert_eq!(c.add_listing(page).unwrap(), 4);
         assert_eq!(c.len(), 1);
     }
