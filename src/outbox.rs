@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::domain::Timestamp;
+use crate::liveness::Beat;
 use crate::receivers::Receiver;
 use crate::store::{DeadLetter, OutboxEntry, Store, StoreError, group_id};
 
@@ -101,7 +102,11 @@ impl Pacer {
     }
 }
 
+/// The longest an idle worker sleeps before looking at the outbox again (and beating).
+pub const IDLE_WAKE: Duration = Duration::from_secs(10);
+
 /// Runs forever: delivers this receiver's due entries, then sleeps until the next is due or `wake`.
+/// `beat` is marked after every pass and every attempt, for the watchdog.
 pub async fn run_worker(
     receiver: Arc<Receiver>,
     store: Arc<Store>,
@@ -109,16 +114,24 @@ pub async fn run_worker(
     pacer: Arc<Pacer>,
     policy: Policy,
     stats: Arc<ReceiverStats>,
+    beat: Arc<Beat>,
 ) {
     loop {
-        let next = match deliver_due(&receiver, &store, &pacer, policy, &stats).await {
+        let next = match deliver_due(&receiver, &store, &pacer, policy, &stats, &beat).await {
             Ok(next) => next,
             Err(e) => {
-                warn!(receiver = receiver.name(), error = %e, "outbox: state database error; retrying in 5s");
+                // An unavailable store is logged by the store, once; entries stay where they are.
+                if e.is_unavailable() {
+                    tracing::debug!(receiver = receiver.name(), error = %e, "outbox: state store unavailable; retrying in 5s");
+                } else {
+                    warn!(receiver = receiver.name(), error = %e, "outbox: state database error; retrying in 5s");
+                }
                 Some(Timestamp::now().0 + 5_000)
             }
         };
-        let sleep_ms = next.map_or(60_000, |t| (t - Timestamp::now().0).clamp(0, 60_000));
+        beat.mark(Timestamp::now());
+        let idle_ms = IDLE_WAKE.as_millis() as i64;
+        let sleep_ms = next.map_or(idle_ms, |t| (t - Timestamp::now().0).clamp(0, idle_ms));
         tokio::select! {
             _ = wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {}
@@ -133,6 +146,7 @@ async fn deliver_due(
     pacer: &Pacer,
     policy: Policy,
     stats: &ReceiverStats,
+    beat: &Beat,
 ) -> Result<Option<i64>, StoreError> {
     let entries: Vec<(u64, OutboxEntry)> = store
         .outbox()?
@@ -164,7 +178,9 @@ async fn deliver_due(
             .first()
             .map(|a| a.correlation_id.clone())
             .unwrap_or_default();
-        match receiver.deliver(&n).await {
+        let outcome = receiver.deliver(&n).await;
+        beat.mark(Timestamp::now());
+        match outcome {
             Ok(delivered) => {
                 store.delivered(id, Some((&gid, delivered.handle)))?;
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
