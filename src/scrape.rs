@@ -50,7 +50,9 @@ pub enum ScrapeError {
     TooLarge { url: String, limit: u64 },
     #[error("cannot build an HTTP client: {0}")]
     Client(String),
-    #[error("the poll cycle did not finish within cycle_timeout ({limit:?}); cut off")]
+    #[error(
+        "the poll cycle did not finish within cycle_timeout ({limit:?}); cut off (raise cycle_timeout if the broker is only slow)"
+    )]
     CycleDeadline { limit: Duration },
 }
 

@@ -312,6 +312,7 @@ route: {{ receiver: slack, group_wait: 0s, group_interval: 1s }}
     .await;
 
     let read_only = ReadOnly::make(&daemon.dir().join("state"));
+    let outage_started = Instant::now();
     let detail = eventually(
         Duration::from_secs(20),
         "/readyz 503 naming the state store",
@@ -361,7 +362,6 @@ route: {{ receiver: slack, group_wait: 0s, group_interval: 1s }}
         slack.requests_to("/hook").is_empty(),
         "nothing is sent while it cannot be recorded"
     );
-    let outage_started = Instant::now();
 
     drop(read_only);
     eventually(
