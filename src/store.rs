@@ -276,7 +276,9 @@ impl Store {
         match open_db(&self.path) {
             Ok(new) => {
                 *db = Some(new);
-                tracing::info!(state = %self.path.display(), "state database reopened");
+                // Debug: while the disk stays full this happens every probe; going down and
+                // coming back are logged by `note`, once each.
+                tracing::debug!(state = %self.path.display(), "state database reopened");
                 Ok(())
             }
             Err(e) => {

@@ -394,6 +394,143 @@ route: {{ receiver: slack, group_wait: 0s, group_interval: 1s }}
     );
 }
 
+/// A small tmpfs mounted on a fresh directory while alive: a disk the test can fill.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::Builder::new()
+            .prefix("rabbitwatch-disk-")
+            .tempdir()
+            .expect("a mount point");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(mounted, "cannot mount a tmpfs (tests run as root)");
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a filler file until the disk refuses more; returns its size.
+    fn fill(&self) -> u64 {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.path().join("filler")).expect("a filler file");
+        let block = vec![0u8; 64 * 1024];
+        let mut written = 0u64;
+        while file.write_all(&block).is_ok() {
+            written += block.len() as u64;
+        }
+        let _ = file.sync_all();
+        written
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path().join("filler")).expect("removing the filler");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_state_disk_fails_readyz_and_recovers_once_space_is_freed() {
+    let vhost = TestVhost::create().await;
+    let slack = FakeHttp::start().await;
+    let disk = SmallDisk::mount("16m");
+    let config = config_for(vhost.name(), free_port(), &Tuning::default()).replace(
+        "path: ./state",
+        &format!("path: {}", disk.path().join("state").display()),
+    ) + &format!(
+        r#"rules: [rules.yaml]
+receivers:
+  - name: slack
+    slack: {{ webhook_url: "{}" }}
+route: {{ receiver: slack, group_wait: 0s, group_interval: 1s }}
+"#,
+        slack.url("/hook")
+    );
+    let daemon = Daemon::start_with_files(&config, &[("rules.yaml", BACKLOG_RULE)]).await;
+    eventually(
+        Duration::from_secs(20),
+        "/readyz 200",
+        async || match daemon.get("/readyz").await? {
+            (200, _) => Ok(()),
+            (status, body) => Err(format!("{status}: {body}")),
+        },
+    )
+    .await;
+
+    let filled = disk.fill();
+    assert!(filled > 0, "the filler took no space");
+    eventually(
+        Duration::from_secs(20),
+        "/readyz 503 naming the state store and the full disk",
+        async || match ready_check(&daemon, "state").await? {
+            (503, false, detail)
+                if detail.contains("state store") && detail.contains("No space left") =>
+            {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    publish_n(&vhost.amqp_url(), "orders", 2).await;
+    eventually(
+        Duration::from_secs(20),
+        "the new backlog on /metrics",
+        async || {
+            let m = daemon.metrics().await?;
+            match find(
+                &m,
+                "rabbitwatch_queue_messages_ready",
+                &[("queue", "orders")],
+            ) {
+                Some(2.0) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+
+    disk.free();
+    eventually(
+        Duration::from_secs(20),
+        "/readyz 200 again",
+        async || match ready_check(&daemon, "state").await? {
+            (200, true, _) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the Backlog notification delivered once",
+        async || match slack.requests_to("/hook").as_slice() {
+            [one] if one.accepted() && one.text().contains("Backlog") => Ok(()),
+            other => Err(format!("{} request(s) to /hook", other.len())),
+        },
+    )
+    .await;
+    let logs = daemon.logs();
+    assert_eq!(
+        logs.matches("state store stopped accepting writes").count(),
+        1,
+        "{logs}"
+    );
+    drop(daemon);
+}
+
 // ---------------------------------------------------------------------------------------------------
 // 4. the watchdog and the poll-cycle deadline
 
