@@ -692,6 +692,44 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_database_marks_the_store_down_until_a_probe_reopens_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.health().writable);
+        // What a failed reopen leaves behind.
+        *s.db.write().unwrap() = None;
+        let err = s
+            .commit_cycle(&CycleWrite {
+                enqueue: vec![entry("held")],
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        let down = s.health();
+        assert!(!down.writable);
+        assert!(
+            down.problem
+                .as_deref()
+                .unwrap()
+                .contains("rabbitwatch.redb"),
+            "{down:?}"
+        );
+        let up = s.probe();
+        assert!(up.writable, "{up:?}");
+        assert!(up.since >= down.since);
+        s.commit_cycle(&CycleWrite {
+            enqueue: vec![entry("after")],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            s.counts().unwrap(),
+            (1, 0),
+            "only what was committed is there"
+        );
+    }
+
+    #[test]
     fn a_second_daemon_cannot_open_the_same_state() {
         let dir = tempfile::tempdir().unwrap();
         let _first = Store::open(dir.path()).unwrap();
