@@ -133,6 +133,9 @@ enum Fault {
     StallDispatcher,
     /// Every scrape hangs forever inside the cycle: the cycle deadline must cut it off.
     HangScrape,
+    /// After the third poll cycle, every async worker thread blocks forever (blocking code on the
+    /// runtime, a deadlock): no task runs any more, `/healthz` included.
+    BlockRuntime,
 }
 
 impl Fault {
@@ -144,6 +147,7 @@ impl Fault {
             "stall-poll-loop" => Fault::StallPollLoop,
             "stall-dispatcher" => Fault::StallDispatcher,
             "hang-scrape" => Fault::HangScrape,
+            "block-runtime" => Fault::BlockRuntime,
             _ => Fault::None,
         };
         warn!(fault = %value, active = fault != Fault::None, "RABBITWATCH_FAULT is set: fault injection for tests");
@@ -154,7 +158,10 @@ impl Fault {
 /// "Die rather than limp": a loop that made no progress for five of its intervals (and twice the
 /// grace) is stuck in a way retrying will not fix; exit non-zero so the supervisor restarts the
 /// daemon. `/healthz` reports the condition earlier, from the same judgement (`liveness`).
-async fn watchdog(liveness: Liveness) {
+///
+/// An OS thread of its own, not a task: it must still act when the async runtime is wedged (every
+/// worker thread blocked), which is exactly when nothing else can. Stops checking once `stopping`.
+fn watchdog(liveness: Liveness, stopping: Arc<std::sync::atomic::AtomicBool>) {
     let every = liveness
         .beats
         .iter()
@@ -163,10 +170,12 @@ async fn watchdog(liveness: Liveness) {
         .min()
         .unwrap_or(Duration::from_secs(5))
         .clamp(Duration::from_millis(250), Duration::from_secs(5));
-    let mut every = tokio::time::interval(every);
     let mut unhealthy: std::collections::BTreeSet<String> = Default::default();
     loop {
-        every.tick().await;
+        std::thread::sleep(every);
+        if stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         for state in liveness.states(Timestamp::now()) {
             match state.verdict {
                 Verdict::Stuck => {
@@ -426,7 +435,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ))
         })
         .collect();
-    loops.push(tokio::spawn(watchdog(liveness.clone())));
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (liveness, stopping) = (liveness.clone(), stopping.clone());
+        std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || watchdog(liveness, stopping))
+            .context("cannot start the watchdog thread")?;
+    }
     loops.push(tokio::spawn(probe_store(store.clone())));
     if let Some(hb) = config.heartbeat.clone() {
         loops.push(tokio::spawn(heartbeat(hb, liveness.clone())));
@@ -459,6 +475,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     wait_for_shutdown(&*reloader).await;
     info!("shutting down");
+    // Loops stop beating from here on; that is not a stuck loop.
+    stopping.store(true, std::sync::atomic::Ordering::Relaxed);
     for l in &loops {
         l.abort();
     }
@@ -530,6 +548,13 @@ async fn wait_for_shutdown(reload: &(dyn Fn() -> Result<String, String> + Send +
                 let _ = reload();
             }
         }
+    }
+}
+
+/// For `RABBITWATCH_FAULT=block-runtime`: what blocking code on an async worker does.
+fn block_this_thread_forever() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
     }
 }
 
@@ -655,6 +680,15 @@ async fn poll_loop(
         if fault == Fault::StallPollLoop {
             warn!(cluster = %cfg.name, "RABBITWATCH_FAULT=stall-poll-loop: this poll loop now hangs");
             std::future::pending::<()>().await;
+        }
+        // From the third cycle, so the daemon is seen healthy first.
+        if fault == Fault::BlockRuntime && cycle >= 3 {
+            warn!("RABBITWATCH_FAULT=block-runtime: blocking every async worker thread");
+            let workers = tokio::runtime::Handle::current().metrics().num_workers();
+            for _ in 1..workers {
+                tokio::spawn(async { block_this_thread_forever() });
+            }
+            block_this_thread_forever();
         }
         tokio::time::sleep_until(next.into()).await;
     }

@@ -592,6 +592,26 @@ async fn a_stalled_dispatcher_fails_healthz_then_the_watchdog_exits_with_70() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_async_runtime_is_still_caught_by_the_watchdog_thread() {
+    let vhost = TestVhost::create().await;
+    let config =
+        config_for(vhost.name(), free_port(), &Tuning::default()) + "watchdog: { grace: 2s }\n";
+    let mut daemon =
+        Daemon::start_with_env(&config, &[], &[("RABBITWATCH_FAULT", "block-runtime")]).await;
+    // No task runs once the runtime is wedged, `/healthz` included: only a watchdog outside the
+    // runtime can still act.
+    let status = daemon.wait_for_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(70), "{status}");
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("blocking every async worker thread")
+            && logs.contains("made no progress")
+            && logs.contains("exiting with status 70"),
+        "{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_scrape_is_cut_off_by_the_cycle_deadline_and_the_loop_lives_on() {
     let vhost = TestVhost::create().await;
     let config = config_for(vhost.name(), free_port(), &Tuning::default())
