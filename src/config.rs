@@ -1262,6 +1262,12 @@ mod tests {
     }
 
     #[test]
+    fn dollar_dollar_is_a_literal_dollar() {
+        let c = parse_str(&MINIMAL.replace("${RW_PASSWORD}", "pa$$word")).unwrap();
+        assert_eq!(c.clusters[0].password.expose(), "pa$word");
+    }
+
+    #[test]
     fn verify_on_start_is_refused_where_there_is_nothing_to_check() {
         let errs = errors(&format!(
             "{MINIMAL}receivers:\n  - name: hook\n    verify_on_start: true\n    webhook: {{ url: http://127.0.0.1:1/x }}\nroute: {{ receiver: hook }}\n"
@@ -1315,11 +1321,5 @@ mod tests {
             errs[0].contains("max_response_size") && errs[0].contains(":6:"),
             "{errs:?}"
         );
-    }
-
-    #[test]
-    fn dollar_dollar_is_a_literal_dollar() {
-        let c = parse_str(&MINIMAL.replace("${RW_PASSWORD}", "pa$$word")).unwrap();
-        assert_eq!(c.clusters[0].password.expose(), "pa$word");
     }
 }
