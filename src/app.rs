@@ -133,6 +133,8 @@ enum Fault {
     StallDispatcher,
     /// Every scrape hangs forever inside the cycle: the cycle deadline must cut it off.
     HangScrape,
+    /// Every notification delivery hangs forever: the outbox worker stops beating.
+    HangDelivery,
     /// After the third poll cycle, every async worker thread blocks forever (blocking code on the
     /// runtime, a deadlock): no task runs any more, `/healthz` included.
     BlockRuntime,
@@ -147,6 +149,7 @@ impl Fault {
             "stall-poll-loop" => Fault::StallPollLoop,
             "stall-dispatcher" => Fault::StallDispatcher,
             "hang-scrape" => Fault::HangScrape,
+            "hang-delivery" => Fault::HangDelivery,
             "block-runtime" => Fault::BlockRuntime,
             _ => Fault::None,
         };
@@ -432,6 +435,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 config.outbox,
                 st,
                 beat,
+                fault == Fault::HangDelivery,
             ))
         })
         .collect();

@@ -106,7 +106,10 @@ impl Pacer {
 pub const IDLE_WAKE: Duration = Duration::from_secs(10);
 
 /// Runs forever: delivers this receiver's due entries, then sleeps until the next is due or `wake`.
-/// `beat` is marked after every pass and every attempt, for the watchdog.
+/// `beat` is marked after every pass and every attempt, for the watchdog. `hang_deliveries` is a
+/// test hook (`RABBITWATCH_FAULT=hang-delivery`): a delivery that never returns, as a receiver call
+/// stuck past every timeout would.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_worker(
     receiver: Arc<Receiver>,
     store: Arc<Store>,
@@ -115,9 +118,19 @@ pub async fn run_worker(
     policy: Policy,
     stats: Arc<ReceiverStats>,
     beat: Arc<Beat>,
+    hang_deliveries: bool,
 ) {
+    let pass = Pass {
+        receiver: &receiver,
+        store: &store,
+        pacer: &pacer,
+        policy,
+        stats: &stats,
+        beat: &beat,
+        hang_deliveries,
+    };
     loop {
-        let next = match deliver_due(&receiver, &store, &pacer, policy, &stats, &beat).await {
+        let next = match deliver_due(&pass).await {
             Ok(next) => next,
             Err(e) => {
                 // An unavailable store is logged by the store, once; entries stay where they are.
@@ -139,15 +152,29 @@ pub async fn run_worker(
     }
 }
 
-/// One pass over the outbox; returns when the next entry of this receiver is due, if any.
-async fn deliver_due(
-    receiver: &Receiver,
-    store: &Store,
-    pacer: &Pacer,
+/// What one pass over the outbox works with.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    receiver: &'a Receiver,
+    store: &'a Store,
+    pacer: &'a Pacer,
     policy: Policy,
-    stats: &ReceiverStats,
-    beat: &Beat,
-) -> Result<Option<i64>, StoreError> {
+    stats: &'a ReceiverStats,
+    beat: &'a Beat,
+    hang_deliveries: bool,
+}
+
+/// One pass over the outbox; returns when the next entry of this receiver is due, if any.
+async fn deliver_due(pass: &Pass<'_>) -> Result<Option<i64>, StoreError> {
+    let Pass {
+        receiver,
+        store,
+        pacer,
+        policy,
+        stats,
+        beat,
+        hang_deliveries,
+    } = *pass;
     let entries: Vec<(u64, OutboxEntry)> = store
         .outbox()?
         .into_iter()
@@ -178,6 +205,13 @@ async fn deliver_due(
             .first()
             .map(|a| a.correlation_id.clone())
             .unwrap_or_default();
+        if hang_deliveries {
+            warn!(
+                receiver = receiver.name(),
+                "RABBITWATCH_FAULT=hang-delivery: this delivery never returns"
+            );
+            std::future::pending::<()>().await;
+        }
         let outcome = receiver.deliver(&n).await;
         beat.mark(Timestamp::now());
         match outcome {

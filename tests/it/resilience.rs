@@ -592,6 +592,69 @@ async fn a_stalled_dispatcher_fails_healthz_then_the_watchdog_exits_with_70() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_delivery_fails_healthz_naming_the_outbox_worker_then_exits_with_70() {
+    // A log receiver: its attempts take at most a second, so its worker is judged on the 10 s idle
+    // wake-up: 503 after 3 × 10 s + grace, exit after 5 × 10 s + 2 × grace.
+    let vhost = TestVhost::create().await;
+    let config = config_for(vhost.name(), free_port(), &Tuning::default())
+        + r#"rules: [rules.yaml]
+receivers:
+  - name: audit
+    log: { path: ./alerts.jsonl }
+route: { receiver: audit, group_wait: 0s }
+watchdog: { grace: 2s }
+"#;
+    let mut daemon = Daemon::start_with_env(
+        &config,
+        &[("rules.yaml", BACKLOG_RULE)],
+        &[("RABBITWATCH_FAULT", "hang-delivery")],
+    )
+    .await;
+    publish_n(&vhost.amqp_url(), "orders", 1).await;
+    eventually(
+        Duration::from_secs(20),
+        "the worker stuck in a delivery",
+        async || {
+            daemon
+                .logs()
+                .contains("this delivery never returns")
+                .then_some(())
+                .ok_or("no delivery attempted yet".to_owned())
+        },
+    )
+    .await;
+    let failing = eventually(
+        Duration::from_secs(60),
+        "/healthz 503 naming the outbox worker",
+        async || {
+            let (status, body) = daemon.get_json("/healthz").await?;
+            let failing: Vec<String> = body["checks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["ok"] == false)
+                .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                .collect();
+            match status {
+                503 => Ok(failing),
+                _ => Err(format!("{status}: {body}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(failing, vec!["loop:outbox:audit".to_owned()]);
+    let status = daemon.wait_for_exit(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(70), "{status}");
+    assert!(
+        daemon
+            .logs()
+            .contains("watchdog: loop outbox:audit made no progress"),
+        "{}",
+        daemon.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wedged_async_runtime_is_still_caught_by_the_watchdog_thread() {
     let vhost = TestVhost::create().await;
     let config =
