@@ -113,6 +113,50 @@ async fn verify_on_start_refuses_to_start_naming_a_bad_slack_token_and_a_dead_sm
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_any_needs_one_verified_receiver_to_pass_as_well_as_one_cluster() {
+    // The cluster passes; of the two checked receivers only email does: `any` starts. With Slack as
+    // the only checked receiver, nobody could be told: `any` refuses.
+    let vhost = TestVhost::create().await;
+    let slack = FakeHttp::start().await;
+    slack.set("/api/auth.test", Mode::SlackError("token_revoked"));
+    let smtp = SmtpSink::start().await;
+    let base = config_for(vhost.name(), free_port(), &Tuning::default());
+    let one_of_two = base.clone()
+        + &verified_receivers(slack.url("/api").as_str(), &smtp.url())
+            .replace("require: all", "require: any");
+    let daemon = Daemon::start_with_files(&one_of_two, &[("token.txt", BOT_TOKEN)]).await;
+    assert!(
+        daemon.logs().contains("receiver check failed"),
+        "{}",
+        daemon.logs()
+    );
+    drop(daemon);
+
+    let only_slack = base
+        + &format!(
+            r##"receivers:
+  - name: ops-slack
+    verify_on_start: true
+    slack: {{ bot_token_file: token.txt, channel: "#ops", api_url: "{}" }}
+route: {{ receiver: ops-slack }}
+startup: {{ require: any }}
+"##,
+            slack.url("/api")
+        );
+    let (code, stderr) =
+        tokio::task::spawn_blocking(move || run_to_exit(&only_slack, &[("token.txt", BOT_TOKEN)]))
+            .await
+            .expect("ran");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("start-up checks failed (startup.require: any)")
+            && stderr.contains("receiver ops-slack: slack check failed: slack_api: token_revoked")
+            && !stderr.contains("cluster "),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_on_start_passes_with_a_good_slack_token_and_a_listening_smtp_server() {
     let vhost = TestVhost::create().await;
     let slack = FakeHttp::start().await;
