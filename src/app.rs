@@ -14,6 +14,7 @@ use crate::config::{Config, Heartbeat, ReceiverConfig, ReceiverKind, Require};
 use crate::domain::{StatsMode, Timestamp};
 use crate::engine::{Alerting, Engine, ReloadStatus};
 use crate::http::{HttpState, router};
+use crate::liveness::{Beat, EXIT_STUCK, Liveness, Verdict};
 use crate::outbox::{self, Pacer, ReceiverStats, Stats};
 use crate::receivers::{
     EmailReceiver, InvalidReceiver, LogReceiver, Receiver, SlackReceiver, WebhookReceiver,
@@ -22,11 +23,16 @@ use crate::scrape::Scraper;
 use crate::store::Store;
 use crate::view::{ClusterHandle, ClusterView, LastError, Tracker};
 
-/// Checks every cluster before anything starts: reachable, credentials accepted, a user that can see
-/// every vhost. `startup.require` decides what failing means; the message lists every failed check
-/// and what to do about it.
-async fn startup_checks(config: &Config, scrapers: &[Scraper]) -> anyhow::Result<()> {
+/// Checks every cluster before anything starts (reachable, credentials accepted, a user that can see
+/// every vhost), and every receiver with `verify_on_start` live. `startup.require` decides what
+/// failing means; the message lists every failed check and what to do about it.
+async fn startup_checks(
+    config: &Config,
+    scrapers: &[Scraper],
+    receivers: &[Receiver],
+) -> anyhow::Result<()> {
     let mut failed = Vec::new();
+    let mut clusters_failed = 0;
     for s in scrapers {
         let name = &s.config().name;
         match s.check_access().await {
@@ -43,12 +49,45 @@ async fn startup_checks(config: &Config, scrapers: &[Scraper]) -> anyhow::Result
                 };
                 warn!(cluster = %name, error = %e, "start-up check failed");
                 failed.push(format!("cluster {name}: {e}{hint}"));
+                clusters_failed += 1;
             }
         }
     }
+    let (mut verified, mut receivers_failed) = (0, 0);
+    for r in receivers {
+        let wanted = config
+            .receivers
+            .iter()
+            .any(|c| c.name == r.name() && c.verify_on_start);
+        if !wanted {
+            continue;
+        }
+        verified += 1;
+        match r.verify().await {
+            Ok(()) => info!(
+                receiver = r.name(),
+                kind = r.kind(),
+                "receiver check passed"
+            ),
+            Err(e) => {
+                warn!(receiver = r.name(), kind = r.kind(), error = %e, "receiver check failed");
+                failed.push(format!(
+                    "receiver {}: {} check failed: {e}{}",
+                    r.name(),
+                    r.kind(),
+                    receiver_hint(r, &e)
+                ));
+                receivers_failed += 1;
+            }
+        }
+    }
+    // `any`: something to watch and, when receivers are checked, someone to tell.
     let stop = match config.startup {
         Require::All => !failed.is_empty(),
-        Require::Any => failed.len() == scrapers.len() && !scrapers.is_empty(),
+        Require::Any => {
+            (clusters_failed == scrapers.len() && !scrapers.is_empty())
+                || (receivers_failed == verified && verified > 0)
+        }
         Require::None => false,
     };
     if stop {
@@ -65,28 +104,113 @@ async fn startup_checks(config: &Config, scrapers: &[Scraper]) -> anyhow::Result
     Ok(())
 }
 
-/// "Die rather than limp": a poll loop that made no progress for five intervals (and a minute) is
-/// stuck in a way retrying will not fix; exit non-zero so the supervisor restarts the daemon.
-/// `/healthz` reports the condition earlier (three intervals).
-async fn watchdog(handles: Vec<Arc<ClusterHandle>>) {
-    let mut every = tokio::time::interval(Duration::from_secs(5));
+/// What to do about a failed receiver check, by what failed.
+fn receiver_hint(r: &Receiver, e: &crate::receivers::DeliveryError) -> &'static str {
+    match (r, e.reason()) {
+        (Receiver::Slack(_), "slack_api") => {
+            " (check the token in bot_token_file: wrong, revoked or missing scopes)"
+        }
+        (Receiver::Slack(_), _) => {
+            " (is the Slack API reachable from here? check api_url and proxies)"
+        }
+        (Receiver::Email(_), "connect" | "timeout" | "transport") => {
+            " (is an SMTP server listening at smtp_url, and reachable from here?)"
+        }
+        (Receiver::Email(_), _) => " (check smtp_url, its tls mode and the credentials)",
+        _ => "",
+    }
+}
+
+/// Test hooks that make the daemon misbehave on purpose (`RABBITWATCH_FAULT`), so the fault-injection
+/// tests can prove the watchdog and the cycle deadline. Hidden: not in the docs for operators, and
+/// announced with a warning whenever set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    None,
+    /// Every poll loop hangs forever after its first cycle, outside the cycle deadline: a bug.
+    StallPollLoop,
+    /// The dispatcher tick hangs forever after its first tick.
+    StallDispatcher,
+    /// Every scrape hangs forever inside the cycle: the cycle deadline must cut it off.
+    HangScrape,
+    /// Every notification delivery hangs forever: the outbox worker stops beating.
+    HangDelivery,
+    /// After the third poll cycle, every async worker thread blocks forever (blocking code on the
+    /// runtime, a deadlock): no task runs any more, `/healthz` included.
+    BlockRuntime,
+}
+
+impl Fault {
+    fn from_env() -> Fault {
+        let Ok(value) = std::env::var("RABBITWATCH_FAULT") else {
+            return Fault::None;
+        };
+        let fault = match value.as_str() {
+            "stall-poll-loop" => Fault::StallPollLoop,
+            "stall-dispatcher" => Fault::StallDispatcher,
+            "hang-scrape" => Fault::HangScrape,
+            "hang-delivery" => Fault::HangDelivery,
+            "block-runtime" => Fault::BlockRuntime,
+            _ => Fault::None,
+        };
+        warn!(fault = %value, active = fault != Fault::None, "RABBITWATCH_FAULT is set: fault injection for tests");
+        fault
+    }
+}
+
+/// "Die rather than limp": a loop that made no progress for five of its intervals (and twice the
+/// grace) is stuck in a way retrying will not fix; exit non-zero so the supervisor restarts the
+/// daemon. `/healthz` reports the condition earlier, from the same judgement (`liveness`).
+///
+/// An OS thread of its own, not a task: it must still act when the async runtime is wedged (every
+/// worker thread blocked), which is exactly when nothing else can. Stops checking once `stopping`.
+fn watchdog(liveness: Liveness, stopping: Arc<std::sync::atomic::AtomicBool>) {
+    let every = liveness
+        .beats
+        .iter()
+        .map(|b| b.interval)
+        .chain([liveness.grace / 2])
+        .min()
+        .unwrap_or(Duration::from_secs(5))
+        .clamp(Duration::from_millis(250), Duration::from_secs(5));
+    let mut unhealthy: std::collections::BTreeSet<String> = Default::default();
     loop {
-        every.tick().await;
-        let now = Timestamp::now();
-        for h in &handles {
-            let idle = now.secs_since(h.last_progress());
-            let limit = 5.0 * h.poll_interval.as_secs_f64() + 60.0;
-            if idle > limit {
-                tracing::error!(cluster = %h.name, idle_s = idle as u64, limit_s = limit as u64, "watchdog: the poll loop made no progress; exiting so the supervisor restarts rabbitwatch");
-                std::process::exit(70);
+        std::thread::sleep(every);
+        if stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        for state in liveness.states(Timestamp::now()) {
+            match state.verdict {
+                Verdict::Stuck => {
+                    tracing::error!(
+                        loop_name = %state.name,
+                        idle_s = state.idle_s as u64,
+                        limit_s = state.stuck_after_s as u64,
+                        "watchdog: loop {} made no progress for {:.0}s (limit {:.0}s); exiting with status {EXIT_STUCK} so the supervisor restarts rabbitwatch",
+                        state.name,
+                        state.idle_s,
+                        state.stuck_after_s
+                    );
+                    std::process::exit(EXIT_STUCK);
+                }
+                Verdict::Unhealthy => {
+                    if unhealthy.insert(state.name.clone()) {
+                        warn!(loop_name = %state.name, idle_s = state.idle_s as u64, exit_after_s = state.stuck_after_s as u64, "watchdog: loop {} is not progressing; /healthz answers 503", state.name);
+                    }
+                }
+                Verdict::Ok => {
+                    if unhealthy.remove(&state.name) {
+                        info!(loop_name = %state.name, "watchdog: loop {} is progressing again", state.name);
+                    }
+                }
             }
         }
     }
 }
 
-/// Dead-man's switch: GET the heartbeat URL every interval while every poll loop is progressing, so
+/// Dead-man's switch: GET the heartbeat URL every interval while every loop is progressing, so
 /// whoever watches the URL learns when the monitor itself is gone.
-async fn heartbeat(hb: Heartbeat, handles: Vec<Arc<ClusterHandle>>) {
+async fn heartbeat(hb: Heartbeat, liveness: Liveness) {
     let Ok(client) = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -97,12 +221,8 @@ async fn heartbeat(hb: Heartbeat, handles: Vec<Arc<ClusterHandle>>) {
     let mut every = tokio::time::interval(hb.interval);
     loop {
         every.tick().await;
-        let now = Timestamp::now();
-        let healthy = handles.iter().all(|h| {
-            now.secs_since(h.last_progress()) <= 3.0 * h.poll_interval.as_secs_f64() + 30.0
-        });
-        if !healthy {
-            warn!("heartbeat: skipped, a poll loop is not progressing");
+        if !liveness.all_ok(Timestamp::now()) {
+            warn!("heartbeat: skipped, a loop is not progressing");
             continue;
         }
         match client.get(hb.url.clone()).send().await {
@@ -172,6 +292,24 @@ pub fn build_receivers(config: &Config) -> Result<Vec<Receiver>, Vec<InvalidRece
     }
 }
 
+/// How often the state store is probed (and reopened after a failure) in the background.
+const STORE_PROBE: Duration = Duration::from_secs(3);
+
+/// Probes the state store every few seconds, so `/readyz` knows whether it accepts writes and the
+/// store reopens by itself once the disk accepts writes again.
+async fn probe_store(store: Arc<Store>) {
+    let mut every = tokio::time::interval(STORE_PROBE);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let s = store.clone();
+        let _ = tokio::task::spawn_blocking(move || s.probe()).await;
+    }
+}
+
+/// How often the dispatcher runs its timers (group_wait, group_interval, repeat_interval).
+const DISPATCH_TICK: Duration = Duration::from_secs(1);
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state.path).with_context(|| {
         format!(
@@ -180,11 +318,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
     })?;
 
+    let fault = Fault::from_env();
     let now = Timestamp::now();
     let handles: Vec<Arc<ClusterHandle>> = config
         .clusters
         .iter()
-        .map(|c| Arc::new(ClusterHandle::new(&c.name, c.poll_interval, now)))
+        .map(|c| Arc::new(ClusterHandle::new(&c.name, c.poll_interval)))
         .collect();
     let scrapers = config
         .clusters
@@ -192,12 +331,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map(|c| Scraper::new(c.clone()).with_context(|| format!("cluster {}", c.name)))
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    startup_checks(&config, &scrapers).await?;
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-
-    // State first: alerts, group states and the outbox resume from it.
-    let store = Arc::new(Store::open(&config.state.path)?);
     let receivers = build_receivers(&config).map_err(|errs| {
         anyhow::anyhow!(
             errs.iter()
@@ -206,6 +339,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .join("; ")
         )
     })?;
+
+    startup_checks(&config, &scrapers, &receivers).await?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    // State first: alerts, group states and the outbox resume from it.
+    let store = Arc::new(Store::open(&config.state.path)?);
     let wakes: Vec<Arc<tokio::sync::Notify>> = receivers
         .iter()
         .map(|_| Arc::new(tokio::sync::Notify::new()))
@@ -221,6 +361,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let running: Vec<String> = receivers.iter().map(|r| r.name().to_string()).collect();
         Arc::new(move || reload(&path, &engine, &status, &running))
     };
+    // Every long-running loop beats; `/healthz` and the watchdog judge the beats. They start now,
+    // after the start-up checks, however long those took.
+    let now = Timestamp::now();
+    let poll_beats: Vec<Arc<Beat>> = config
+        .clusters
+        .iter()
+        .map(|c| Beat::new(format!("poll:{}", c.name), c.poll_interval, now))
+        .collect();
+    let dispatcher_beat = Beat::new("dispatcher", DISPATCH_TICK, now);
+    let worker_beats: Vec<Arc<Beat>> = receivers
+        .iter()
+        .map(|r| {
+            let interval = outbox::IDLE_WAKE.max(r.attempt_budget());
+            Beat::new(format!("outbox:{}", r.name()), interval, now)
+        })
+        .collect();
+    let liveness = Liveness {
+        beats: poll_beats
+            .iter()
+            .chain([&dispatcher_beat])
+            .chain(&worker_beats)
+            .cloned()
+            .collect(),
+        grace: config.watchdog.grace,
+    };
     let stats: Stats = receivers
         .iter()
         .map(|r| (r.name().to_string(), Arc::new(ReceiverStats::default())))
@@ -235,7 +400,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(listen = %addr, "serving /metrics /healthz /readyz /api/v1");
     let state = HttpState {
         clusters: Arc::new(handles.clone()),
-        state_dir: config.state.path.clone(),
+        liveness: liveness.clone(),
         started_at: now,
         engine: engine.clone(),
         stats: Arc::new(stats.clone()),
@@ -259,7 +424,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut loops: Vec<_> = receivers
         .into_iter()
         .zip(wakes)
-        .map(|(r, wake)| {
+        .zip(worker_beats)
+        .map(|((r, wake), beat)| {
             let st = stats[r.name()].clone();
             tokio::spawn(outbox::run_worker(
                 Arc::new(r),
@@ -268,28 +434,53 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 pacer.clone(),
                 config.outbox,
                 st,
+                beat,
+                fault == Fault::HangDelivery,
             ))
         })
         .collect();
-    loops.push(tokio::spawn(watchdog(handles.clone())));
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (liveness, stopping) = (liveness.clone(), stopping.clone());
+        std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || watchdog(liveness, stopping))
+            .context("cannot start the watchdog thread")?;
+    }
+    loops.push(tokio::spawn(probe_store(store.clone())));
     if let Some(hb) = config.heartbeat.clone() {
-        loops.push(tokio::spawn(heartbeat(hb, handles.clone())));
+        loops.push(tokio::spawn(heartbeat(hb, liveness.clone())));
     }
     let ticker = engine.clone();
     loops.push(tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(1));
+        let mut every = tokio::time::interval(DISPATCH_TICK);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             every.tick().await;
             ticker.tick(Timestamp::now());
+            dispatcher_beat.mark(Timestamp::now());
+            if fault == Fault::StallDispatcher {
+                std::future::pending::<()>().await;
+            }
         }
     }));
-    loops.extend(scrapers.into_iter().zip(&handles).map(|(scraper, handle)| {
-        tokio::spawn(poll_loop(handle.clone(), scraper, params, engine.clone()))
-    }));
+    loops.extend(scrapers.into_iter().zip(&handles).zip(poll_beats).map(
+        |((scraper, handle), beat)| {
+            tokio::spawn(poll_loop(
+                handle.clone(),
+                beat,
+                scraper,
+                params,
+                engine.clone(),
+                fault,
+            ))
+        },
+    ));
 
     wait_for_shutdown(&*reloader).await;
     info!("shutting down");
+    // Loops stop beating from here on; that is not a stuck loop.
+    stopping.store(true, std::sync::atomic::Ordering::Relaxed);
     for l in &loops {
         l.abort();
     }
@@ -364,13 +555,22 @@ async fn wait_for_shutdown(reload: &(dyn Fn() -> Result<String, String> + Send +
     }
 }
 
+/// For `RABBITWATCH_FAULT=block-runtime`: what blocking code on an async worker does.
+fn block_this_thread_forever() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
 /// One cluster's loop: scrape, fold into history, publish the view. Cycles never overlap: a cycle
 /// longer than the interval makes the loop skip (and count) the ticks it overran.
 async fn poll_loop(
     handle: Arc<ClusterHandle>,
+    beat: Arc<Beat>,
     scraper: Scraper,
     params: Params,
     engine: Arc<Engine>,
+    fault: Fault,
 ) {
     let cfg = scraper.config().clone();
     let poll = cfg.poll_interval;
@@ -383,11 +583,24 @@ async fn poll_loop(
         // Every log line of this cycle carries the cluster and the cycle number.
         let span = tracing::info_span!("cycle", cluster = %cfg.name, cycle);
         let started = Instant::now();
-        let progress = || handle.mark_progress(Timestamp::now());
-        let result = scraper
-            .scrape(Timestamp::now, &progress)
+        let progress = || beat.mark(Timestamp::now());
+        // Every request has its own timeout; the cycle as a whole has a deadline too, so nothing a
+        // broker (or a bug in a request path) does can keep the loop from its next cycle.
+        let scrape = async {
+            if fault == Fault::HangScrape {
+                std::future::pending::<()>().await;
+            }
+            scraper.scrape(Timestamp::now, &progress).await
+        };
+        let result = match tokio::time::timeout(cfg.cycle_timeout, scrape)
             .instrument(span.clone())
-            .await;
+            .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(crate::scrape::ScrapeError::CycleDeadline {
+                limit: cfg.cycle_timeout,
+            }),
+        };
         let next = {
             let _entered = span.enter();
             let elapsed = started.elapsed();
@@ -453,7 +666,7 @@ async fn poll_loop(
             let view = Arc::new(view);
             handle.view.store(view.clone());
             engine.on_cycle(&view, now);
-            handle.mark_progress(now);
+            beat.mark(now);
 
             let missed = (elapsed.as_nanos() / poll.as_nanos().max(1)) as u32;
             if missed > 0 {
@@ -468,6 +681,19 @@ async fn poll_loop(
             let jitter = poll.mul_f64(0.1 * fastrand::f64());
             started + poll * (missed + 1) + jitter - poll.mul_f64(0.05)
         };
+        if fault == Fault::StallPollLoop {
+            warn!(cluster = %cfg.name, "RABBITWATCH_FAULT=stall-poll-loop: this poll loop now hangs");
+            std::future::pending::<()>().await;
+        }
+        // From the third cycle, so the daemon is seen healthy first.
+        if fault == Fault::BlockRuntime && cycle >= 3 {
+            warn!("RABBITWATCH_FAULT=block-runtime: blocking every async worker thread");
+            let workers = tokio::runtime::Handle::current().metrics().num_workers();
+            for _ in 1..workers {
+                tokio::spawn(async { block_this_thread_forever() });
+            }
+            block_this_thread_forever();
+        }
         tokio::time::sleep_until(next.into()).await;
     }
 }

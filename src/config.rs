@@ -71,6 +71,15 @@ pub struct Config {
     pub outbox: Policy,
     pub startup: Require,
     pub heartbeat: Option<Heartbeat>,
+    pub watchdog: Watchdog,
+}
+
+/// `watchdog:` — how long the daemon's own loops may go without progress (see `liveness`).
+#[derive(Clone, Copy, Debug)]
+pub struct Watchdog {
+    /// A loop is unhealthy (`/healthz` 503) after 3 of its intervals + `grace`; the process exits
+    /// with status 70 after 5 intervals + 2 × `grace`.
+    pub grace: Duration,
 }
 
 /// `startup.require`: which start-up checks must pass for `run` to go on.
@@ -96,6 +105,9 @@ pub struct Heartbeat {
 pub struct ReceiverConfig {
     pub name: String,
     pub send_resolved: bool,
+    /// Check the receiver live at start-up (Slack `auth.test`, SMTP connect + EHLO); a failure is a
+    /// failed start-up check, subject to `startup.require`.
+    pub verify_on_start: bool,
     pub kind: ReceiverKind,
 }
 
@@ -132,7 +144,17 @@ pub struct ClusterConfig {
     pub vhosts: NameFilter,
     pub queues: NameFilter,
     pub max_queues: usize,
+    /// Largest management-API response body accepted, in bytes (after decompression); enforced
+    /// while the body streams in, so a runaway answer is cut off instead of buffered.
+    pub max_response_size: u64,
+    /// A poll cycle (every request of one scrape) that takes longer is cut off and counts as a failed
+    /// scrape (`timeout`): a hung request must not stall the loop. Default: 3 × `poll_interval` +
+    /// `watchdog.grace` (what `/healthz` tolerates), at least `timeout`.
+    pub cycle_timeout: Duration,
 }
+
+/// `max_response_size` default: a columns-limited `/api/queues` of 100k+ queues fits with room.
+pub const DEFAULT_MAX_RESPONSE_SIZE: u64 = 256 * 1024 * 1024;
 
 #[derive(Clone, Debug, Default)]
 pub struct TlsConfig {
@@ -190,6 +212,14 @@ struct RawConfig {
     heartbeat: Option<RawHeartbeat>,
     #[serde(default)]
     outbox: RawOutbox,
+    #[serde(default)]
+    watchdog: RawWatchdog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatchdog {
+    grace: Option<S>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -219,6 +249,7 @@ struct RawInhibit {
 struct RawReceiver {
     name: S,
     send_resolved: Option<bool>,
+    verify_on_start: Option<Spanned<bool>>,
     slack: Option<RawSlack>,
     email: Option<RawEmail>,
     webhook: Option<RawWebhook>,
@@ -314,6 +345,8 @@ struct RawCluster {
     vhosts: Option<RawFilter>,
     queues: Option<RawFilter>,
     max_queues: Option<Spanned<usize>>,
+    max_response_size: Option<S>,
+    cycle_timeout: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -335,6 +368,36 @@ struct RawFilter {
 #[serde(deny_unknown_fields)]
 struct RawAnalysis {
     window: Option<S>,
+}
+
+/// Parses a size such as `64MiB`, `512 KiB`, `1GB` or a plain number of bytes. IEC units (KiB, MiB,
+/// GiB) are powers of 1024, SI units (KB, MB, GB) powers of 1000.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits.parse().map_err(|_| {
+        format!("invalid size {text:?}; expected e.g. \"64MiB\", \"512KiB\", \"1GiB\"")
+    })?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}; use B, KiB, MiB, GiB (or KB, MB, GB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("size {text:?} is too large"))
 }
 
 // ---------------------------------------------------------------- loading
@@ -527,12 +590,20 @@ impl Validator<'_> {
                 "analysis.window",
             ),
         };
+        let watchdog = Watchdog {
+            grace: self.duration(
+                raw.watchdog.grace.as_ref(),
+                crate::liveness::DEFAULT_GRACE,
+                Duration::from_secs(1),
+                "watchdog.grace",
+            ),
+        };
         if raw.clusters.value.is_empty() {
             self.error_at(&raw.clusters, "clusters: at least one cluster is required");
         }
         let mut clusters: Vec<ClusterConfig> = Vec::new();
         for rc in &raw.clusters.value {
-            let c = self.cluster(rc);
+            let c = self.cluster(rc, watchdog.grace);
             if clusters.iter().any(|o| o.name == c.name) {
                 self.error_at(&rc.name, format!("duplicate cluster name {:?}", c.name));
             }
@@ -623,6 +694,7 @@ impl Validator<'_> {
             outbox,
             startup,
             heartbeat,
+            watchdog,
         }
     }
 
@@ -785,9 +857,27 @@ impl Validator<'_> {
                 .map(|p| self.path(p));
             ReceiverKind::Log(LogConfig { path })
         };
+        let verify_on_start = match &r.verify_on_start {
+            Some(v) if v.value => {
+                let checkable = match &kind {
+                    ReceiverKind::Slack(c) => c.bot_token.is_some(),
+                    ReceiverKind::Email(_) => true,
+                    ReceiverKind::Webhook(_) | ReceiverKind::Log(_) => false,
+                };
+                if !checkable {
+                    self.error_at(
+                        v,
+                        "verify_on_start is supported for slack with bot_token_file (auth.test) and email (SMTP connect + EHLO); a webhook cannot be checked without sending something",
+                    );
+                }
+                true
+            }
+            _ => false,
+        };
         Some(ReceiverConfig {
             name,
             send_resolved: r.send_resolved.unwrap_or(true),
+            verify_on_start,
             kind,
         })
     }
@@ -933,7 +1023,7 @@ impl Validator<'_> {
         ServerConfig { listen, api_token }
     }
 
-    fn cluster(&mut self, rc: &RawCluster) -> ClusterConfig {
+    fn cluster(&mut self, rc: &RawCluster, grace: Duration) -> ClusterConfig {
         let name = self.string(&rc.name);
         if name.is_empty()
             || !name
@@ -1024,7 +1114,41 @@ impl Validator<'_> {
             Some(s) => s.value,
             None => 50_000,
         };
+        let max_response_size = match &rc.max_response_size {
+            None => DEFAULT_MAX_RESPONSE_SIZE,
+            Some(s) => match parse_size(&self.string(s)) {
+                Ok(n) if n >= 1024 => n,
+                Ok(_) => {
+                    self.error_at(s, "max_response_size must be at least 1KiB");
+                    DEFAULT_MAX_RESPONSE_SIZE
+                }
+                Err(e) => {
+                    self.error_at(s, format!("max_response_size: {e}"));
+                    DEFAULT_MAX_RESPONSE_SIZE
+                }
+            },
+        };
+        let cycle_timeout = self.duration(
+            rc.cycle_timeout.as_ref(),
+            (poll_interval * 3 + grace).max(timeout),
+            Duration::from_secs(1),
+            "cycle_timeout",
+        );
+        if let Some(at) = &rc.cycle_timeout
+            && cycle_timeout < timeout
+        {
+            self.error_at(
+                at,
+                format!(
+                    "cycle_timeout ({}) must be at least timeout ({}): one request must fit in a cycle",
+                    humantime::format_duration(cycle_timeout),
+                    humantime::format_duration(timeout)
+                ),
+            );
+        }
         ClusterConfig {
+            max_response_size,
+            cycle_timeout,
             name,
             url,
             username,
@@ -1141,5 +1265,61 @@ mod tests {
     fn dollar_dollar_is_a_literal_dollar() {
         let c = parse_str(&MINIMAL.replace("${RW_PASSWORD}", "pa$$word")).unwrap();
         assert_eq!(c.clusters[0].password.expose(), "pa$word");
+    }
+
+    #[test]
+    fn verify_on_start_is_refused_where_there_is_nothing_to_check() {
+        let errs = errors(&format!(
+            "{MINIMAL}receivers:\n  - name: hook\n    verify_on_start: true\n    webhook: {{ url: http://127.0.0.1:1/x }}\nroute: {{ receiver: hook }}\n"
+        ));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains(":8:") && errs[0].contains("verify_on_start is supported for"),
+            "{errs:?}"
+        );
+        let c = parse_str(&format!(
+            "{MINIMAL}receivers:\n  - name: mail\n    verify_on_start: true\n    email: {{ smtp_url: smtp://127.0.0.1:1, from: a@b.c, to: [d@e.f] }}\nroute: {{ receiver: mail }}\n"
+        ))
+        .unwrap();
+        assert!(c.receivers[0].verify_on_start);
+    }
+
+    #[test]
+    fn the_cycle_deadline_follows_the_poll_interval_and_the_watchdog_grace() {
+        let c = parse_str(MINIMAL).unwrap();
+        assert_eq!(c.watchdog.grace, Duration::from_secs(30));
+        assert_eq!(c.clusters[0].cycle_timeout, Duration::from_secs(60));
+        let c = parse_str(&format!("{MINIMAL}watchdog: {{ grace: 5s }}\n")).unwrap();
+        assert_eq!(c.clusters[0].cycle_timeout, Duration::from_secs(35));
+        let errs = errors(&format!("{MINIMAL}    cycle_timeout: 2s\n"));
+        assert!(errs[0].contains("must be at least timeout"), "{errs:?}");
+    }
+
+    #[test]
+    fn sizes_accept_iec_and_si_units() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("2048"), Ok(2048));
+        assert!(
+            parse_size("12 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999GiB").is_err());
+    }
+
+    #[test]
+    fn max_response_size_defaults_and_is_validated() {
+        let c = parse_str(MINIMAL).unwrap();
+        assert_eq!(c.clusters[0].max_response_size, 256 << 20);
+        let c = parse_str(&format!("{MINIMAL}    max_response_size: 64MiB\n")).unwrap();
+        assert_eq!(c.clusters[0].max_response_size, 64 << 20);
+        let errs = errors(&format!("{MINIMAL}    max_response_size: 12 parsecs\n"));
+        assert!(
+            errs[0].contains("max_response_size") && errs[0].contains(":6:"),
+            "{errs:?}"
+        );
     }
 }

@@ -289,6 +289,10 @@ impl Engine {
                         }
                     }
                 }
+                // The store logs going down and coming back once each; per tick is noise.
+                Err(e) if e.is_unavailable() => {
+                    tracing::debug!(error = %e, "cannot persist alert state; notifications wait until the store accepts writes")
+                }
                 Err(e) => {
                     error!(error = %e, "cannot persist alert state; notifications wait until the store accepts writes")
                 }

@@ -221,6 +221,8 @@ pub struct Extras<'a> {
     /// (outbox entries, dead letters); `None` when the store could not be read.
     pub outbox: Option<(u64, u64)>,
     pub reload: Option<&'a ReloadStatus>,
+    /// Whether the state store accepts writes; `None`: not known (benchmarks).
+    pub store_writable: Option<bool>,
 }
 
 /// Renders the cluster metrics only (benchmarks use this).
@@ -233,6 +235,7 @@ pub fn render(clusters: &[Arc<ClusterView>], now: Timestamp) -> String {
             receivers: &stats,
             outbox: None,
             reload: None,
+            store_writable: None,
         },
         now,
     )
@@ -487,6 +490,18 @@ fn render_alerting(o: &mut Out, x: &Extras<'_>) {
             "rabbitwatch_config_last_reload_success_timestamp_seconds",
             "",
             r.last_success.load(Relaxed) as f64 / 1000.0,
+        );
+    }
+    if let Some(writable) = x.store_writable {
+        o.family(
+            "rabbitwatch_state_store_up",
+            "gauge",
+            "1 if the state store accepts writes; 0 while alert state and notifications wait in memory.",
+        );
+        o.sample(
+            "rabbitwatch_state_store_up",
+            "",
+            f64::from(u8::from(writable)),
         );
     }
     if let Some((pending, dead)) = x.outbox {

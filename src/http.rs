@@ -2,7 +2,6 @@
 //!
 //! Handlers read published views only (`ArcSwap` loads); none of them talks to a broker.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Json;
@@ -20,6 +19,7 @@ use crate::config::Secret;
 use crate::domain::Timestamp;
 use crate::engine::{Engine, ReloadStatus};
 use crate::export;
+use crate::liveness::{Liveness, Verdict};
 use crate::outbox::Stats;
 use crate::store::DeadLetter;
 use crate::view::{ClusterHandle, ClusterView, LastError};
@@ -28,7 +28,8 @@ use crate::view::{ClusterHandle, ClusterView, LastError};
 #[derive(Clone)]
 pub struct HttpState {
     pub clusters: Arc<Vec<Arc<ClusterHandle>>>,
-    pub state_dir: PathBuf,
+    /// Every long-running loop's progress, for `/healthz`.
+    pub liveness: Liveness,
     pub started_at: Timestamp,
     pub engine: Arc<Engine>,
     pub stats: Arc<Stats>,
@@ -77,6 +78,7 @@ async fn metrics(State(st): State<HttpState>) -> Response {
     let views = st.views();
     let alerts = st.engine.alerts();
     let counts = st.engine.store().counts().ok();
+    let store_writable = st.engine.store().health().writable;
     let stats = st.stats.clone();
     let reload_status = st.reload_status.clone();
     // Rendering 100k queues takes a while; keep it off the async worker threads.
@@ -86,6 +88,7 @@ async fn metrics(State(st): State<HttpState>) -> Response {
             receivers: &stats,
             outbox: counts,
             reload: Some(&reload_status),
+            store_writable: Some(store_writable),
         };
         export::render_parts(&views, &extras, Timestamp::now())
     };
@@ -157,20 +160,26 @@ struct HealthBody {
     checks: Vec<Check>,
 }
 
-/// Liveness: every poll loop made progress within three of its intervals (plus slack for a timeout).
+/// Liveness: every loop (poll loops, dispatcher, outbox workers) made progress within three of its
+/// intervals plus `watchdog.grace`; the watchdog exits the process a little later (`liveness`).
 async fn healthz(State(st): State<HttpState>) -> Response {
-    let now = Timestamp::now();
     let checks: Vec<Check> = st
-        .clusters
-        .iter()
-        .map(|c| {
-            let idle = now.secs_since(c.last_progress());
-            let limit = 3.0 * c.poll_interval.as_secs_f64() + 30.0;
-            Check {
-                name: format!("loop:{}", c.name),
-                ok: idle <= limit,
-                detail: format!("last progress {idle:.1}s ago (limit {limit:.0}s)"),
-            }
+        .liveness
+        .states(Timestamp::now())
+        .into_iter()
+        .map(|s| Check {
+            ok: s.verdict == Verdict::Ok,
+            detail: match s.verdict {
+                Verdict::Ok => format!(
+                    "last progress {:.1}s ago (limit {:.0}s)",
+                    s.idle_s, s.unhealthy_after_s
+                ),
+                Verdict::Unhealthy | Verdict::Stuck => format!(
+                    "no progress for {:.1}s (limit {:.0}s); the watchdog exits the process after {:.0}s",
+                    s.idle_s, s.unhealthy_after_s, s.stuck_after_s
+                ),
+            },
+            name: format!("loop:{}", s.name),
         })
         .collect();
     let healthy = checks.iter().all(|c| c.ok);
@@ -188,10 +197,24 @@ struct ReadyBody {
     checks: Vec<Check>,
 }
 
-/// Readiness: the state directory is writable and every cluster was scraped recently.
+/// Readiness: the state store accepts writes (probed every few seconds in the background) and every
+/// cluster was scraped recently.
 async fn readyz(State(st): State<HttpState>) -> Response {
     let now = Timestamp::now();
-    let mut checks = vec![state_dir_check(&st.state_dir).await];
+    let store = st.engine.store();
+    let health = store.health();
+    let mut checks = vec![Check {
+        name: "state".to_string(),
+        ok: health.writable,
+        detail: match &health.problem {
+            None => format!("state store {} accepts writes", store.path().display()),
+            Some(problem) => format!(
+                "state store {} does not accept writes for {:.0}s: {problem}",
+                store.path().display(),
+                now.secs_since(Timestamp(health.since)).max(0.0)
+            ),
+        },
+    }];
     for view in st.views() {
         let (ok, detail) = match (&view.last_success, &view.last_error) {
             _ if view.up && view.is_fresh(now) => (
@@ -221,20 +244,6 @@ async fn readyz(State(st): State<HttpState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(ReadyBody { ready, checks })).into_response()
-}
-
-async fn state_dir_check(dir: &std::path::Path) -> Check {
-    let probe = dir.join(".rabbitwatch-write-probe");
-    let result = tokio::fs::write(&probe, b"ok").await;
-    let _ = tokio::fs::remove_file(&probe).await;
-    Check {
-        name: "state".to_string(),
-        ok: result.is_ok(),
-        detail: match result {
-            Ok(()) => format!("{} is writable", dir.display()),
-            Err(e) => format!("cannot write to {}: {e}", dir.display()),
-        },
-    }
 }
 
 #[derive(Serialize)]

@@ -12,6 +12,7 @@ pub mod domain;
 pub mod engine;
 pub mod export;
 pub mod http;
+pub mod liveness;
 pub mod outbox;
 pub mod receivers;
 pub mod rules;

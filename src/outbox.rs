@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::domain::Timestamp;
+use crate::liveness::Beat;
 use crate::receivers::Receiver;
 use crate::store::{DeadLetter, OutboxEntry, Store, StoreError, group_id};
 
@@ -101,7 +102,14 @@ impl Pacer {
     }
 }
 
+/// The longest an idle worker sleeps before looking at the outbox again (and beating).
+pub const IDLE_WAKE: Duration = Duration::from_secs(10);
+
 /// Runs forever: delivers this receiver's due entries, then sleeps until the next is due or `wake`.
+/// `beat` is marked after every pass and every attempt, for the watchdog. `hang_deliveries` is a
+/// test hook (`RABBITWATCH_FAULT=hang-delivery`): a delivery that never returns, as a receiver call
+/// stuck past every timeout would.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_worker(
     receiver: Arc<Receiver>,
     store: Arc<Store>,
@@ -109,16 +117,34 @@ pub async fn run_worker(
     pacer: Arc<Pacer>,
     policy: Policy,
     stats: Arc<ReceiverStats>,
+    beat: Arc<Beat>,
+    hang_deliveries: bool,
 ) {
+    let pass = Pass {
+        receiver: &receiver,
+        store: &store,
+        pacer: &pacer,
+        policy,
+        stats: &stats,
+        beat: &beat,
+        hang_deliveries,
+    };
     loop {
-        let next = match deliver_due(&receiver, &store, &pacer, policy, &stats).await {
+        let next = match deliver_due(&pass).await {
             Ok(next) => next,
             Err(e) => {
-                warn!(receiver = receiver.name(), error = %e, "outbox: state database error; retrying in 5s");
+                // An unavailable store is logged by the store, once; entries stay where they are.
+                if e.is_unavailable() {
+                    tracing::debug!(receiver = receiver.name(), error = %e, "outbox: state store unavailable; retrying in 5s");
+                } else {
+                    warn!(receiver = receiver.name(), error = %e, "outbox: state database error; retrying in 5s");
+                }
                 Some(Timestamp::now().0 + 5_000)
             }
         };
-        let sleep_ms = next.map_or(60_000, |t| (t - Timestamp::now().0).clamp(0, 60_000));
+        beat.mark(Timestamp::now());
+        let idle_ms = IDLE_WAKE.as_millis() as i64;
+        let sleep_ms = next.map_or(idle_ms, |t| (t - Timestamp::now().0).clamp(0, idle_ms));
         tokio::select! {
             _ = wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {}
@@ -126,14 +152,29 @@ pub async fn run_worker(
     }
 }
 
-/// One pass over the outbox; returns when the next entry of this receiver is due, if any.
-async fn deliver_due(
-    receiver: &Receiver,
-    store: &Store,
-    pacer: &Pacer,
+/// What one pass over the outbox works with.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    receiver: &'a Receiver,
+    store: &'a Store,
+    pacer: &'a Pacer,
     policy: Policy,
-    stats: &ReceiverStats,
-) -> Result<Option<i64>, StoreError> {
+    stats: &'a ReceiverStats,
+    beat: &'a Beat,
+    hang_deliveries: bool,
+}
+
+/// One pass over the outbox; returns when the next entry of this receiver is due, if any.
+async fn deliver_due(pass: &Pass<'_>) -> Result<Option<i64>, StoreError> {
+    let Pass {
+        receiver,
+        store,
+        pacer,
+        policy,
+        stats,
+        beat,
+        hang_deliveries,
+    } = *pass;
     let entries: Vec<(u64, OutboxEntry)> = store
         .outbox()?
         .into_iter()
@@ -164,7 +205,16 @@ async fn deliver_due(
             .first()
             .map(|a| a.correlation_id.clone())
             .unwrap_or_default();
-        match receiver.deliver(&n).await {
+        if hang_deliveries {
+            warn!(
+                receiver = receiver.name(),
+                "RABBITWATCH_FAULT=hang-delivery: this delivery never returns"
+            );
+            std::future::pending::<()>().await;
+        }
+        let outcome = receiver.deliver(&n).await;
+        beat.mark(Timestamp::now());
+        match outcome {
             Ok(delivered) => {
                 store.delivered(id, Some((&gid, delivered.handle)))?;
                 stats.delivered.fetch_add(1, Ordering::Relaxed);

@@ -24,9 +24,6 @@ message_stats.deliver_no_ack,message_stats.get_no_ack";
 const NODE_COLUMNS: &str = "name,running,mem_used,mem_limit,mem_alarm,disk_free,disk_free_limit,\
 disk_free_alarm,fd_used,fd_total,partitions";
 
-/// Responses above this are refused rather than buffered: a misbehaving proxy must not exhaust memory.
-const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ScrapeError {
     #[error("cannot connect to {url}: {detail}")]
@@ -47,10 +44,16 @@ pub enum ScrapeError {
     },
     #[error("cannot decode {url}: {detail}")]
     Decode { url: String, detail: String },
-    #[error("{url} sent more than {limit} bytes; refusing to buffer it")]
-    TooLarge { url: String, limit: usize },
+    #[error(
+        "{url} sent more than max_response_size ({limit} bytes); stopped reading it. Raise max_response_size, or narrow the vhosts/queues filters"
+    )]
+    TooLarge { url: String, limit: u64 },
     #[error("cannot build an HTTP client: {0}")]
     Client(String),
+    #[error(
+        "the poll cycle did not finish within cycle_timeout ({limit:?}); cut off (raise cycle_timeout if the broker is only slow)"
+    )]
+    CycleDeadline { limit: Duration },
 }
 
 /// Why a start-up access check failed.
@@ -70,7 +73,7 @@ impl ScrapeError {
         match self {
             // One label for "the connection failed", whether before or after it was made.
             ScrapeError::Connect { .. } | ScrapeError::Transport { .. } => "connect",
-            ScrapeError::Timeout { .. } => "timeout",
+            ScrapeError::Timeout { .. } | ScrapeError::CycleDeadline { .. } => "timeout",
             ScrapeError::Auth { .. } => "auth",
             ScrapeError::Http { status, .. } if *status >= 500 => "http_5xx",
             ScrapeError::Http { .. } => "http_4xx",
@@ -430,23 +433,17 @@ impl Scraper {
             .await
             .map_err(classify)?;
         let status = resp.status().as_u16();
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
-        {
-            return Err(ScrapeError::TooLarge {
-                url,
-                limit: MAX_RESPONSE_BYTES,
-            });
+        // Responses above the limit are refused, not buffered: a misbehaving broker or proxy must not
+        // exhaust memory. Chunks arrive decompressed, so the limit is on what would be held.
+        let limit = self.cfg.max_response_size;
+        if resp.content_length().is_some_and(|n| n > limit) {
+            return Err(ScrapeError::TooLarge { url, limit });
         }
         let mut resp = resp;
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(classify)? {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(ScrapeError::TooLarge {
-                    url,
-                    limit: MAX_RESPONSE_BYTES,
-                });
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(ScrapeError::TooLarge { url, limit });
             }
             body.extend_from_slice(&chunk);
         }

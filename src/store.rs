@@ -10,9 +10,17 @@
 //! - a notification leaves the outbox only in the transaction that records its delivery or moves it to
 //!   the dead letters: a crash before that redelivers it (at-least-once; the idempotency key lets a
 //!   receiver drop the duplicate), a crash after it never loses it.
+//!
+//! When the disk stops accepting writes (a read-only or full file system, an I/O error), every
+//! operation fails with a `StoreError` that `is_unavailable()`, nothing is marked as done, and the
+//! callers try again later (the engine re-plans its notifications on every tick). The failure and
+//! the recovery are logged once each, not per operation. redb refuses every operation after an I/O
+//! error until the database is reopened: `probe` (run every few seconds) checks the directory and
+//! the database and reopens it when needed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -44,6 +52,18 @@ pub enum StoreError {
     Corrupt { table: &'static str, detail: String },
     #[error("no dead letter with id {0}")]
     NoSuchDeadLetter(u64),
+    #[error("state database {0} is closed after an error; waiting for it to reopen")]
+    Closed(PathBuf),
+}
+
+impl StoreError {
+    /// The storage itself failed (as opposed to one record, or a missing id): the store is down.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Db(_) | StoreError::Open { .. } | StoreError::Closed(_)
+        )
+    }
 }
 
 macro_rules! db_err {
@@ -90,8 +110,41 @@ pub struct GroupState {
 }
 
 pub struct Store {
-    db: Database,
+    /// `None` after a reopen failed; `probe` tries again.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
+    dir: PathBuf,
+    health: Mutex<Health>,
+}
+
+/// Whether the store accepts writes, for `/readyz` and `/metrics`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreHealth {
+    pub writable: bool,
+    /// What is wrong, naming the file or directory; `None` when writable.
+    pub problem: Option<String>,
+    /// Ms since the epoch of the last change of `writable`.
+    pub since: i64,
+}
+
+#[derive(Debug)]
+struct Health {
+    /// The last storage error of a database operation, cleared by a successful write.
+    db: Option<String>,
+    /// Why a new file cannot be created in the state directory, from the last probe.
+    dir: Option<String>,
+    since: i64,
+}
+
+impl Health {
+    fn problem(&self) -> Option<String> {
+        match (&self.db, &self.dir) {
+            (None, None) => None,
+            (Some(db), None) => Some(db.clone()),
+            (None, Some(dir)) => Some(dir.clone()),
+            (Some(db), Some(dir)) => Some(format!("{db}; {dir}")),
+        }
+    }
 }
 
 /// What one evaluation cycle changes, written atomically.
@@ -121,150 +174,275 @@ pub fn group_id(receiver: &str, group_key: &str) -> String {
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let path = dir.join("rabbitwatch.redb");
-        let open_err = |detail: String| StoreError::Open {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
             path: path.clone(),
-            detail,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = Database::create(&path).map_err(|e| open_err(e.to_string()))?;
-        let store = Store { db, path };
-        store.migrate()?;
-        Ok(store)
+            detail: e.to_string(),
+        })?;
+        let db = open_db(&path)?;
+        Ok(Store {
+            db: RwLock::new(Some(db)),
+            path,
+            dir: dir.to_path_buf(),
+            health: Mutex::new(Health {
+                db: None,
+                dir: None,
+                since: crate::domain::Timestamp::now().0,
+            }),
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn migrate(&self) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut meta = tx.open_table(META)?;
-            let found = meta.get("schema_version")?.map(|v| v.value());
-            match found {
-                Some(v) if v > SCHEMA_VERSION => {
-                    return Err(StoreError::TooNew {
-                        path: self.path.clone(),
-                        found: v,
-                    });
-                }
-                Some(_) => {}
-                None => {
-                    meta.insert("schema_version", SCHEMA_VERSION)?;
-                }
-            }
-            // Create every table so readers never meet a missing one.
-            tx.open_table(ALERTS)?;
-            tx.open_table(GROUPS)?;
-            tx.open_table(OUTBOX)?;
-            tx.open_table(DEAD)?;
-            tx.open_table(SILENCES)?;
+    pub fn health(&self) -> StoreHealth {
+        let h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let problem = h.problem();
+        StoreHealth {
+            writable: problem.is_none(),
+            problem,
+            since: h.since,
         }
-        tx.commit()?;
-        Ok(())
     }
 
+    /// Records what an operation found, logging only when the store goes down or comes back.
+    fn note(&self, update: impl FnOnce(&mut Health)) {
+        let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = h.problem();
+        update(&mut h);
+        let after = h.problem();
+        match (before, after) {
+            (None, Some(problem)) => {
+                h.since = crate::domain::Timestamp::now().0;
+                tracing::error!(state = %self.path.display(), error = %problem, "state store stopped accepting writes; monitoring goes on, alert state and notifications are kept in memory and written once it recovers");
+            }
+            (Some(_), None) => {
+                h.since = crate::domain::Timestamp::now().0;
+                tracing::info!(state = %self.path.display(), "state store accepts writes again");
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs `f` on the open database; storage failures mark the store down, a successful write
+    /// marks it up.
+    fn with_db<T>(
+        &self,
+        write: bool,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let result = {
+            let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+            match db.as_ref() {
+                Some(db) => f(db),
+                None => Err(StoreError::Closed(self.path.clone())),
+            }
+        };
+        match &result {
+            Err(e) if e.is_unavailable() => {
+                let problem = e.to_string();
+                self.note(|h| h.db = Some(problem));
+            }
+            Ok(_) if write => self.note(|h| h.db = None),
+            _ => {}
+        }
+        result
+    }
+
+    /// Checks that the state directory takes new files and the database takes commits. After a
+    /// failure it reopens the database (redb refuses everything after an I/O error until then), so
+    /// the store recovers by itself once the disk does. Blocking: run it off the async threads.
+    pub fn probe(&self) -> StoreHealth {
+        let file = self.dir.join(".rabbitwatch-write-probe");
+        let dir = std::fs::write(&file, b"ok").and_then(|()| std::fs::remove_file(&file));
+        let dir_problem = dir.err().map(|e| {
+            format!(
+                "cannot create files in the state directory {}: {e}",
+                self.dir.display()
+            )
+        });
+        self.note(|h| h.dir = dir_problem);
+        if self.check_writable().is_err() && self.reopen().is_ok() {
+            let _ = self.check_writable();
+        }
+        self.health()
+    }
+
+    /// Closes the database and opens it again.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        // The file lock allows one handle: the old one must be gone before the new one opens.
+        *db = None;
+        match open_db(&self.path) {
+            Ok(new) => {
+                *db = Some(new);
+                // Debug: while the disk stays full this happens every probe; going down and
+                // coming back are logged by `note`, once each.
+                tracing::debug!(state = %self.path.display(), "state database reopened");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(state = %self.path.display(), error = %e, "state database cannot be reopened yet");
+                let problem = e.to_string();
+                drop(db);
+                self.note(|h| h.db = Some(problem));
+                Err(e)
+            }
+        }
+    }
+}
+
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    let db = Database::create(path).map_err(|e| StoreError::Open {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    migrate(&db, path)?;
+    Ok(db)
+}
+
+fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let tx = db.begin_write()?;
+    {
+        let mut meta = tx.open_table(META)?;
+        let found = meta.get("schema_version")?.map(|v| v.value());
+        match found {
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::TooNew {
+                    path: path.to_path_buf(),
+                    found: v,
+                });
+            }
+            Some(_) => {}
+            None => {
+                meta.insert("schema_version", SCHEMA_VERSION)?;
+            }
+        }
+        // Create every table so readers never meet a missing one.
+        tx.open_table(ALERTS)?;
+        tx.open_table(GROUPS)?;
+        tx.open_table(OUTBOX)?;
+        tx.open_table(DEAD)?;
+        tx.open_table(SILENCES)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+impl Store {
     /// A cheap write that proves the database accepts commits (for `/readyz`).
     pub fn check_writable(&self) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut meta = tx.open_table(META)?;
-            meta.insert("last_probe", crate::domain::Timestamp::now().0 as u64)?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.with_db(true, |db| {
+            let tx = db.begin_write()?;
+            {
+                let mut meta = tx.open_table(META)?;
+                meta.insert("last_probe", crate::domain::Timestamp::now().0 as u64)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// A record that no longer parses is reported and skipped, never allowed to block the rest.
     pub fn load_alerts(&self) -> Result<Vec<Alert>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(ALERTS)?;
-        let mut out = Vec::new();
-        for r in t.iter()? {
-            let (k, v) = r?;
-            match parse("alerts", v.value()) {
-                Ok(a) => out.push(a),
-                Err(e) => {
-                    tracing::error!(fingerprint = k.value(), error = %e, "skipping unreadable alert record")
+        self.with_db(false, |db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(ALERTS)?;
+            let mut out = Vec::new();
+            for r in t.iter()? {
+                let (k, v) = r?;
+                match parse("alerts", v.value()) {
+                    Ok(a) => out.push(a),
+                    Err(e) => {
+                        tracing::error!(fingerprint = k.value(), error = %e, "skipping unreadable alert record")
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     pub fn load_groups(&self) -> Result<BTreeMap<String, GroupState>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(GROUPS)?;
-        t.iter()?
-            .map(|r| {
-                let (k, v) = r?;
-                Ok((k.value().to_string(), parse("groups", v.value())?))
-            })
-            .collect()
+        self.with_db(false, |db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(GROUPS)?;
+            t.iter()?
+                .map(|r| {
+                    let (k, v) = r?;
+                    Ok((k.value().to_string(), parse("groups", v.value())?))
+                })
+                .collect()
+        })
     }
 
     pub fn group(&self, id: &str) -> Result<Option<GroupState>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(GROUPS)?;
-        t.get(id)?.map(|v| parse("groups", v.value())).transpose()
+        self.with_db(false, |db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(GROUPS)?;
+            t.get(id)?.map(|v| parse("groups", v.value())).transpose()
+        })
     }
 
     /// Writes alert changes, group states and new outbox entries in one transaction; returns the
     /// outbox ids assigned.
     pub fn commit_cycle(&self, w: &CycleWrite<'_>) -> Result<Vec<u64>, StoreError> {
-        let tx = self.db.begin_write()?;
-        let mut ids = Vec::new();
-        {
-            let mut alerts = tx.open_table(ALERTS)?;
-            for a in &w.upsert_alerts {
-                alerts.insert(a.fingerprint.as_str(), json(a).as_slice())?;
+        self.with_db(true, |db| {
+            let tx = db.begin_write()?;
+            let mut ids = Vec::new();
+            {
+                let mut alerts = tx.open_table(ALERTS)?;
+                for a in &w.upsert_alerts {
+                    alerts.insert(a.fingerprint.as_str(), json(a).as_slice())?;
+                }
+                for fp in &w.remove_alerts {
+                    alerts.remove(fp.as_str())?;
+                }
+                let mut groups = tx.open_table(GROUPS)?;
+                for (id, g) in &w.groups {
+                    // The receiver's handle (a Slack ts) is written only by `delivered`, after the plan
+                    // that produced `g` was made: keep the stored one, or the resolve could not find the
+                    // message it should update.
+                    let stored: Option<GroupState> = groups
+                        .get(id.as_str())?
+                        .map(|v| parse("groups", v.value()))
+                        .transpose()?;
+                    let mut g = g.clone();
+                    g.handle = stored.and_then(|s| s.handle);
+                    groups.insert(id.as_str(), json(&g).as_slice())?;
+                }
+                let mut outbox = tx.open_table(OUTBOX)?;
+                let mut meta = tx.open_table(META)?;
+                let mut next = meta.get("next_id")?.map_or(1, |v| v.value());
+                for e in &w.enqueue {
+                    outbox.insert(next, json(e).as_slice())?;
+                    ids.push(next);
+                    next += 1;
+                }
+                meta.insert("next_id", next)?;
             }
-            for fp in &w.remove_alerts {
-                alerts.remove(fp.as_str())?;
-            }
-            let mut groups = tx.open_table(GROUPS)?;
-            for (id, g) in &w.groups {
-                // The receiver's handle (a Slack ts) is written only by `delivered`, after the plan
-                // that produced `g` was made: keep the stored one, or the resolve could not find the
-                // message it should update.
-                let stored: Option<GroupState> = groups
-                    .get(id.as_str())?
-                    .map(|v| parse("groups", v.value()))
-                    .transpose()?;
-                let mut g = g.clone();
-                g.handle = stored.and_then(|s| s.handle);
-                groups.insert(id.as_str(), json(&g).as_slice())?;
-            }
-            let mut outbox = tx.open_table(OUTBOX)?;
-            let mut meta = tx.open_table(META)?;
-            let mut next = meta.get("next_id")?.map_or(1, |v| v.value());
-            for e in &w.enqueue {
-                outbox.insert(next, json(e).as_slice())?;
-                ids.push(next);
-                next += 1;
-            }
-            meta.insert("next_id", next)?;
-        }
-        tx.commit()?;
-        Ok(ids)
+            tx.commit()?;
+            Ok(ids)
+        })
     }
 
     /// Every entry in the outbox, oldest first. An entry that no longer parses is reported and
     /// skipped (it stays counted in `rabbitwatch_outbox_pending`); it must not block the others.
     pub fn outbox(&self) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(OUTBOX)?;
-        let mut out = Vec::new();
-        for r in t.iter()? {
-            let (k, v) = r?;
-            match parse("outbox", v.value()) {
-                Ok(e) => out.push((k.value(), e)),
-                Err(e) => {
-                    tracing::error!(id = k.value(), error = %e, "skipping unreadable outbox entry")
+        self.with_db(false, |db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(OUTBOX)?;
+            let mut out = Vec::new();
+            for r in t.iter()? {
+                let (k, v) = r?;
+                match parse("outbox", v.value()) {
+                    Ok(e) => out.push((k.value(), e)),
+                    Err(e) => {
+                        tracing::error!(id = k.value(), error = %e, "skipping unreadable outbox entry")
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Records a delivery: the entry leaves the outbox and the group remembers the receiver's handle.
@@ -273,105 +451,121 @@ impl Store {
         id: u64,
         group: Option<(&str, Option<String>)>,
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut outbox = tx.open_table(OUTBOX)?;
-            outbox.remove(id)?;
-            if let Some((gid, Some(handle))) = group {
-                let mut groups = tx.open_table(GROUPS)?;
-                let mut g: GroupState = match groups.get(gid)? {
-                    Some(v) => parse("groups", v.value())?,
-                    None => GroupState::default(),
-                };
-                g.handle = Some(handle);
-                groups.insert(gid, json(&g).as_slice())?;
+        self.with_db(true, |db| {
+            let tx = db.begin_write()?;
+            {
+                let mut outbox = tx.open_table(OUTBOX)?;
+                outbox.remove(id)?;
+                if let Some((gid, Some(handle))) = group {
+                    let mut groups = tx.open_table(GROUPS)?;
+                    let mut g: GroupState = match groups.get(gid)? {
+                        Some(v) => parse("groups", v.value())?,
+                        None => GroupState::default(),
+                    };
+                    g.handle = Some(handle);
+                    groups.insert(gid, json(&g).as_slice())?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     pub fn reschedule(&self, id: u64, entry: &OutboxEntry) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut outbox = tx.open_table(OUTBOX)?;
-            outbox.insert(id, json(entry).as_slice())?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.with_db(true, |db| {
+            let tx = db.begin_write()?;
+            {
+                let mut outbox = tx.open_table(OUTBOX)?;
+                outbox.insert(id, json(entry).as_slice())?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Moves an entry from the outbox to the dead letters (same id).
     pub fn dead_letter(&self, id: u64, letter: &DeadLetter) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut outbox = tx.open_table(OUTBOX)?;
-            outbox.remove(id)?;
-            let mut dead = tx.open_table(DEAD)?;
-            dead.insert(id, json(letter).as_slice())?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.with_db(true, |db| {
+            let tx = db.begin_write()?;
+            {
+                let mut outbox = tx.open_table(OUTBOX)?;
+                outbox.remove(id)?;
+                let mut dead = tx.open_table(DEAD)?;
+                dead.insert(id, json(letter).as_slice())?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     pub fn dead_letters(&self) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(DEAD)?;
-        t.iter()?
-            .map(|r| {
-                let (k, v) = r?;
-                Ok((k.value(), parse("dead_letters", v.value())?))
-            })
-            .collect()
+        self.with_db(false, |db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(DEAD)?;
+            t.iter()?
+                .map(|r| {
+                    let (k, v) = r?;
+                    Ok((k.value(), parse("dead_letters", v.value())?))
+                })
+                .collect()
+        })
     }
 
     /// Moves a dead letter back into the outbox for immediate delivery; returns its new outbox id.
     pub fn replay(&self, id: u64, now: i64) -> Result<u64, StoreError> {
-        let tx = self.db.begin_write()?;
-        let new_id;
-        {
-            let mut dead = tx.open_table(DEAD)?;
-            let letter: DeadLetter = match dead.remove(id)? {
-                Some(v) => parse("dead_letters", v.value())?,
-                None => return Err(StoreError::NoSuchDeadLetter(id)),
-            };
-            let mut meta = tx.open_table(META)?;
-            new_id = meta.get("next_id")?.map_or(1, |v| v.value());
-            meta.insert("next_id", new_id + 1)?;
-            let entry = OutboxEntry {
-                notification: letter.notification,
-                attempts: 0,
-                next_attempt_at: now,
-                enqueued_at: now,
-                last_error: None,
-            };
-            let mut outbox = tx.open_table(OUTBOX)?;
-            outbox.insert(new_id, json(&entry).as_slice())?;
-        }
-        tx.commit()?;
-        Ok(new_id)
+        self.with_db(true, |db| {
+            let tx = db.begin_write()?;
+            let new_id;
+            {
+                let mut dead = tx.open_table(DEAD)?;
+                let letter: DeadLetter = match dead.remove(id)? {
+                    Some(v) => parse("dead_letters", v.value())?,
+                    None => return Err(StoreError::NoSuchDeadLetter(id)),
+                };
+                let mut meta = tx.open_table(META)?;
+                new_id = meta.get("next_id")?.map_or(1, |v| v.value());
+                meta.insert("next_id", new_id + 1)?;
+                let entry = OutboxEntry {
+                    notification: letter.notification,
+                    attempts: 0,
+                    next_attempt_at: now,
+                    enqueued_at: now,
+                    last_error: None,
+                };
+                let mut outbox = tx.open_table(OUTBOX)?;
+                outbox.insert(new_id, json(&entry).as_slice())?;
+            }
+            tx.commit()?;
+            Ok(new_id)
+        })
     }
 
     pub fn silences(&self) -> Result<Vec<Silence>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(SILENCES)?;
-        t.iter()?.map(|r| parse("silences", r?.1.value())).collect()
+        self.with_db(false, |db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(SILENCES)?;
+            t.iter()?.map(|r| parse("silences", r?.1.value())).collect()
+        })
     }
 
     pub fn put_silence(&self, s: &Silence) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut t = tx.open_table(SILENCES)?;
-            t.insert(s.id.as_str(), json(s).as_slice())?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.with_db(true, |db| {
+            let tx = db.begin_write()?;
+            {
+                let mut t = tx.open_table(SILENCES)?;
+                t.insert(s.id.as_str(), json(s).as_slice())?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// (outbox entries, dead letters)
     pub fn counts(&self) -> Result<(u64, u64), StoreError> {
-        let tx = self.db.begin_read()?;
-        Ok((tx.open_table(OUTBOX)?.len()?, tx.open_table(DEAD)?.len()?))
+        self.with_db(false, |db| {
+            let tx = db.begin_read()?;
+            Ok((tx.open_table(OUTBOX)?.len()?, tx.open_table(DEAD)?.len()?))
+        })
     }
 }
 
@@ -494,6 +688,44 @@ mod tests {
         assert_eq!(
             back[0].1.notification.alerts[0].values["drain_eta"],
             f64::INFINITY
+        );
+    }
+
+    #[test]
+    fn a_closed_database_marks_the_store_down_until_a_probe_reopens_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.health().writable);
+        // What a failed reopen leaves behind.
+        *s.db.write().unwrap() = None;
+        let err = s
+            .commit_cycle(&CycleWrite {
+                enqueue: vec![entry("held")],
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        let down = s.health();
+        assert!(!down.writable);
+        assert!(
+            down.problem
+                .as_deref()
+                .unwrap()
+                .contains("rabbitwatch.redb"),
+            "{down:?}"
+        );
+        let up = s.probe();
+        assert!(up.writable, "{up:?}");
+        assert!(up.since >= down.since);
+        s.commit_cycle(&CycleWrite {
+            enqueue: vec![entry("after")],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            s.counts().unwrap(),
+            (1, 0),
+            "only what was committed is there"
         );
     }
 

@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -83,26 +82,15 @@ pub struct ClusterHandle {
     pub name: String,
     pub poll_interval: Duration,
     pub view: ArcSwap<ClusterView>,
-    /// When the poll loop last made progress (a request answered or a cycle ended), ms since the epoch.
-    pub progress_ms: AtomicI64,
 }
 
 impl ClusterHandle {
-    pub fn new(name: &str, poll_interval: Duration, now: Timestamp) -> Self {
+    pub fn new(name: &str, poll_interval: Duration) -> Self {
         ClusterHandle {
             name: name.to_string(),
             poll_interval,
             view: ArcSwap::from_pointee(ClusterView::new(name, poll_interval)),
-            progress_ms: AtomicI64::new(now.0),
         }
-    }
-
-    pub fn mark_progress(&self, now: Timestamp) {
-        self.progress_ms.store(now.0, Ordering::Relaxed);
-    }
-
-    pub fn last_progress(&self) -> Timestamp {
-        Timestamp(self.progress_ms.load(Ordering::Relaxed))
     }
 }
 

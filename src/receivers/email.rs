@@ -26,6 +26,9 @@ use crate::config::Secret;
 
 /// Connecting, each command, and the whole DATA exchange are bounded by this.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest one send can take: connect, greeting, EHLO, STARTTLS + EHLO, AUTH, MAIL, RCPT,
+/// DATA, the message, QUIT — each bounded by `SMTP_TIMEOUT`.
+pub(crate) const SEND_BUDGET: Duration = Duration::from_secs(SMTP_TIMEOUT.as_secs() * 10);
 /// Subjects longer than this are cut: mail clients show less anyway.
 const SUBJECT_MAX: usize = 200;
 

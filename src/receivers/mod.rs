@@ -183,11 +183,25 @@ impl Receiver {
         }
     }
 
-    /// Start-up dependency check where the protocol has a cheap one (SMTP: connect, EHLO, NOOP).
+    /// Start-up dependency check where the protocol has a cheap one that sends nothing (Slack bot:
+    /// `auth.test`; SMTP: connect, EHLO, NOOP). Webhooks and logs have none and always pass.
     pub async fn verify(&self) -> Result<(), DeliveryError> {
         match self {
             Receiver::Email(r) => r.verify().await,
-            Receiver::Slack(_) | Receiver::Webhook(_) | Receiver::Log(_) => Ok(()),
+            Receiver::Slack(r) => r.verify().await,
+            Receiver::Webhook(_) | Receiver::Log(_) => Ok(()),
+        }
+    }
+
+    /// The longest one delivery attempt can take, every timeout included: the outbox worker's
+    /// liveness interval is at least this, so a slow but bounded attempt never looks stuck.
+    pub fn attempt_budget(&self) -> Duration {
+        match self {
+            // chat.update, then chat.postMessage if the original is gone, plus pacing.
+            Receiver::Slack(_) => slack::REQUEST_TIMEOUT * 2 + slack::MIN_INTERVAL,
+            Receiver::Email(_) => email::SEND_BUDGET,
+            Receiver::Webhook(r) => r.timeout() + Duration::from_secs(1),
+            Receiver::Log(_) => Duration::from_secs(1),
         }
     }
 

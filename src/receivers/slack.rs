@@ -29,7 +29,7 @@ use crate::config::Secret;
 pub const DEFAULT_API_URL: &str = "https://slack.com/api";
 /// Slack accepts about one message per second per channel.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Alerts shown in full; the rest are counted ("and N more"), keeping well inside Slack's 50 blocks.
 const MAX_ALERTS_SHOWN: usize = 10;
 const JSON_UTF8: &str = "application/json; charset=utf-8";
@@ -288,6 +288,25 @@ impl SlackReceiver {
         }
     }
 
+    /// Start-up check with a bot token: `auth.test` proves the API is reachable and the token valid,
+    /// without posting anything. A webhook cannot be checked without posting (config refuses it).
+    pub async fn verify(&self) -> Result<(), DeliveryError> {
+        match &self.target {
+            Target::Webhook(_) => Ok(()),
+            Target::Bot { token, api_url, .. } => self
+                .call(
+                    api_url,
+                    token,
+                    "auth.test",
+                    &Value::Object(Default::default()),
+                    None,
+                )
+                .await
+                .map(drop)
+                .map_err(DeliveryError::from),
+        }
+    }
+
     /// Posts the notification. With a bot token, a resolve whose firing message is known
     /// (`n.previous` = `channel:ts`) edits that message; the handle returned is `channel:ts`.
     pub async fn deliver(&self, n: &Notification) -> Result<Delivered, DeliveryError> {
@@ -309,7 +328,8 @@ impl SlackReceiver {
             let mut update = message.clone();
             update["channel"] = channel_id.into();
             update["ts"] = ts.into();
-            match self.call(api_url, token, "chat.update", &update, n).await {
+            let key = Some(n.idempotency_key.as_str());
+            match self.call(api_url, token, "chat.update", &update, key).await {
                 Ok(_) => {
                     return Ok(Delivered {
                         handle: Some(format!("{channel_id}:{ts}")),
@@ -329,7 +349,13 @@ impl SlackReceiver {
         let mut post = message;
         post["channel"] = channel.as_str().into();
         let answer = self
-            .call(api_url, token, "chat.postMessage", &post, n)
+            .call(
+                api_url,
+                token,
+                "chat.postMessage",
+                &post,
+                Some(&n.idempotency_key),
+            )
             .await?;
         match (answer.channel, answer.ts) {
             (Some(channel_id), Some(ts)) => Ok(Delivered {
@@ -354,14 +380,17 @@ impl SlackReceiver {
         token: &Secret,
         method: &str,
         body: &Value,
-        n: &Notification,
+        idempotency_key: Option<&str>,
     ) -> Result<ApiAnswer, CallError> {
-        let response = self
+        let mut request = self
             .http
             .post(format!("{api_url}/{method}"))
             .timeout(REQUEST_TIMEOUT)
-            .bearer_auth(token.expose())
-            .header("Idempotency-Key", header_safe(&n.idempotency_key))
+            .bearer_auth(token.expose());
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", header_safe(key));
+        }
+        let response = request
             .header(CONTENT_TYPE, JSON_UTF8)
             .body(body.to_string())
             .send()

@@ -147,6 +147,11 @@ impl WebhookReceiver {
         }
     }
 
+    /// The per-request timeout (`webhook.timeout`).
+    pub fn timeout(&self) -> std::time::Duration {
+        self.cfg.timeout
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

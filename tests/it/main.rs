@@ -7,6 +7,7 @@ mod muting;
 mod pipeline;
 mod prometheus;
 mod receivers;
+mod resilience;
 mod secrets;
 mod startup;
 mod tls;

@@ -520,13 +520,15 @@ pub struct Daemon {
     dir: tempfile::TempDir,
     base_url: String,
     http: reqwest::Client,
+    /// Extra environment variables (e.g. `RABBITWATCH_FAULT`), kept for restarts.
+    env: Vec<(String, String)>,
 }
 
 const LOG_FILES: [&str; 2] = ["stdout.log", "stderr.log"];
 const CONFIG_FILE: &str = "rabbitwatch.yaml";
 
 /// `rabbitwatch run` on the config in `dir`, inside `dir`, its output appended to the log files there.
-fn spawn_daemon(dir: &Path) -> Child {
+fn spawn_daemon(dir: &Path, env: &[(String, String)]) -> Child {
     let log = |name: &str| {
         std::fs::OpenOptions::new()
             .create(true)
@@ -544,6 +546,7 @@ fn spawn_daemon(dir: &Path) -> Child {
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info,rabbitwatch=debug".to_owned()),
         )
         .env("NO_COLOR", "1") // the logs are read as plain text
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log(LOG_FILES[0]))
         .stderr(log(LOG_FILES[1]))
@@ -560,6 +563,15 @@ impl Daemon {
     /// Like `start`, with `files` (name, contents) written beside the config first: rule files,
     /// secrets, anything the config names by a relative path.
     pub async fn start_with_files(config_yaml: &str, files: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with_env(config_yaml, files, &[]).await
+    }
+
+    /// Like `start_with_files`, with extra environment variables for the daemon.
+    pub async fn start_with_env(
+        config_yaml: &str,
+        files: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let listen = regex::Regex::new(r"(?m)^\s+listen:\s*(\S+)\s*$")
             .expect("a valid regex")
             .captures(config_yaml)
@@ -574,12 +586,17 @@ impl Daemon {
             std::fs::write(dir.path().join(name), contents)
                 .unwrap_or_else(|e| panic!("writing {name} beside the config: {e}"));
         }
-        let child = spawn_daemon(dir.path());
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let child = spawn_daemon(dir.path(), &env);
         let mut daemon = Daemon {
             child,
             dir,
             base_url: format!("http://{listen}"),
             http: http_client(),
+            env,
         };
         daemon.wait_until_healthy(Duration::from_secs(60)).await;
         daemon
@@ -605,7 +622,7 @@ impl Daemon {
             matches!(self.child.try_wait(), Ok(Some(_))),
             "restart needs the daemon stopped first"
         );
-        self.child = spawn_daemon(self.dir.path());
+        self.child = spawn_daemon(self.dir.path(), &self.env);
         self.wait_until_healthy(Duration::from_secs(60)).await;
     }
 
@@ -626,6 +643,27 @@ impl Daemon {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Waits up to `within` for the daemon to exit by itself and returns its exit status; panics
+    /// if it is still running then.
+    pub async fn wait_for_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let give_up = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("polling the daemon") {
+                return status;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "the daemon was still running after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Everything the daemon logged so far (stderr).
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(LOG_FILES[1])).unwrap_or_default()
     }
 
     pub fn base_url(&self) -> &str {

@@ -43,6 +43,9 @@ pub enum Fault {
     Garble,
     /// This status with a RabbitMQ-like JSON error body; upstream is not asked.
     Status(u16),
+    /// `200` with a chunked JSON array of queues that never ends, written until the client hangs
+    /// up; upstream is not asked. The bytes written are counted (`endless_bytes`).
+    Endless,
 }
 
 /// Which requests a fault applies to: a path prefix and optionally one exact `name=value` query pair.
@@ -100,6 +103,7 @@ struct Rule {
 struct Shared {
     rules: Mutex<Vec<Rule>>,
     log: Mutex<Vec<Served>>,
+    endless_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -173,6 +177,14 @@ impl FaultyApi {
     /// Every request answered so far, in order.
     pub fn served(&self) -> Vec<Served> {
         self.shared.log.lock().unwrap().clone()
+    }
+
+    /// Bytes of `Fault::Endless` bodies written so far (accepted by the kernel: what the client
+    /// read, plus what socket buffers hold).
+    pub fn endless_bytes(&self) -> u64 {
+        self.shared
+            .endless_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The requests matching `on` answered with `fault` (`None`: untouched) since `since`.
@@ -346,6 +358,32 @@ async fn serve(
             let mut body = up.body[..up.body.len() / 2].to_vec();
             body.extend_from_slice(b"\x00#<garbled by the fault proxy>#");
             write_whole(&mut stream, up.status, &up.content_type, &body).await?;
+        }
+        Some(Fault::Endless) => {
+            let head = format!(
+                "{}Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+                status_line(200)
+            );
+            stream.write_all(head.as_bytes()).await?;
+            let item = br#"{"name":"endless","vhost":"endless","messages":1},"#;
+            let mut chunk = Vec::with_capacity(64 * 1024 + item.len());
+            while chunk.len() < 64 * 1024 {
+                chunk.extend_from_slice(item);
+            }
+            let mut first = b"[".to_vec();
+            first.extend_from_slice(&chunk);
+            let mut body: &[u8] = &first;
+            loop {
+                let framed = [format!("{:x}\r\n", body.len()).as_bytes(), body, b"\r\n"].concat();
+                if stream.write_all(&framed).await.is_err() {
+                    // The client hung up: what it does with an endless answer is the point.
+                    return Ok(());
+                }
+                shared
+                    .endless_bytes
+                    .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                body = &chunk;
+            }
         }
         Some(Fault::Status(status)) => {
             let body =

@@ -272,6 +272,9 @@ fn respond(state: &FakeState, path: &str, mode: Mode, body: &Bytes) -> Reply {
             let request: Value = serde_json::from_slice(body).unwrap_or_default();
             ok(json!({"ok": true, "channel": request["channel"], "ts": request["ts"], "text": ""}))
         }
+        Mode::Ok if path == "/api/auth.test" => ok(
+            json!({"ok": true, "url": "https://test.slack.com/", "team": "test", "user": "rabbitwatch", "team_id": "T1", "user_id": "U1"}),
+        ),
         Mode::Ok => text(StatusCode::OK, "ok"),
         Mode::SlackError(code) if api => ok(json!({"ok": false, "error": code})),
         Mode::SlackError(code) => text(StatusCode::BAD_REQUEST, code),
