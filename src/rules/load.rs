@@ -79,7 +79,7 @@ pub fn load_files(
             }
         };
         for file in files {
-            match std::fs::read_to_string(&file) {
+            match crate::yaml::read_text_limited(&file, crate::yaml::MAX_YAML_BYTES) {
                 Ok(text) => match parse_file(&file, &text) {
                     Ok(f) => set.rules.extend(f.rules),
                     Err(mut d) => errors.append(&mut d),
@@ -185,10 +185,11 @@ struct Compiler<'t> {
 
 impl Compiler<'_> {
     fn error_at(&mut self, at: &S, message: impl Into<String>) {
+        let (line, col) = crate::yaml::position(&at.referenced);
         self.errors.push(Diagnostic {
             file: self.file.clone(),
-            line: at.referenced.line(),
-            col: at.referenced.column(),
+            line,
+            col,
             message: message.into(),
         });
     }
@@ -196,11 +197,12 @@ impl Compiler<'_> {
     /// Maps an error inside an expression or template back to the file. A quoted scalar's text
     /// starts one column after its quote; a block scalar (`|`, `>`) on the lines below its key.
     fn inner_errors(&mut self, at: &S, what: &str, errs: Vec<CompileError>) {
-        let (line, col) = (at.referenced.line(), at.referenced.column());
-        let first = self
-            .lines
-            .get(line as usize - 1)
-            .and_then(|l| l.chars().nth(col as usize - 1))
+        // 1-based; an unknown location (0) reads as the start of the file rather than underflowing.
+        let (line, col) = crate::yaml::position(&at.referenced);
+        let first = usize::try_from(line - 1)
+            .ok()
+            .and_then(|i| self.lines.get(i))
+            .and_then(|l| l.chars().nth(usize::try_from(col - 1).ok()?))
             .unwrap_or(' ');
         for e in errs {
             let (l, c) = match first {
@@ -388,7 +390,7 @@ impl Compiler<'_> {
             labels,
             annotations,
             file: self.file.clone(),
-            line: r.alert.referenced.line(),
+            line: crate::yaml::position(&r.alert.referenced).0,
         })
     }
 }
@@ -481,6 +483,30 @@ mod tests {
         let text = GOOD.replace("keep_firing_for: 1m", "keep_firing: 1m");
         let errs = parse_file(Path::new("r.yaml"), &text).unwrap_err();
         assert!(errs[0].message.contains("keep_firing"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn an_unknown_location_maps_to_the_start_of_the_file_without_underflow() {
+        // serde-saphyr reports line 0, column 0 for a value it cannot place.
+        let at = S::new(
+            "publsh_rate > 0".to_string(),
+            serde_saphyr::Location::UNKNOWN,
+            serde_saphyr::Location::UNKNOWN,
+        );
+        let mut c = Compiler {
+            file: PathBuf::from("r.yaml"),
+            lines: vec!["groups: []"],
+            errors: Vec::new(),
+        };
+        let errs = Expr::compile_bool(&at.value, Scope::Queue).unwrap_err();
+        c.inner_errors(&at, "expr", errs);
+        c.error_at(&at, "somewhere");
+        assert_eq!(c.errors.len(), 2, "{:?}", c.errors);
+        assert!(
+            c.errors.iter().all(|d| d.line >= 1 && d.col >= 1),
+            "{:?}",
+            c.errors
+        );
     }
 
     #[test]
