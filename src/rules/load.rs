@@ -158,7 +158,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<RuleFile, Vec<Diagnostic>> 
     let raw: RawFile = crate::yaml::parse(file, text).map_err(|d| vec![d])?;
     let mut c = Compiler {
         file: file.to_path_buf(),
-        lines: text.lines().collect(),
+        lines: yaml_lines(text),
         errors: Vec::new(),
     };
     let mut rules = Vec::new();
@@ -175,6 +175,20 @@ pub fn parse_file(file: &Path, text: &str) -> Result<RuleFile, Vec<Diagnostic>> 
         c.errors.sort_by_key(|d| (d.line, d.col));
         Err(c.errors)
     }
+}
+
+/// Lines as YAML numbers them: `\n`, `\r\n` and a lone `\r` each end one (`str::lines` ignores a lone
+/// `\r`, so a file saved with old Mac line endings would be one line).
+fn yaml_lines(text: &str) -> Vec<&str> {
+    let mut lines = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(['\n', '\r']) {
+        lines.push(&rest[..i]);
+        let end = if rest[i..].starts_with("\r\n") { 2 } else { 1 };
+        rest = &rest[i + end..];
+    }
+    lines.push(rest);
+    lines
 }
 
 struct Compiler<'t> {
@@ -507,6 +521,20 @@ mod tests {
             "{:?}",
             c.errors
         );
+    }
+
+    #[test]
+    fn errors_in_files_with_carriage_return_line_endings_count_the_quote() {
+        // Found by fuzzing: serde-saphyr counts a lone `\r` as a line break, `str::lines` did not, so
+        // the opening quote was looked for on the wrong line and the column was off by one.
+        let text = "groups:\r  - name: g\r    rules:\r      - alert: A\r        scope: queue\r        expr: \"publsh_rate > 0\"\r";
+        let errs = parse_file(Path::new("r.yaml"), text).unwrap_err();
+        assert_eq!((errs[0].line, errs[0].col), (6, 16), "{}", errs[0]);
+        let crlf = text.replace('\r', "\r\n");
+        let errs = parse_file(Path::new("r.yaml"), &crlf).unwrap_err();
+        assert_eq!((errs[0].line, errs[0].col), (6, 16), "{}", errs[0]);
+        assert_eq!(yaml_lines("a\rb\r\nc\nd"), vec!["a", "b", "c", "d"]);
+        assert_eq!(yaml_lines("a\n"), vec!["a", ""]);
     }
 
     #[test]
