@@ -225,6 +225,12 @@ impl Compiler<'_> {
                 _ if e.line == 1 => (line, col + e.col - 1),
                 _ => (line + e.line - 1, e.col),
             };
+            // An empty block scalar at the end of the file has no line of its own: point at its `|`/`>`.
+            let (l, c) = if l > self.lines.len() as u64 {
+                (line, col)
+            } else {
+                (l, c)
+            };
             self.errors.push(Diagnostic {
                 file: self.file.clone(),
                 line: l,
@@ -535,6 +541,16 @@ mod tests {
         assert_eq!((errs[0].line, errs[0].col), (6, 16), "{}", errs[0]);
         assert_eq!(yaml_lines("a\rb\r\nc\nd"), vec!["a", "b", "c", "d"]);
         assert_eq!(yaml_lines("a\n"), vec!["a", ""]);
+    }
+
+    #[test]
+    fn an_empty_block_scalar_at_the_end_of_the_file_is_reported_at_its_indicator() {
+        // Found by fuzzing: the error pointed at the line after the last one.
+        let text = "groups:\n  - name: g\n    rules:\n      - alert: A\n        scope: queue\n        expr: >";
+        let errs = parse_file(Path::new("r.yaml"), text).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!((errs[0].line, errs[0].col), (6, 15), "{}", errs[0]);
+        assert!(errs[0].message.contains("empty expression"), "{}", errs[0]);
     }
 
     #[test]
