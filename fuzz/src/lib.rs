@@ -49,7 +49,7 @@ impl Env for Fixed {
             Type::String => Some(Value::Str(Cow::Borrowed(
                 ["prod-eu", "rabbit@node-1", "full", "/"][i % 4],
             ))),
-            Type::Bool => Some(Value::Bool(i % 2 == 0)),
+            Type::Bool => Some(Value::Bool(i.is_multiple_of(2))),
         }
     }
 }
