@@ -21,6 +21,11 @@ use crate::rules::RuleSet;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9488";
 
+/// Secret files (`password_file`, `api_token_file`, …) hold one value; anything larger is a wrong path.
+const MAX_SECRET_BYTES: u64 = 64 << 10;
+/// `tls.ca_file`: a PEM bundle; the whole system store is well under this.
+const MAX_CA_BYTES: u64 = 4 << 20;
+
 pub use crate::domain::Diagnostic;
 
 #[derive(Debug, thiserror::Error)]
@@ -409,10 +414,13 @@ pub fn resolve_path(flag: Option<PathBuf>) -> PathBuf {
 }
 
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text =
+        crate::yaml::read_text_limited(path, crate::yaml::MAX_YAML_BYTES).map_err(|source| {
+            ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
     parse(path, &text, &|name| std::env::var(name).ok())
 }
 
@@ -448,10 +456,11 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn error_at<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        let (line, col) = crate::yaml::position(&at.referenced);
         self.errors.push(Diagnostic {
             file: self.file.clone(),
-            line: at.referenced.line(),
-            col: at.referenced.column(),
+            line,
+            col,
             message: message.into(),
         });
     }
@@ -492,9 +501,11 @@ impl Validator<'_> {
         if p.is_relative() { self.dir.join(p) } else { p }
     }
 
-    fn read_file(&mut self, s: &S, what: &str) -> Option<Vec<u8>> {
+    /// Reads a file the config points at, at most `limit` bytes: a path to `/dev/zero` or a log file is
+    /// an error at the key, not a hang.
+    fn read_file(&mut self, s: &S, what: &str, limit: u64) -> Option<Vec<u8>> {
         let p = self.path(s);
-        match std::fs::read(&p) {
+        match crate::yaml::read_limited(&p, limit) {
             Ok(bytes) => Some(bytes),
             Err(e) => {
                 self.error_at(s, format!("cannot read {what} {}: {e}", p.display()));
@@ -504,7 +515,7 @@ impl Validator<'_> {
     }
 
     fn secret_file(&mut self, s: &S, what: &str) -> Option<Secret> {
-        let bytes = self.read_file(s, what)?;
+        let bytes = self.read_file(s, what, MAX_SECRET_BYTES)?;
         match String::from_utf8(bytes) {
             Ok(text) => Some(Secret::new(text.trim_end_matches(['\n', '\r']).to_string())),
             Err(_) => {
@@ -713,12 +724,13 @@ impl Validator<'_> {
         let located: Vec<(String, Option<Diagnostic>)> = patterns
             .iter()
             .map(|p| {
+                let (line, col) = crate::yaml::position(&p.referenced);
                 (
                     p.value.clone(),
                     Some(Diagnostic {
                         file: self.file.clone(),
-                        line: p.referenced.line(),
-                        col: p.referenced.column(),
+                        line,
+                        col,
                         message: String::new(),
                     }),
                 )
@@ -1078,7 +1090,7 @@ impl Validator<'_> {
                 ca_pem: t
                     .ca_file
                     .as_ref()
-                    .and_then(|s| self.read_file(s, "tls.ca_file")),
+                    .and_then(|s| self.read_file(s, "tls.ca_file", MAX_CA_BYTES)),
                 insecure_skip_verify: t.insecure_skip_verify,
             },
             None => TlsConfig::default(),
@@ -1259,6 +1271,29 @@ mod tests {
     fn secrets_do_not_show_in_debug_output() {
         let c = parse_str(MINIMAL).unwrap();
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_secret_file_that_never_ends_is_an_error_not_a_hang() {
+        let errs = errors(&MINIMAL.replace("password: ${RW_PASSWORD}", "password_file: /dev/zero"));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("/etc/rw/rabbitwatch.yaml:5:")
+                && errs[0].contains("cannot read password_file /dev/zero: larger than 64 KiB"),
+            "{}",
+            errs[0]
+        );
+        let errs = errors(&format!("{MINIMAL}    tls: {{ ca_file: /dev/zero }}\n"));
+        assert!(errs[0].contains("larger than 4 MiB"), "{errs:?}");
+    }
+
+    #[test]
+    fn a_rules_pattern_naming_an_endless_file_is_an_error_not_a_hang() {
+        let errs = errors(&format!("{MINIMAL}rules: [/dev/zero]\n"));
+        assert!(
+            errs[0].starts_with("/dev/zero:1:1:") && errs[0].contains("larger than 16 MiB"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -195,6 +195,52 @@ pub fn decode_queue_page(bytes: &[u8]) -> Result<(Vec<QueueDto<'_>>, u32), serde
     Ok((page.items, page.page_count))
 }
 
+/// Decodes `/api/overview`: the broker's version, and whether it keeps message statistics.
+pub fn decode_overview(bytes: &[u8]) -> Result<(String, StatsMode), serde_json::Error> {
+    let overview: OverviewDto = serde_json::from_slice(bytes)?;
+    let stats_mode =
+        if overview.disable_stats == Some(true) || overview.rates_mode.as_deref() == Some("none") {
+            StatsMode::DepthOnly
+        } else {
+            StatsMode::Full
+        };
+    Ok((overview.rabbitmq_version, stats_mode))
+}
+
+/// Decodes `/api/nodes?columns=…`.
+pub fn decode_nodes(bytes: &[u8]) -> Result<Vec<NodeSample>, serde_json::Error> {
+    let nodes: Vec<NodeDto> = serde_json::from_slice(bytes)?;
+    Ok(nodes.into_iter().map(node_sample).collect())
+}
+
+/// Decodes `/api/whoami` into the user's tags. RabbitMQ 3.x sends them as a comma-separated string in
+/// older releases, a list in newer.
+pub fn decode_whoami_tags(bytes: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct WhoAmI {
+        #[serde(default)]
+        tags: TagList,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(untagged)]
+    enum TagList {
+        List(Vec<String>),
+        Text(String),
+        #[default]
+        None,
+    }
+    let who: WhoAmI = serde_json::from_slice(bytes)?;
+    Ok(match who.tags {
+        TagList::List(l) => l,
+        TagList::Text(t) => t
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        TagList::None => Vec::new(),
+    })
+}
+
 fn first_byte(bytes: &[u8]) -> Option<u8> {
     bytes.iter().copied().find(|b| !b.is_ascii_whitespace())
 }
@@ -351,7 +397,8 @@ impl QueueDto<'_> {
             },
             kind,
             durable: self.durable,
-            messages: self.messages.unwrap_or(ready + unacked),
+            // Saturating: the two come from the broker, and a garbled answer must not overflow.
+            messages: self.messages.unwrap_or(ready.saturating_add(unacked)),
             messages_ready: ready,
             messages_unacked: unacked,
             consumers: self.consumers.unwrap_or(0),
@@ -459,8 +506,17 @@ impl Scraper {
     }
 
     async fn get_json<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T, ScrapeError> {
+        self.get_decoded(path, |body| serde_json::from_slice(body))
+            .await
+    }
+
+    async fn get_decoded<T>(
+        &self,
+        path: &str,
+        decode: impl FnOnce(&[u8]) -> Result<T, serde_json::Error>,
+    ) -> Result<T, ScrapeError> {
         let body = self.get(path).await?;
-        serde_json::from_slice(&body).map_err(|e| ScrapeError::Decode {
+        decode(&body).map_err(|e| ScrapeError::Decode {
             url: self.url(path),
             detail: e.to_string(),
         })
@@ -469,33 +525,10 @@ impl Scraper {
     /// Start-up check: reachable, credentials accepted, and a user allowed to read every vhost's
     /// statistics (`monitoring` or `administrator` tag). Returns the user's tags.
     pub async fn check_access(&self) -> Result<Vec<String>, AccessProblem> {
-        #[derive(Deserialize)]
-        struct WhoAmI {
-            #[serde(default)]
-            tags: TagList,
-        }
-        // RabbitMQ 3.x sends tags as a comma-separated string in older releases, a list in newer.
-        #[derive(Deserialize, Default)]
-        #[serde(untagged)]
-        enum TagList {
-            List(Vec<String>),
-            Text(String),
-            #[default]
-            None,
-        }
-        let who: WhoAmI = self
-            .get_json("/api/whoami")
+        let tags = self
+            .get_decoded("/api/whoami", decode_whoami_tags)
             .await
             .map_err(AccessProblem::Scrape)?;
-        let tags: Vec<String> = match who.tags {
-            TagList::List(l) => l,
-            TagList::Text(t) => t
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
-            TagList::None => Vec::new(),
-        };
         if !tags
             .iter()
             .any(|t| t == "monitoring" || t == "administrator")
@@ -511,17 +544,11 @@ impl Scraper {
         now: impl Fn() -> Timestamp,
         progress: &(dyn Fn() + Sync),
     ) -> Result<Snapshot, ScrapeError> {
-        let overview: OverviewDto = self.get_json("/api/overview").await?;
+        let (rabbitmq_version, stats_mode) =
+            self.get_decoded("/api/overview", decode_overview).await?;
         progress();
-        let stats_mode = if overview.disable_stats == Some(true)
-            || overview.rates_mode.as_deref() == Some("none")
-        {
-            StatsMode::DepthOnly
-        } else {
-            StatsMode::Full
-        };
-        let nodes: Vec<NodeDto> = self
-            .get_json(&format!("/api/nodes?columns={NODE_COLUMNS}"))
+        let nodes = self
+            .get_decoded(&format!("/api/nodes?columns={NODE_COLUMNS}"), decode_nodes)
             .await?;
         progress();
         let mut collector = QueueCollector::new(&self.cfg.vhosts, &self.cfg.queues, stats_mode);
@@ -543,8 +570,8 @@ impl Scraper {
         Ok(Snapshot {
             taken_at: now(),
             stats_mode,
-            rabbitmq_version: overview.rabbitmq_version,
-            nodes: nodes.into_iter().map(node_sample).collect(),
+            rabbitmq_version,
+            nodes,
             queues,
             truncated,
         })
@@ -746,6 +773,55 @@ mod tests {
             br#"{"items":[{"name":"a","vhost":"/"}],"page":1,"page_count":4,"total_count":1600}"#;
         assert_eq!(c.add_listing(page).unwrap(), 4);
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn depth_sums_saturate_instead_of_overflowing() {
+        let page = br#"[{"name":"q","vhost":"/","messages_ready":18446744073709551615,"messages_unacknowledged":1}]"#;
+        let s = collect(page, StatsMode::Full).remove(0);
+        assert_eq!(s.messages, u64::MAX);
+    }
+
+    #[test]
+    fn overview_decides_the_stats_mode() {
+        let full = br#"{"rabbitmq_version":"3.10.8","rates_mode":"basic","disable_stats":false}"#;
+        assert_eq!(
+            decode_overview(full).unwrap(),
+            ("3.10.8".to_string(), StatsMode::Full)
+        );
+        for depth_only in [
+            &br#"{"disable_stats":true}"#[..],
+            br#"{"rates_mode":"none"}"#,
+        ] {
+            assert_eq!(decode_overview(depth_only).unwrap().1, StatsMode::DepthOnly);
+        }
+        assert!(decode_overview(b"42").is_err());
+    }
+
+    #[test]
+    fn nodes_decode_into_samples() {
+        let nodes = decode_nodes(
+            br#"[{"name":"rabbit@a","running":true,"mem_used":5,"mem_limit":10,"partitions":["rabbit@b"]},{"name":"rabbit@b"}]"#,
+        )
+        .unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert!(nodes[0].running && !nodes[1].running);
+        assert_eq!((nodes[0].mem_used, nodes[0].partitions), (5, 1));
+        assert!(decode_nodes(br#"[{"running":true}]"#).is_err());
+    }
+
+    #[test]
+    fn whoami_tags_come_as_a_list_or_a_comma_separated_string() {
+        let want = vec!["monitoring".to_string(), "management".to_string()];
+        assert_eq!(
+            decode_whoami_tags(br#"{"name":"u","tags":["monitoring","management"]}"#).unwrap(),
+            want
+        );
+        assert_eq!(
+            decode_whoami_tags(br#"{"name":"u","tags":"monitoring, management,"}"#).unwrap(),
+            want
+        );
+        assert!(decode_whoami_tags(br#"{"name":"u"}"#).unwrap().is_empty());
     }
 
     #[test]

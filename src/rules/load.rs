@@ -79,7 +79,7 @@ pub fn load_files(
             }
         };
         for file in files {
-            match std::fs::read_to_string(&file) {
+            match crate::yaml::read_text_limited(&file, crate::yaml::MAX_YAML_BYTES) {
                 Ok(text) => match parse_file(&file, &text) {
                     Ok(f) => set.rules.extend(f.rules),
                     Err(mut d) => errors.append(&mut d),
@@ -158,7 +158,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<RuleFile, Vec<Diagnostic>> 
     let raw: RawFile = crate::yaml::parse(file, text).map_err(|d| vec![d])?;
     let mut c = Compiler {
         file: file.to_path_buf(),
-        lines: text.lines().collect(),
+        lines: yaml_lines(text),
         errors: Vec::new(),
     };
     let mut rules = Vec::new();
@@ -177,6 +177,20 @@ pub fn parse_file(file: &Path, text: &str) -> Result<RuleFile, Vec<Diagnostic>> 
     }
 }
 
+/// Lines as YAML numbers them: `\n`, `\r\n` and a lone `\r` each end one (`str::lines` ignores a lone
+/// `\r`, so a file saved with old Mac line endings would be one line).
+fn yaml_lines(text: &str) -> Vec<&str> {
+    let mut lines = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(['\n', '\r']) {
+        lines.push(&rest[..i]);
+        let end = if rest[i..].starts_with("\r\n") { 2 } else { 1 };
+        rest = &rest[i + end..];
+    }
+    lines.push(rest);
+    lines
+}
+
 struct Compiler<'t> {
     file: PathBuf,
     lines: Vec<&'t str>,
@@ -185,10 +199,11 @@ struct Compiler<'t> {
 
 impl Compiler<'_> {
     fn error_at(&mut self, at: &S, message: impl Into<String>) {
+        let (line, col) = crate::yaml::position(&at.referenced);
         self.errors.push(Diagnostic {
             file: self.file.clone(),
-            line: at.referenced.line(),
-            col: at.referenced.column(),
+            line,
+            col,
             message: message.into(),
         });
     }
@@ -196,11 +211,12 @@ impl Compiler<'_> {
     /// Maps an error inside an expression or template back to the file. A quoted scalar's text
     /// starts one column after its quote; a block scalar (`|`, `>`) on the lines below its key.
     fn inner_errors(&mut self, at: &S, what: &str, errs: Vec<CompileError>) {
-        let (line, col) = (at.referenced.line(), at.referenced.column());
-        let first = self
-            .lines
-            .get(line as usize - 1)
-            .and_then(|l| l.chars().nth(col as usize - 1))
+        // 1-based; an unknown location (0) reads as the start of the file rather than underflowing.
+        let (line, col) = crate::yaml::position(&at.referenced);
+        let first = usize::try_from(line - 1)
+            .ok()
+            .and_then(|i| self.lines.get(i))
+            .and_then(|l| l.chars().nth(usize::try_from(col - 1).ok()?))
             .unwrap_or(' ');
         for e in errs {
             let (l, c) = match first {
@@ -208,6 +224,12 @@ impl Compiler<'_> {
                 '|' | '>' => (line + e.line, e.col),
                 _ if e.line == 1 => (line, col + e.col - 1),
                 _ => (line + e.line - 1, e.col),
+            };
+            // An empty block scalar at the end of the file has no line of its own: point at its `|`/`>`.
+            let (l, c) = if l > self.lines.len() as u64 {
+                (line, col)
+            } else {
+                (l, c)
             };
             self.errors.push(Diagnostic {
                 file: self.file.clone(),
@@ -388,7 +410,7 @@ impl Compiler<'_> {
             labels,
             annotations,
             file: self.file.clone(),
-            line: r.alert.referenced.line(),
+            line: crate::yaml::position(&r.alert.referenced).0,
         })
     }
 }
@@ -481,6 +503,54 @@ mod tests {
         let text = GOOD.replace("keep_firing_for: 1m", "keep_firing: 1m");
         let errs = parse_file(Path::new("r.yaml"), &text).unwrap_err();
         assert!(errs[0].message.contains("keep_firing"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn an_unknown_location_maps_to_the_start_of_the_file_without_underflow() {
+        // serde-saphyr reports line 0, column 0 for a value it cannot place.
+        let at = S::new(
+            "publsh_rate > 0".to_string(),
+            serde_saphyr::Location::UNKNOWN,
+            serde_saphyr::Location::UNKNOWN,
+        );
+        let mut c = Compiler {
+            file: PathBuf::from("r.yaml"),
+            lines: vec!["groups: []"],
+            errors: Vec::new(),
+        };
+        let errs = Expr::compile_bool(&at.value, Scope::Queue).unwrap_err();
+        c.inner_errors(&at, "expr", errs);
+        c.error_at(&at, "somewhere");
+        assert_eq!(c.errors.len(), 2, "{:?}", c.errors);
+        assert!(
+            c.errors.iter().all(|d| d.line >= 1 && d.col >= 1),
+            "{:?}",
+            c.errors
+        );
+    }
+
+    #[test]
+    fn errors_in_files_with_carriage_return_line_endings_count_the_quote() {
+        // Found by fuzzing: serde-saphyr counts a lone `\r` as a line break, `str::lines` did not, so
+        // the opening quote was looked for on the wrong line and the column was off by one.
+        let text = "groups:\r  - name: g\r    rules:\r      - alert: A\r        scope: queue\r        expr: \"publsh_rate > 0\"\r";
+        let errs = parse_file(Path::new("r.yaml"), text).unwrap_err();
+        assert_eq!((errs[0].line, errs[0].col), (6, 16), "{}", errs[0]);
+        let crlf = text.replace('\r', "\r\n");
+        let errs = parse_file(Path::new("r.yaml"), &crlf).unwrap_err();
+        assert_eq!((errs[0].line, errs[0].col), (6, 16), "{}", errs[0]);
+        assert_eq!(yaml_lines("a\rb\r\nc\nd"), vec!["a", "b", "c", "d"]);
+        assert_eq!(yaml_lines("a\n"), vec!["a", ""]);
+    }
+
+    #[test]
+    fn an_empty_block_scalar_at_the_end_of_the_file_is_reported_at_its_indicator() {
+        // Found by fuzzing: the error pointed at the line after the last one.
+        let text = "groups:\n  - name: g\n    rules:\n      - alert: A\n        scope: queue\n        expr: >";
+        let errs = parse_file(Path::new("r.yaml"), text).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!((errs[0].line, errs[0].col), (6, 15), "{}", errs[0]);
+        assert!(errs[0].message.contains("empty expression"), "{}", errs[0]);
     }
 
     #[test]

@@ -172,7 +172,8 @@ pub fn run_file(path: &Path) -> Result<FileReport, Vec<Diagnostic>> {
             message,
         }]
     };
-    let text = std::fs::read_to_string(path).map_err(|e| diag(format!("cannot read: {e}")))?;
+    let text = crate::yaml::read_text_limited(path, crate::yaml::MAX_YAML_BYTES)
+        .map_err(|e| diag(format!("cannot read: {e}")))?;
     let file: TestFile = crate::yaml::parse(path, &text).map_err(|d| vec![d])?;
     let base = path.parent().unwrap_or(Path::new("."));
     let patterns: Vec<(String, Option<Diagnostic>)> =
