@@ -325,7 +325,9 @@ impl QueueDto<'_> {
     pub fn into_sample(self, vhost: Arc<str>, kind: Arc<str>, mode: StatsMode) -> QueueSample {
         // Right after a node starts, it lists its queues with no counts at all for a few seconds.
         // That means "not known yet", not "empty": read as zero it would resolve every backlog alert
-        // and spike the rates. Other absent fields keep their defaults.
+        // and spike the rates. Other absent fields keep their defaults. (RabbitMQ 3.10 with
+        // `management_agent.disable_metrics_collector` lists no counts at all unless asked for
+        // `enable_queue_totals`; its queues stay pending rather than being exported as empty.)
         let stats_pending = self.messages.is_none()
             && self.messages_ready.is_none()
             && self.messages_unacknowledged.is_none();

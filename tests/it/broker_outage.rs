@@ -46,6 +46,19 @@ outbox: {{ max_backoff: 2s }}
     )
 }
 
+/// What each delivered message about `needle` was: `state:sequence` from its `Idempotency-Key`
+/// (`correlation_id:state:sequence`), with the correlation id.
+fn deliveries_about(slack: &FakeHttp, needle: &str) -> Vec<(String, String)> {
+    messages_about(slack, needle)
+        .iter()
+        .map(|m| {
+            let key = m.header("idempotency-key").unwrap_or_default();
+            let (id, what) = key.split_once(':').unwrap_or((key, ""));
+            (id.to_owned(), what.to_owned())
+        })
+        .collect()
+}
+
 fn messages_about(slack: &FakeHttp, needle: &str) -> Vec<Recorded> {
     slack
         .requests_to(HOOK)
@@ -288,14 +301,23 @@ async fn stop_app_pages_once_and_after_start_app_the_queue_incidents_carry_on() 
         Duration::from_secs(30),
         "ClusterUnreachable resolved in Slack, /readyz 200",
         async || {
-            let pages = messages_about(&slack, "ClusterUnreachable").len();
+            let pages = deliveries_about(&slack, "ClusterUnreachable");
             let (status, ready) = daemon.get("/readyz").await?;
-            (pages == 2 && status == 200).then_some(()).ok_or(format!(
-                "{pages} ClusterUnreachable message(s); /readyz {status} {ready}"
-            ))
+            (pages.len() == 2 && status == 200)
+                .then_some(())
+                .ok_or(format!(
+                    "ClusterUnreachable: {pages:?}; /readyz {status} {ready}"
+                ))
         },
     )
     .await;
+    let pages = deliveries_about(&slack, "ClusterUnreachable");
+    assert_eq!(pages[0].0, pages[1].0, "one incident: {pages:?}");
+    assert_eq!(
+        [pages[0].1.as_str(), pages[1].1.as_str()],
+        ["firing:1", "resolved:2"],
+        "one page, then its resolve"
+    );
     eventually(
         Duration::from_secs(30),
         "the broker's statistics back",
