@@ -7,7 +7,7 @@
 //! with SIGKILL when the handle drops, and also when the test process dies without dropping it: a
 //! small shell wrapper waits on a pipe from the test and kills its group when the pipe closes.
 //!
-//! On a 2-core machine a node takes about 10 s to boot and holds about 160 MB resident.
+//! On a busy 2-core machine a node took 6–11 s to boot and held about 160 MB resident.
 
 #![allow(dead_code)] // not every test uses every helper
 
