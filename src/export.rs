@@ -589,6 +589,7 @@ mod tests {
                 counters: None,
                 head_message_timestamp: None,
                 max_length: None,
+                stats_pending: false,
             },
             health: QueueHealth {
                 drain_eta: Some(f64::INFINITY),

@@ -372,6 +372,14 @@ impl<'de> DeserializeSeed<'de> for ItemsSeed<'_, '_> {
 impl QueueDto<'_> {
     /// `vhost` is shared across all queues of one vhost to keep 100k keys small.
     pub fn into_sample(self, vhost: Arc<str>, kind: Arc<str>, mode: StatsMode) -> QueueSample {
+        // Right after a node starts, it lists its queues with no counts at all for a few seconds.
+        // That means "not known yet", not "empty": read as zero it would resolve every backlog alert
+        // and spike the rates. Other absent fields keep their defaults. (RabbitMQ 3.10 with
+        // `management_agent.disable_metrics_collector` lists no counts at all unless asked for
+        // `enable_queue_totals`; its queues stay pending rather than being exported as empty.)
+        let stats_pending = self.messages.is_none()
+            && self.messages_ready.is_none()
+            && self.messages_unacknowledged.is_none();
         let ready = self.messages_ready.unwrap_or(0);
         let unacked = self.messages_unacknowledged.unwrap_or(0);
         let counters = match mode {
@@ -406,6 +414,7 @@ impl QueueDto<'_> {
             counters,
             head_message_timestamp: self.head_message_timestamp,
             max_length: self.arguments.and_then(|a| a.max_length),
+            stats_pending,
         }
     }
 }
@@ -741,6 +750,21 @@ mod tests {
         assert_eq!(pages, 1);
         let names: Vec<_> = c.finish().iter().map(|q| q.key.name.clone()).collect();
         assert_eq!(names, vec!["a".into()] as Vec<Box<str>>);
+    }
+
+    #[test]
+    fn a_queue_listed_without_counts_is_stats_pending_not_empty() {
+        // RabbitMQ 3.10.8 for ~5 s after `rabbitmqctl start_app`, asked for `QUEUE_COLUMNS`.
+        let page = br#"[{"arguments":{},"durable":true,"name":"q1","type":"classic","vhost":"/"},
+            {"arguments":{},"consumer_utilisation":0,"consumers":0,"durable":true,"head_message_timestamp":null,
+             "messages":0,"messages_ready":0,"messages_unacknowledged":0,"name":"q2","type":"classic","vhost":"/"}]"#;
+        let samples = collect(page, StatsMode::Full);
+        assert!(samples[0].stats_pending);
+        assert!(
+            !samples[1].stats_pending,
+            "an empty queue is a fact, not pending"
+        );
+        assert!(!sample("q", 3).stats_pending);
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub struct QueueSample {
     /// Publish time of the head message, where the broker reports it (seconds since the epoch).
     pub head_message_timestamp: Option<f64>,
     pub max_length: Option<u64>,
+    /// Listed without any counts: a node that has just started lists its queues for about one
+    /// statistics interval (5 s by default) before it has their numbers. The figures above are then
+    /// not facts; `view::Tracker` shows the last known ones instead of reading the queue as empty.
+    pub stats_pending: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]

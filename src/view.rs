@@ -99,6 +99,46 @@ struct Tracked {
     prom_labels: Arc<str>,
     /// The last cycle that listed this queue.
     seen: u64,
+    carried: Carried,
+}
+
+/// The last listed figures of a queue that its window does not keep, shown again while the broker
+/// lists the queue with its statistics pending (see `QueueSample::stats_pending`).
+#[derive(Clone, Copy, Debug)]
+struct Carried {
+    messages_ready: u64,
+    messages_unacked: u64,
+    consumers: u64,
+    consumer_utilisation: Option<f64>,
+    head_message_timestamp: Option<f64>,
+}
+
+impl Carried {
+    fn of(q: &QueueSample) -> Self {
+        Carried {
+            messages_ready: q.messages_ready,
+            messages_unacked: q.messages_unacked,
+            consumers: q.consumers,
+            consumer_utilisation: q.consumer_utilisation,
+            head_message_timestamp: q.head_message_timestamp,
+        }
+    }
+}
+
+impl Tracked {
+    /// Fills a stats-pending sample with the last known figures; the window gets no new point, so
+    /// rates, growth and status stay what the last real sample made them.
+    fn carry_into(&self, q: &mut QueueSample) {
+        let last = self.window.last();
+        let c = self.carried;
+        q.messages = last.messages;
+        q.counters = self.window.has_counters().then_some(last.counters);
+        q.messages_ready = c.messages_ready;
+        q.messages_unacked = c.messages_unacked;
+        q.consumers = c.consumers;
+        q.consumer_utilisation = c.consumer_utilisation;
+        q.head_message_timestamp = c.head_message_timestamp;
+    }
 }
 
 /// One cluster's history and the analysis over it.
@@ -134,6 +174,11 @@ impl Tracker {
     /// once. A queue missing from one listing is not published, but its history is kept for one more
     /// cycle, so a queue that a paged listing skipped does not restart its window; after that it is
     /// forgotten.
+    ///
+    /// A queue listed with its statistics pending (a node just started) is not read as empty: it is
+    /// published with its last known figures, as long as those are less than a window old, and its
+    /// window is left as it was. One with no usable history is left out until the broker has its
+    /// numbers.
     pub fn observe(
         &mut self,
         queues: Vec<QueueSample>,
@@ -144,17 +189,27 @@ impl Tracker {
         let cycle = self.cycle;
         let span = self.params.window_ms;
         let mut views = Vec::with_capacity(queues.len());
-        for q in queues {
+        for mut q in queues {
             let tracked = match self.queues.get_mut(&q.key) {
                 Some(t) if t.seen == cycle => continue,
-                Some(t) => {
-                    t.window.push(at, q.messages, q.counters, span);
+                Some(t) if q.stats_pending => {
+                    if at.0 - t.window.last().at.0 > span {
+                        continue;
+                    }
+                    t.carry_into(&mut q);
                     t
                 }
+                Some(t) => {
+                    t.window.push(at, q.messages, q.counters, span);
+                    t.carried = Carried::of(&q);
+                    t
+                }
+                None if q.stats_pending => continue,
                 None => self.queues.entry(q.key.clone()).or_insert_with(|| Tracked {
                     window: Window::new(at, q.messages, q.counters),
                     prom_labels: prom_labels(&self.cluster, &q.key).into(),
                     seen: cycle,
+                    carried: Carried::of(&q),
                 }),
             };
             tracked.seen = cycle;
@@ -263,6 +318,60 @@ mod tests {
         // The window still spans 30 s, so the rate is known at once: 2 msg/s.
         let rate = b.health.publish_rate.expect("history kept");
         assert!((rate - 2.0).abs() < 0.01, "{rate}");
+    }
+
+    /// How a node that has just started lists a queue: no counts, no consumers, no `message_stats`.
+    fn pending(name: &str) -> Vec<QueueSample> {
+        let all = NameFilter {
+            include: regex::Regex::new(".*").unwrap(),
+            exclude: None,
+        };
+        let mut c = QueueCollector::new(&all, &all, StatsMode::Full);
+        c.add_listing(format!(r#"[{{"name":"{name}","vhost":"/","durable":true}}]"#).as_bytes())
+            .unwrap();
+        c.finish()
+    }
+
+    #[test]
+    fn a_queue_listed_with_stats_pending_keeps_its_last_figures_and_rates() {
+        let mut t = Tracker::new("c", Params { window_ms: 30_000 });
+        for i in 0..4 {
+            observe(&mut t, i * 5, &[("a", 10 * i as u64)]);
+        }
+        let before = observe(&mut t, 20, &[("a", 40)]).remove(0);
+        let at = Timestamp(25_000);
+        let during = t.observe(pending("a"), at, at).remove(0);
+        assert_eq!(during.sample.messages, 1, "not read as empty");
+        assert_eq!(during.sample.messages_ready, before.sample.messages_ready);
+        assert_eq!(during.sample.consumers, 1);
+        assert_eq!(during.sample.counters, before.sample.counters);
+        assert_eq!(during.health.publish_rate, before.health.publish_rate);
+        assert_eq!(during.health.backlog_growth, Some(0.0));
+        assert_eq!(during.health.status, before.health.status);
+        // The window got no point from it: the next real sample continues the same history.
+        let after = observe(&mut t, 30, &[("a", 60)]).remove(0);
+        let rate = after.health.publish_rate.expect("history kept");
+        assert!((rate - 2.0).abs() < 0.01, "{rate}");
+    }
+
+    #[test]
+    fn a_queue_first_listed_with_stats_pending_waits_for_its_numbers() {
+        let mut t = Tracker::new("c", Params { window_ms: 30_000 });
+        let at = Timestamp(0);
+        assert!(t.observe(pending("a"), at, at).is_empty());
+        assert!(t.is_empty());
+        assert_eq!(observe(&mut t, 5, &[("a", 0)]).len(), 1);
+    }
+
+    #[test]
+    fn figures_older_than_the_window_are_not_carried() {
+        let mut t = Tracker::new("c", Params { window_ms: 30_000 });
+        observe(&mut t, 0, &[("a", 0)]);
+        observe(&mut t, 5, &[("a", 0)]);
+        let at = Timestamp(30_000);
+        assert_eq!(t.observe(pending("a"), at, at).len(), 1);
+        let at = Timestamp(36_000);
+        assert!(t.observe(pending("a"), at, at).is_empty());
     }
 
     #[test]

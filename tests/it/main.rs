@@ -2,6 +2,7 @@
 //! Each module covers one area of behaviour; the `util*` modules hold the harness they share.
 
 mod alerting;
+mod broker_outage;
 mod faults;
 mod muting;
 mod pipeline;
@@ -12,6 +13,7 @@ mod secrets;
 mod startup;
 mod tls;
 mod util;
+mod util_broker;
 mod util_faults;
 mod util_proxy;
 mod util_slack;
