@@ -116,12 +116,19 @@ pub fn analyze(w: &Window, latest: Latest, params: &Params, now: Timestamp) -> Q
     }
 }
 
+/// RabbitMQ's default `collect_statistics_interval`: counters and depths move in steps this far apart.
+const MIN_SLOPE_SPAN_MS: i64 = 5_000;
+
 /// Least-squares slope of `f` over the window, per second. For counters this is the rate: RabbitMQ
 /// refreshes its statistics every 5 s, so counters climb in steps, and a first-to-last delta over a
 /// window of a few steps is off by up to a whole step; the regression averages the staircase out.
 /// The slope of a non-decreasing series is never negative.
+///
+/// Unknown until the window spans `MIN_SLOPE_SPAN_MS`, one statistics interval of RabbitMQ: with polls
+/// faster than that, a young window (a new queue, or history restarted by a counter reset) can hold one
+/// 5 s step over a second or two, and its slope would read several times the true rate.
 fn slope(w: &Window, f: fn(&Point) -> u64) -> Option<f64> {
-    if w.len() < 2 {
+    if w.len() < 2 || w.last().at.0 - w.first().at.0 < MIN_SLOPE_SPAN_MS {
         return None;
     }
     let t0 = w.first().at;
@@ -443,6 +450,22 @@ mod tests {
                 "phase {phase}: rate {rate}"
             );
         }
+    }
+
+    #[test]
+    fn a_young_window_holding_one_statistics_step_gives_no_rate_yet() {
+        // 10 msg/s consumed, counters refreshed every 5 s; a new queue polled every second whose window
+        // starts just before a step: over 1 s the step would read 50 msg/s.
+        let w = window(&[(0, 0, 0, 0), (1, 0, 50, 50)]);
+        assert_eq!(
+            analyze(&w, with_consumers(1), &PARAMS, at(1)).consume_rate,
+            None
+        );
+        let w = window(&[(0, 0, 0, 0), (1, 0, 50, 50), (3, 0, 50, 50), (5, 0, 50, 50)]);
+        let rate = analyze(&w, with_consumers(1), &PARAMS, at(5))
+            .consume_rate
+            .unwrap();
+        assert!((0.0..=20.0).contains(&rate), "{rate}");
     }
 
     #[test]

@@ -224,7 +224,7 @@ impl Tracker {
             });
         }
         if views.len() != self.queues.len() {
-            self.queues.retain(|_, t| t.seen + 1 >= cycle);
+            self.queues.retain(|_, t| t.seen == cycle);
         }
         views
     }
@@ -306,18 +306,26 @@ mod tests {
     }
 
     #[test]
-    fn a_queue_missing_from_one_listing_keeps_its_history() {
+    fn a_queue_missing_from_a_listing_is_forgotten_and_comes_back_afresh() {
         let mut t = Tracker::new("c", Params { window_ms: 30_000 });
         for i in 0..6 {
-            observe(&mut t, i * 5, &[("a", 10 * i as u64), ("b", 10 * i as u64)]);
+            observe(
+                &mut t,
+                i * 5,
+                &[("a", 10 * i as u64), ("b", 100 + 10 * i as u64)],
+            );
         }
-        // A paged listing skipped "b" once (a queue before it was deleted mid-scrape).
+        // "b" deleted, then declared again under the same name: its history must not carry over, or
+        // the new queue's counters would be read against the old queue's.
         observe(&mut t, 30, &[("a", 60)]);
-        let views = observe(&mut t, 35, &[("a", 70), ("b", 70)]);
+        let views = observe(&mut t, 35, &[("a", 70), ("b", 400)]);
         let b = views.iter().find(|v| &*v.sample.key.name == "b").unwrap();
-        // The window still spans 30 s, so the rate is known at once: 2 msg/s.
-        let rate = b.health.publish_rate.expect("history kept");
-        assert!((rate - 2.0).abs() < 0.01, "{rate}");
+        assert_eq!(
+            b.health.publish_rate, None,
+            "one sample of the new queue: no rate yet"
+        );
+        let a = views.iter().find(|v| &*v.sample.key.name == "a").unwrap();
+        assert!(a.health.publish_rate.is_some());
     }
 
     /// How a node that has just started lists a queue: no counts, no consumers, no `message_stats`.
