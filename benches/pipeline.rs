@@ -9,7 +9,7 @@
 //!   work (`QueueCollector`: name filters, `into_sample`); next to it the baseline of merely parsing
 //!   the bytes into a typed struct, and decoding full-size (no `columns`) pages for comparison;
 //! - observe: `Tracker::observe` of cycle 31 (poll 5 s, window 1 m, so every window is full);
-//! - render: `export::render` of the resulting `ClusterView`.
+//! - render: `export::render_clusters_chunked` of the resulting `ClusterView` (as `/metrics` renders).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::borrow::Cow;
@@ -430,10 +430,13 @@ fn run(n: usize) -> Row {
     view.queues = Arc::new(views);
     let clusters = [Arc::new(view)];
     let mut render_bytes = 0;
+    // As `/metrics` does it: pieces of `export::CHUNK_BYTES` handed on (here dropped) as they are written.
     let render = time(5, || {
-        let text = export::render(&clusters, at);
-        render_bytes = text.len();
-        text
+        render_bytes = 0;
+        export::render_clusters_chunked(&clusters, at, &mut |piece| {
+            render_bytes += piece.len();
+            std::ops::ControlFlow::Continue(())
+        });
     });
     let counted = clusters[0]
         .queues

@@ -6,6 +6,7 @@
 //! bookkeeping dominates; each queue's label set is escaped once and copied.
 
 use std::fmt::Write;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use crate::alerts::State;
@@ -23,12 +24,16 @@ struct Out {
 
 impl Out {
     fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.buf, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        push_family(&mut self.buf, name, kind, help);
     }
 
     fn sample(&mut self, name: &str, labels: &str, value: f64) {
         push_sample(&mut self.buf, name, labels, value);
     }
+}
+
+fn push_family(buf: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(buf, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 fn push_sample(buf: &mut String, name: &str, labels: &str, value: f64) {
@@ -225,38 +230,85 @@ pub struct Extras<'a> {
     pub store_writable: Option<bool>,
 }
 
-/// Renders the cluster metrics only (benchmarks use this).
-pub fn render(clusters: &[Arc<ClusterView>], now: Timestamp) -> String {
+/// Pieces of about this size are handed to the HTTP layer while the rest is still being rendered: the
+/// whole exposition is ~140 MB at 100k queues, and holding it at once was most of the daemon's peak RSS.
+pub const CHUNK_BYTES: usize = 256 * 1024;
+
+/// Runs `f` with empty alerting and delivery state: the cluster metrics only (tests and benchmarks).
+fn without_extras<R>(f: impl FnOnce(&Extras<'_>) -> R) -> R {
     let stats = Stats::new();
-    render_with(
-        clusters,
-        &Extras {
-            alerts: &Published::default(),
-            receivers: &stats,
-            outbox: None,
-            reload: None,
-            store_writable: None,
-        },
-        now,
-    )
+    let alerts = Published::default();
+    f(&Extras {
+        alerts: &alerts,
+        receivers: &stats,
+        outbox: None,
+        reload: None,
+        store_writable: None,
+    })
+}
+
+/// Renders the cluster metrics only into one string (tests).
+pub fn render(clusters: &[Arc<ClusterView>], now: Timestamp) -> String {
+    without_extras(|x| render_with(clusters, x, now))
+}
+
+/// Renders the cluster metrics only, in pieces as `/metrics` sends them (benchmarks).
+pub fn render_clusters_chunked(
+    clusters: &[Arc<ClusterView>],
+    now: Timestamp,
+    emit: &mut dyn FnMut(String) -> ControlFlow<()>,
+) {
+    let _ = without_extras(|x| render_chunked(clusters, x, now, CHUNK_BYTES, emit));
 }
 
 /// Renders every metric into one string. `now` decides which clusters' data is still fresh enough to
 /// present.
 pub fn render_with(clusters: &[Arc<ClusterView>], extras: &Extras<'_>, now: Timestamp) -> String {
-    render_parts(clusters, extras, now).concat()
+    let mut out = String::new();
+    let _ = render_chunked(clusters, extras, now, usize::MAX, &mut |s| {
+        out = s;
+        ControlFlow::Continue(())
+    });
+    out
 }
 
-/// Renders every metric as consecutive parts of one exposition (a family never spans two parts), so
-/// the HTTP layer can send them one after the other instead of joining ~140 MB at 100k queues.
+/// Collects rendered text and hands it to `emit` whenever it holds `chunk` bytes or more.
+struct Chunker<'e> {
+    buf: String,
+    chunk: usize,
+    emit: &'e mut dyn FnMut(String) -> ControlFlow<()>,
+}
+
+impl Chunker<'_> {
+    fn full(&mut self) -> ControlFlow<()> {
+        if self.buf.len() < self.chunk {
+            return ControlFlow::Continue(());
+        }
+        let cap = self.chunk.min(CHUNK_BYTES) + 4096;
+        (self.emit)(std::mem::replace(&mut self.buf, String::with_capacity(cap)))
+    }
+
+    fn finish(mut self) -> ControlFlow<()> {
+        if self.buf.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        (self.emit)(std::mem::take(&mut self.buf))
+    }
+}
+
+/// Renders every metric and hands the text to `emit` in order, in pieces of about `chunk` bytes, as it
+/// is written, so memory stays at one piece however many queues there are. `emit` returning `Break`
+/// (the scraper went away) stops rendering; so does the returned value.
 ///
-/// Queue families are written queue by queue, each into its own buffer: every queue's view and label
-/// set are read once for all its series instead of once per family.
-pub fn render_parts(
+/// The format needs each family in one block, so queue families are written one after the other,
+/// each reading every queue. A family never spans clusters' blocks: all clusters' queues are in it.
+pub fn render_chunked(
     clusters: &[Arc<ClusterView>],
     extras: &Extras<'_>,
     now: Timestamp,
-) -> Vec<String> {
+    chunk: usize,
+    emit: &mut dyn FnMut(String) -> ControlFlow<()>,
+) -> ControlFlow<()> {
     let fresh: Vec<&ClusterView> = clusters
         .iter()
         .map(Arc::as_ref)
@@ -387,61 +439,42 @@ pub fn render_parts(
         }
     }
 
-    // Sizes from the label sets' lengths (no dereference: they live in the fat pointers), plus the
-    // metric name and room for a value, so no buffer grows (and copies itself) midway.
-    let queue_count: usize = fresh.iter().map(|c| c.queues.len()).sum();
-    let label_bytes: usize = fresh
-        .iter()
-        .flat_map(|c| c.queues.iter())
-        .map(|q| q.prom_labels.len())
-        .sum();
-    let family = |name: &str, kind: &str, help: &str| {
-        let mut f = Out {
-            buf: String::with_capacity(
-                256 + help.len() + label_bytes + queue_count * (name.len() + 32),
-            ),
-        };
-        f.family(name, kind, help);
-        f.buf
+    render_alerting(&mut o, extras);
+
+    let mut out = Chunker {
+        buf: o.buf,
+        chunk,
+        emit,
     };
-    let mut families: Vec<String> = QUEUE_FAMILIES
-        .iter()
-        .map(|(name, kind, help, _)| family(name, kind, help))
-        .collect();
+    out.full()?;
+    let queues = || fresh.iter().flat_map(|c| c.queues.iter());
+    for (name, kind, help, value) in QUEUE_FAMILIES {
+        push_family(&mut out.buf, name, kind, help);
+        for q in queues() {
+            if let Some(v) = value(q) {
+                push_sample(&mut out.buf, name, &q.prom_labels, v);
+                out.full()?;
+            }
+        }
+    }
     let status_family = "rabbitwatch_queue_status";
-    let mut status = family(
+    push_family(
+        &mut out.buf,
         status_family,
         "gauge",
         "The queue's current health status; the series with value 1 names it.",
     );
-    for c in &fresh {
-        for q in c.queues.iter() {
-            let labels: &str = &q.prom_labels;
-            for ((name, _, _, value), buf) in QUEUE_FAMILIES.iter().zip(families.iter_mut()) {
-                if let Some(v) = value(q) {
-                    push_sample(buf, name, labels, v);
-                }
-            }
-            status.push_str(status_family);
-            status.push('{');
-            status.push_str(labels);
-            status.push_str(",status=\"");
-            status.push_str(q.health.status.as_str());
-            status.push_str("\"} 1\n");
-        }
+    for q in queues() {
+        let buf = &mut out.buf;
+        buf.push_str(status_family);
+        buf.push('{');
+        buf.push_str(&q.prom_labels);
+        buf.push_str(",status=\"");
+        buf.push_str(q.health.status.as_str());
+        buf.push_str("\"} 1\n");
+        out.full()?;
     }
-
-    let mut alerting = Out {
-        buf: String::with_capacity(16 * 1024),
-    };
-    render_alerting(&mut alerting, extras);
-
-    let mut parts = Vec::with_capacity(families.len() + 3);
-    parts.push(o.buf);
-    parts.append(&mut families);
-    parts.push(alerting.buf);
-    parts.push(status);
-    parts
+    out.finish()
 }
 
 fn render_alerting(o: &mut Out, x: &Extras<'_>) {
@@ -615,7 +648,7 @@ mod tests {
     }
 
     #[test]
-    fn each_family_is_one_contiguous_block_across_clusters_and_parts() {
+    fn each_family_is_one_contiguous_block_across_clusters_and_pieces() {
         let queue = |labels: &str| {
             let mut q = Arc::into_inner(view(true, None).queues).unwrap().remove(0);
             q.prom_labels = Arc::from(labels);
@@ -628,7 +661,21 @@ mod tests {
             queue(r#"cluster="other",vhost="/",queue="billing""#),
         ]);
         let clusters = [Arc::new(view(true, Some(100_000))), Arc::new(other)];
-        let text = render(&clusters, Timestamp(105_000));
+        // Pieces of 100 bytes: families are cut across pieces many times over.
+        let mut pieces = Vec::new();
+        let done = without_extras(|x| {
+            render_chunked(&clusters, x, Timestamp(105_000), 100, &mut |p| {
+                pieces.push(p);
+                ControlFlow::Continue(())
+            })
+        });
+        assert!(done.is_continue());
+        assert!(
+            pieces.iter().filter(|p| !p.starts_with("# HELP")).count() > 5,
+            "pieces start inside families: {pieces:?}"
+        );
+        let text = pieces.concat();
+        assert_eq!(text, render(&clusters, Timestamp(105_000)));
 
         // Every sample belongs to the family whose TYPE line came last, and no family is declared twice.
         let mut declared = std::collections::HashSet::new();
@@ -652,6 +699,23 @@ mod tests {
         }
         assert_eq!(queue_messages, 3, "one series per queue of both clusters");
         assert!(text.contains("rabbitwatch_queue_status{cluster=\"other\",vhost=\"/\",queue=\"billing\",status=\"growing\"} 1\n"));
+    }
+
+    #[test]
+    fn rendering_stops_when_the_scraper_goes_away() {
+        let clusters = [Arc::new(view(true, Some(100_000)))];
+        let mut pieces = 0;
+        let done = without_extras(|x| {
+            render_chunked(&clusters, x, Timestamp(105_000), 10, &mut |_| {
+                pieces += 1;
+                ControlFlow::Break(())
+            })
+        });
+        assert!(done.is_break());
+        assert_eq!(
+            pieces, 1,
+            "nothing is rendered after the receiver refused a piece"
+        );
     }
 
     #[test]

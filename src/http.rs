@@ -81,8 +81,10 @@ async fn metrics(State(st): State<HttpState>) -> Response {
     let store_writable = st.engine.store().health().writable;
     let stats = st.stats.clone();
     let reload_status = st.reload_status.clone();
-    // Rendering 100k queues takes a while; keep it off the async worker threads.
-    let render = move || {
+    // Rendering 100k queues takes a while: it runs on a blocking thread and sends the text in pieces
+    // while it goes, a few pieces ahead of the client at most, so memory stays at a few pieces.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(4);
+    tokio::task::spawn_blocking(move || {
         let extras = export::Extras {
             alerts: &alerts,
             receivers: &stats,
@@ -90,60 +92,76 @@ async fn metrics(State(st): State<HttpState>) -> Response {
             reload: Some(&reload_status),
             store_writable: Some(store_writable),
         };
-        export::render_parts(&views, &extras, Timestamp::now())
-    };
-    match tokio::task::spawn_blocking(render).await {
-        Ok(parts) => (
-            [(header::CONTENT_TYPE, export::CONTENT_TYPE)],
-            axum::body::Body::new(Parts::new(parts)),
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("render failed: {e}"),
-        )
-            .into_response(),
-    }
-}
-
-/// A response body sent part after part, each part handed to hyper as it is (no copy, no joining).
-struct Parts {
-    parts: std::vec::IntoIter<String>,
-    remaining: u64,
-}
-
-impl Parts {
-    fn new(parts: Vec<String>) -> Self {
-        let remaining = parts.iter().map(|p| p.len() as u64).sum();
-        Parts {
-            parts: parts.into_iter(),
-            remaining,
+        let sent = export::render_chunked(
+            &views,
+            &extras,
+            Timestamp::now(),
+            export::CHUNK_BYTES,
+            &mut |text| match tx.blocking_send(Piece::Text(text)) {
+                Ok(()) => std::ops::ControlFlow::Continue(()),
+                Err(_) => std::ops::ControlFlow::Break(()),
+            },
+        );
+        if sent.is_continue() {
+            let _ = tx.blocking_send(Piece::End);
         }
-    }
+    });
+    (
+        [(header::CONTENT_TYPE, export::CONTENT_TYPE)],
+        axum::body::Body::new(Streamed { rx, ended: false }),
+    )
+        .into_response()
 }
 
-impl http_body::Body for Parts {
+enum Piece {
+    Text(String),
+    /// Rendering finished; without it a closed channel means the renderer died midway.
+    End,
+}
+
+/// A response body fed by the renderer, piece by piece as it is written.
+struct Streamed {
+    rx: tokio::sync::mpsc::Receiver<Piece>,
+    ended: bool,
+}
+
+/// The renderer stopped before the end: the connection is aborted so the scraper sees a failed scrape,
+/// not a truncated exposition it would take as complete.
+#[derive(Debug, thiserror::Error)]
+#[error("/metrics rendering stopped before the end")]
+struct RenderAborted;
+
+impl http_body::Body for Streamed {
     type Data = axum::body::Bytes;
-    type Error = std::convert::Infallible;
+    type Error = RenderAborted;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let next = self.parts.by_ref().find(|p| !p.is_empty());
-        if let Some(p) = &next {
-            self.remaining -= p.len() as u64;
+        use std::task::Poll;
+        if self.ended {
+            return Poll::Ready(None);
         }
-        std::task::Poll::Ready(next.map(|p| Ok(http_body::Frame::data(p.into()))))
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Piece::Text(text))) => {
+                Poll::Ready(Some(Ok(http_body::Frame::data(text.into()))))
+            }
+            Poll::Ready(Some(Piece::End)) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => {
+                self.ended = true;
+                tracing::error!("/metrics rendering stopped before the end; aborting the response");
+                Poll::Ready(Some(Err(RenderAborted)))
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.remaining == 0
-    }
-
-    /// Exact, so the response carries a Content-Length.
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.remaining)
+        self.ended
     }
 }
 
