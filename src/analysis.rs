@@ -93,22 +93,39 @@ pub struct QueueHealth {
 
 pub fn analyze(w: &Window, latest: Latest, params: &Params, now: Timestamp) -> QueueHealth {
     let last = w.last();
-    // Rounding can leave a flat counter's slope a hair below zero; a rate is never negative.
-    let rate = |f: fn(&Point) -> u64| -> Option<f64> {
-        w.has_counters()
-            .then(|| slope(w, f))
-            .flatten()
-            .map(|r| r.max(0.0))
+    let (
+        backlog_growth,
+        [
+            publish_rate,
+            consume_rate,
+            deliver_rate,
+            ack_rate,
+            redeliver_rate,
+        ],
+    ) = if w.has_counters() {
+        let [m, rates @ ..] = slopes(w, |p| {
+            let c = &p.counters;
+            [
+                p.messages,
+                c.publish,
+                c.consumed(),
+                c.delivered,
+                c.ack,
+                c.redeliver,
+            ]
+        });
+        // Rounding can leave a flat counter's slope a hair below zero; a rate is never negative.
+        (m, rates.map(|r| r.map(|r| r.max(0.0))))
+    } else {
+        let [m] = slopes(w, |p| [p.messages]);
+        (m, [None; 5])
     };
-    let publish_rate = rate(|p| p.counters.publish);
-    let consume_rate = rate(|p| p.counters.consumed());
-    let backlog_growth = slope(w, |p| p.messages);
     QueueHealth {
         publish_rate,
-        deliver_rate: rate(|p| p.counters.delivered),
-        ack_rate: rate(|p| p.counters.ack),
+        deliver_rate,
+        ack_rate,
         consume_rate,
-        redeliver_rate: rate(|p| p.counters.redeliver),
+        redeliver_rate,
         backlog_growth,
         drain_eta: drain_eta(last.messages, publish_rate, consume_rate, backlog_growth),
         oldest_message_age: oldest_message_age(w, latest.head_message_timestamp, now),
@@ -119,33 +136,38 @@ pub fn analyze(w: &Window, latest: Latest, params: &Params, now: Timestamp) -> Q
 /// RabbitMQ's default `collect_statistics_interval`: counters and depths move in steps this far apart.
 const MIN_SLOPE_SPAN_MS: i64 = 5_000;
 
-/// Least-squares slope of `f` over the window, per second. For counters this is the rate: RabbitMQ
-/// refreshes its statistics every 5 s, so counters climb in steps, and a first-to-last delta over a
-/// window of a few steps is off by up to a whole step; the regression averages the staircase out.
-/// The slope of a non-decreasing series is never negative.
+/// Least-squares slopes of the series `f` picks from each point, per second, in one pass over the
+/// window (the window is the largest part of the daemon's memory traffic at 100k queues, so it is
+/// read once, not once per series). For counters this is the rate: RabbitMQ refreshes its statistics
+/// every 5 s, so counters climb in steps, and a first-to-last delta over a window of a few steps is off
+/// by up to a whole step; the regression averages the staircase out. The slope of a non-decreasing
+/// series is never negative.
 ///
 /// Unknown until the window spans `MIN_SLOPE_SPAN_MS`, one statistics interval of RabbitMQ: with polls
 /// faster than that, a young window (a new queue, or history restarted by a counter reset) can hold one
 /// 5 s step over a second or two, and its slope would read several times the true rate.
-fn slope(w: &Window, f: fn(&Point) -> u64) -> Option<f64> {
+fn slopes<const N: usize>(w: &Window, f: impl Fn(&Point) -> [u64; N]) -> [Option<f64>; N] {
     if w.len() < 2 || w.last().at.0 - w.first().at.0 < MIN_SLOPE_SPAN_MS {
-        return None;
+        return [None; N];
     }
     let t0 = w.first().at;
-    let y0 = f(&w.first()) as f64;
+    let y0 = f(&w.first());
     let n = w.len() as f64;
-    let (mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0);
+    let (mut sx, mut sxx) = (0.0, 0.0);
+    let (mut sy, mut sxy) = ([0.0; N], [0.0; N]);
     for p in w.iter() {
         let x = p.at.secs_since(t0);
-        // Offsets from the first value keep the sums small and the arithmetic exact for huge counters.
-        let y = f(&p) as f64 - y0;
         sx += x;
-        sy += y;
         sxx += x * x;
-        sxy += x * y;
+        for (i, v) in f(&p).into_iter().enumerate() {
+            // Offsets from the first value keep the sums small and the arithmetic exact for huge counters.
+            let y = v as f64 - y0[i] as f64;
+            sy[i] += y;
+            sxy[i] += x * y;
+        }
     }
     let denom = n * sxx - sx * sx;
-    (denom > 0.0).then(|| (n * sxy - sx * sy) / denom)
+    std::array::from_fn(|i| (denom > 0.0).then(|| (n * sxy[i] - sx * sy[i]) / denom))
 }
 
 /// `messages / (consume − publish)` when consumers are faster; without counters, the depth trend decides.
