@@ -1176,6 +1176,60 @@ impl Validator<'_> {
     }
 }
 
+/// `run --shard i/n`: this daemon takes the clusters whose name hashes to `i` out of `n`, so `n`
+/// replicas given the same config split the clusters between them with no coordination. The hash is
+/// the first 8 bytes of SHA-256 of the cluster's name (UTF-8), big-endian, modulo `n` — what
+/// `printf %s NAME | sha256sum` shows, so every replica, every release and an operator's shell agree
+/// on who takes what, and adding a cluster moves no other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    pub fn owns(&self, cluster: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(cluster.as_bytes());
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&digest[..8]);
+        u64::from_be_bytes(head) % u64::from(self.count) == u64::from(self.index)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let expected = || format!("expected i/n with 0 <= i < n (e.g. 0/3), got {s:?}");
+        let (i, n) = s.split_once('/').ok_or_else(expected)?;
+        let (Ok(index), Ok(count)) = (i.trim().parse::<u32>(), n.trim().parse::<u32>()) else {
+            return Err(expected());
+        };
+        if index >= count {
+            return Err(expected());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl fmt::Display for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl Config {
+    /// Keeps only the clusters `shard` takes; returns the names of those it left to other shards.
+    pub fn keep_shard(&mut self, shard: Shard) -> Vec<String> {
+        let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.clusters)
+            .into_iter()
+            .partition(|c| shard.owns(&c.name));
+        self.clusters = mine;
+        others.into_iter().map(|c| c.name).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1356,5 +1410,59 @@ mod tests {
             errs[0].contains("max_response_size") && errs[0].contains(":6:"),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn every_cluster_belongs_to_exactly_one_shard() {
+        let names: Vec<String> = (0..200).map(|i| format!("cluster-{i}")).collect();
+        for count in 1..=5 {
+            let mut taken = vec![0; names.len()];
+            for index in 0..count {
+                let shard = Shard { index, count };
+                for (i, n) in names.iter().enumerate() {
+                    taken[i] += usize::from(shard.owns(n));
+                }
+            }
+            assert!(taken.iter().all(|&t| t == 1), "n={count}: {taken:?}");
+        }
+        // A spread, not everything on one shard.
+        let first = Shard { index: 0, count: 4 };
+        let on_first = names.iter().filter(|n| first.owns(n)).count();
+        assert!(
+            (25..=75).contains(&on_first),
+            "{on_first} of 200 on shard 0/4"
+        );
+    }
+
+    #[test]
+    fn the_shard_hash_is_the_head_of_sha256_of_the_name() {
+        // `printf %s a | sha256sum` starts ca978112ca1bbdca: replicas of any release, and an
+        // operator's shell, must agree on the split.
+        for (name, hash) in [
+            ("a", 0xca97_8112_ca1b_bdca_u64),
+            ("foobar", 0xc3ab_8ff1_3720_e8ad),
+        ] {
+            let count = 1_000_003;
+            let index = (hash % count) as u32;
+            let count = count as u32;
+            assert!(Shard { index, count }.owns(name), "{name}");
+            assert!(
+                !Shard {
+                    index: (index + 1) % count,
+                    count
+                }
+                .owns(name),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn shard_arguments_are_checked() {
+        assert_eq!("1/3".parse(), Ok(Shard { index: 1, count: 3 }));
+        for bad in ["3/3", "0/0", "1", "a/2", "-1/2", "1/2/3"] {
+            let err = bad.parse::<Shard>().unwrap_err();
+            assert!(err.contains("expected i/n"), "{bad}: {err}");
+        }
     }
 }

@@ -37,11 +37,17 @@ enum Command {
         /// Config file [default: $RABBITWATCH_CONFIG, else ./rabbitwatch.yaml]
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Watch only the clusters whose name hashes to shard i of n (n replicas, same config).
+        #[arg(long, value_name = "i/n", env = "RABBITWATCH_SHARD")]
+        shard: Option<config::Shard>,
     },
     /// Validate the config and print every error with file:line:col.
     Check {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Also print which clusters shard i of n would watch.
+        #[arg(long, value_name = "i/n", env = "RABBITWATCH_SHARD")]
+        shard: Option<config::Shard>,
     },
     /// Show a table of watched queues from the running daemon.
     Status {
@@ -186,6 +192,17 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
+fn list_or_none(names: &[impl AsRef<str>]) -> String {
+    if names.is_empty() {
+        return "none".to_string();
+    }
+    names
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RABBITWATCH_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
@@ -224,16 +241,25 @@ fn load(path: Option<PathBuf>) -> Result<config::Config, ExitCode> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { config } => {
-            let cfg = match load(config) {
+        Command::Run { config, shard } => {
+            let mut cfg = match load(config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
+            if let Some(shard) = shard {
+                let others = cfg.keep_shard(shard);
+                let mine: Vec<&str> = cfg.clusters.iter().map(|c| c.name.as_str()).collect();
+                if mine.is_empty() {
+                    tracing::warn!(%shard, left_to_other_shards = ?others, "this shard takes none of the configured clusters: it watches nothing");
+                } else {
+                    tracing::info!(%shard, clusters = ?mine, left_to_other_shards = ?others, "watching this shard's clusters");
+                }
+            }
             runtime()?.block_on(app::run(cfg))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => match load(config) {
-            Ok(cfg) => {
+        Command::Check { config, shard } => match load(config) {
+            Ok(mut cfg) => {
                 if let Err(errs) = app::build_receivers(&cfg) {
                     for e in &errs {
                         eprintln!("{}: {e}", cfg.source.display());
@@ -249,6 +275,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     cfg.receivers.len(),
                     cfg.server.listen
                 );
+                if let Some(shard) = shard {
+                    let others = cfg.keep_shard(shard);
+                    let mine: Vec<&str> = cfg.clusters.iter().map(|c| c.name.as_str()).collect();
+                    println!(
+                        "shard {shard} watches: {}; left to other shards: {}",
+                        list_or_none(&mine),
+                        list_or_none(&others)
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(code) => Ok(code),

@@ -10,6 +10,7 @@ mod prometheus;
 mod receivers;
 mod resilience;
 mod secrets;
+mod sharding;
 mod startup;
 mod tls;
 mod util;
