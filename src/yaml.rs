@@ -37,8 +37,28 @@ pub fn position(l: &serde_saphyr::Location) -> (u64, u64) {
 }
 
 /// Reads at most `limit` bytes of `path`; a longer file (or an endless one such as `/dev/zero`) is an
-/// `InvalidData` error saying so, read no further than `limit + 1` bytes.
+/// `InvalidData` error saying so, read no further than `limit + 1` bytes. A named pipe or a socket is
+/// refused before it is opened: opening a pipe nobody writes to waits forever, and a daemon that hangs
+/// while loading its config (or on reload) is worse than one that says what is wrong.
 pub fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = std::fs::metadata(path)?.file_type();
+        let what = if kind.is_fifo() {
+            Some("a named pipe (FIFO)")
+        } else if kind.is_socket() {
+            Some("a socket")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("is {what}, not a file; point at a regular file"),
+            ));
+        }
+    }
     let mut bytes = Vec::new();
     std::fs::File::open(path)?
         .take(limit + 1)
@@ -91,5 +111,27 @@ mod tests {
         assert_eq!(read_text_limited(&p, 5).unwrap(), "12345");
         std::fs::write(&p, [0xff, 0xfe]).unwrap();
         assert!(read_text_limited(&p, 5).is_err());
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn a_named_pipe_is_refused_instead_of_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("password");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success(), "mkfifo failed");
+        // Read on another thread: without the check, opening a pipe with no writer never returns.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || tx.send(read_limited(&path, 4096)));
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a named pipe hung instead of failing");
+        let e = result.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("named pipe"), "{e}");
     }
 }
