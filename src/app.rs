@@ -625,6 +625,13 @@ async fn poll_loop(
                             "more queues than max_queues: watching those with the largest backlog"
                         );
                     }
+                    if snap.stats_pending > 0 && prev.stats_pending == 0 {
+                        warn!(
+                            stats_pending = snap.stats_pending,
+                            listed = snap.queues.len(),
+                            "broker lists queues without statistics (a node starting, or management_agent.disable_metrics_collector): their last known figures are shown, queues never seen with figures are left out"
+                        );
+                    }
                     let queues =
                         tracker.observe(std::mem::take(&mut snap.queues), snap.taken_at, now);
                     ClusterView {
@@ -640,6 +647,7 @@ async fn poll_loop(
                         nodes: Arc::new(snap.nodes),
                         queues: Arc::new(queues),
                         truncated: snap.truncated,
+                        stats_pending: snap.stats_pending,
                         errors_total: errors.clone(),
                         skipped_total: skipped,
                     }

@@ -429,6 +429,19 @@ pub fn render_chunked(
         );
     }
 
+    o.family(
+        "rabbitwatch_cluster_queues_stats_pending",
+        "gauge",
+        "Queues the broker listed without statistics (node starting, or its metrics collector disabled): shown with their last known figures, or not at all.",
+    );
+    for c in &fresh {
+        o.sample(
+            "rabbitwatch_cluster_queues_stats_pending",
+            &label("cluster", &c.name),
+            c.stats_pending as f64,
+        );
+    }
+
     for (name, help, value) in NODE_FAMILIES {
         o.family(name, "gauge", help);
         for c in &fresh {
@@ -645,6 +658,12 @@ mod tests {
         assert!(text.contains("rabbitwatch_queue_drain_eta_seconds{cluster=\"local\",vhost=\"/\",queue=\"orders\"} +Inf\n"));
         assert!(text.contains("rabbitwatch_queue_backlog_growth_rate{cluster=\"local\",vhost=\"/\",queue=\"orders\"} 0.5\n"));
         assert!(text.contains("rabbitwatch_queue_status{cluster=\"local\",vhost=\"/\",queue=\"orders\",status=\"growing\"} 1\n"));
+        assert!(text.contains("rabbitwatch_cluster_queues_stats_pending{cluster=\"local\"} 0\n"));
+
+        let mut restarting = view(true, Some(100_000));
+        restarting.stats_pending = 7;
+        let text = render(&[Arc::new(restarting)], Timestamp(105_000));
+        assert!(text.contains("rabbitwatch_cluster_queues_stats_pending{cluster=\"local\"} 7\n"));
     }
 
     #[test]

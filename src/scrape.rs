@@ -255,6 +255,7 @@ pub struct QueueCollector<'f> {
     vhosts: Vec<Arc<str>>,
     kinds: Vec<Arc<str>>,
     samples: Vec<QueueSample>,
+    pending: usize,
 }
 
 impl<'f> QueueCollector<'f> {
@@ -266,6 +267,7 @@ impl<'f> QueueCollector<'f> {
             vhosts: Vec::new(),
             kinds: Vec::new(),
             samples: Vec::new(),
+            pending: 0,
         }
     }
 
@@ -286,6 +288,11 @@ impl<'f> QueueCollector<'f> {
         self.samples.is_empty()
     }
 
+    /// Queues collected so far that the broker listed with their statistics pending.
+    pub fn stats_pending(&self) -> usize {
+        self.pending
+    }
+
     pub fn finish(self) -> Vec<QueueSample> {
         self.samples
     }
@@ -299,6 +306,7 @@ impl<'f> QueueCollector<'f> {
         let vhost = intern(&mut self.vhosts, &q.vhost);
         let kind = intern(&mut self.kinds, q.kind.unwrap_or("classic"));
         let sample = q.into_sample(vhost, kind, self.mode);
+        self.pending += usize::from(sample.stats_pending);
         self.samples.push(sample);
     }
 }
@@ -574,6 +582,7 @@ impl Scraper {
                 self.scrape_queues(&path, &mut collector, progress).await?;
             }
         }
+        let stats_pending = collector.stats_pending();
         let mut queues = collector.finish();
         let truncated = keep_largest(&mut queues, self.cfg.max_queues);
         Ok(Snapshot {
@@ -583,6 +592,7 @@ impl Scraper {
             nodes,
             queues,
             truncated,
+            stats_pending,
         })
     }
 
@@ -765,6 +775,13 @@ mod tests {
             "an empty queue is a fact, not pending"
         );
         assert!(!sample("q", 3).stats_pending);
+
+        // Counted for `rabbitwatch_cluster_queues_stats_pending`, across listings.
+        let (v, q) = (all(), all());
+        let mut c = QueueCollector::new(&v, &q, StatsMode::Full);
+        c.add_listing(page).unwrap();
+        c.add_listing(br#"[{"name":"q3","vhost":"/"}]"#).unwrap();
+        assert_eq!((c.stats_pending(), c.len()), (2, 3));
     }
 
     #[test]

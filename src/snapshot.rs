@@ -82,6 +82,8 @@ pub struct Snapshot {
     pub queues: Vec<QueueSample>,
     /// Queues left out by the `max_queues` guard (the ones with the smallest backlog).
     pub truncated: usize,
+    /// Queues listed with their statistics pending (see `QueueSample::stats_pending`).
+    pub stats_pending: usize,
 }
 
 /// One point of a queue's history, as the analysis reads it.

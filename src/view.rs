@@ -45,6 +45,9 @@ pub struct ClusterView {
     pub nodes: Arc<Vec<NodeSample>>,
     pub queues: Arc<Vec<QueueView>>,
     pub truncated: usize,
+    /// Queues the last listing had with statistics pending: shown with their last known figures,
+    /// or left out when there are none.
+    pub stats_pending: usize,
     pub errors_total: BTreeMap<&'static str, u64>,
     pub skipped_total: u64,
 }
@@ -64,6 +67,7 @@ impl ClusterView {
             nodes: Arc::default(),
             queues: Arc::default(),
             truncated: 0,
+            stats_pending: 0,
             errors_total: BTreeMap::new(),
             skipped_total: 0,
         }
