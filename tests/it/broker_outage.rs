@@ -109,6 +109,8 @@ struct MetricsWatch {
 struct Observed {
     scrapes: u64,
     up_values: Vec<f64>,
+    /// `rabbitwatch_cluster_queues_stats_pending` at each read.
+    pending_values: Vec<f64>,
     lies: Vec<String>,
 }
 
@@ -130,6 +132,10 @@ impl MetricsWatch {
                     let at = started.elapsed().as_secs_f64();
                     if let Some(up) = find(&samples, "rabbitwatch_up", &[("cluster", CLUSTER)]) {
                         seen.up_values.push(up);
+                    }
+                    let pending = "rabbitwatch_cluster_queues_stats_pending";
+                    if let Some(n) = find(&samples, pending, &[("cluster", CLUSTER)]) {
+                        seen.pending_values.push(n);
                     }
                     for queue in QUEUES {
                         let labels = [("cluster", CLUSTER), ("queue", queue)];
@@ -357,9 +363,16 @@ async fn stop_app_pages_once_and_after_start_app_the_queue_incidents_carry_on() 
         "rabbitwatch_up went to 0 and back to 1: {:?}",
         observed.up_values
     );
+    assert_eq!(
+        observed.pending_values.last(),
+        Some(&0.0),
+        "no queue left stats-pending once the broker has its numbers: {:?}",
+        observed.pending_values
+    );
     eprintln!(
-        "{} /metrics reads, test took {:.1}s",
+        "{} /metrics reads, test took {:.1}s, at most {} queue(s) seen stats-pending",
         observed.scrapes,
-        test_started.elapsed().as_secs_f64()
+        test_started.elapsed().as_secs_f64(),
+        observed.pending_values.iter().copied().fold(0.0, f64::max)
     );
 }
