@@ -275,6 +275,7 @@ struct ClusterStatus {
     scrape_duration_seconds: Option<f64>,
     queues: usize,
     queues_truncated: usize,
+    queues_stats_pending: usize,
     nodes: usize,
     scrape_errors: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -300,6 +301,7 @@ async fn status(State(st): State<HttpState>) -> Json<StatusBody> {
             scrape_duration_seconds: v.scrape_duration,
             queues: v.queues.len(),
             queues_truncated: v.truncated,
+            queues_stats_pending: v.stats_pending,
             nodes: v.nodes.len(),
             scrape_errors: v.errors_total.clone(),
         })
