@@ -634,12 +634,16 @@ impl Scraper {
 }
 
 /// The cardinality guard: keep the `max` queues with the largest backlog rather than dropping everything.
+/// A queue listed with its statistics pending has an unknown backlog, not an empty one: it ranks above
+/// every known backlog, so a node restart does not swap its queues (shown with their last known
+/// figures) out of the watched set for a cycle, which would resolve their alerts and re-fire them.
 pub fn keep_largest(queues: &mut Vec<QueueSample>, max: usize) -> usize {
     if queues.len() <= max {
         return 0;
     }
     let dropped = queues.len() - max;
-    queues.select_nth_unstable_by(max - 1, |a, b| b.messages.cmp(&a.messages));
+    let rank = |q: &QueueSample| (q.stats_pending, q.messages);
+    queues.select_nth_unstable_by(max - 1, |a, b| rank(b).cmp(&rank(a)));
     queues.truncate(max);
     dropped
 }
@@ -872,5 +876,15 @@ mod tests {
         let mut kept: Vec<u64> = qs.iter().map(|q| q.messages).collect();
         kept.sort();
         assert_eq!(kept, vec![7, 8, 9]);
+    }
+
+    #[test]
+    fn max_queues_keeps_queues_whose_backlog_is_not_known_yet() {
+        let mut qs: Vec<QueueSample> = (0..10).map(|i| sample(&format!("q{i}"), i)).collect();
+        qs[0].stats_pending = true;
+        assert_eq!(keep_largest(&mut qs, 3), 7);
+        let mut kept: Vec<&str> = qs.iter().map(|q| &*q.key.name).collect();
+        kept.sort();
+        assert_eq!(kept, vec!["q0", "q8", "q9"]);
     }
 }
