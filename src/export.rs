@@ -164,6 +164,27 @@ const QUEUE_FAMILIES: &[QueueGauge] = &[
     ),
 ];
 
+/// Per-cluster queue counts, one gauge family each: (name, help, count).
+type ClusterCount = (&'static str, &'static str, fn(&ClusterView) -> usize);
+
+const CLUSTER_QUEUE_FAMILIES: &[ClusterCount] = &[
+    (
+        "rabbitwatch_cluster_queues",
+        "Queues watched in the cluster.",
+        |c| c.queues.len(),
+    ),
+    (
+        "rabbitwatch_cluster_queues_truncated",
+        "Queues not watched because of max_queues (those with the smallest backlog).",
+        |c| c.truncated,
+    ),
+    (
+        "rabbitwatch_cluster_queues_stats_pending",
+        "Queues the broker listed without statistics (node starting, or its metrics collector disabled): shown with their last known figures, or not at all.",
+        |c| c.stats_pending,
+    ),
+];
+
 type NodeGauge = (&'static str, &'static str, fn(&NodeSample) -> f64);
 
 const NODE_FAMILIES: &[NodeGauge] = &[
@@ -404,42 +425,11 @@ pub fn render_chunked(
             }
         }
     }
-    o.family(
-        "rabbitwatch_cluster_queues",
-        "gauge",
-        "Queues watched in the cluster.",
-    );
-    for c in &fresh {
-        o.sample(
-            "rabbitwatch_cluster_queues",
-            &label("cluster", &c.name),
-            c.queues.len() as f64,
-        );
-    }
-    o.family(
-        "rabbitwatch_cluster_queues_truncated",
-        "gauge",
-        "Queues not watched because of max_queues (those with the smallest backlog).",
-    );
-    for c in &fresh {
-        o.sample(
-            "rabbitwatch_cluster_queues_truncated",
-            &label("cluster", &c.name),
-            c.truncated as f64,
-        );
-    }
-
-    o.family(
-        "rabbitwatch_cluster_queues_stats_pending",
-        "gauge",
-        "Queues the broker listed without statistics (node starting, or its metrics collector disabled): shown with their last known figures, or not at all.",
-    );
-    for c in &fresh {
-        o.sample(
-            "rabbitwatch_cluster_queues_stats_pending",
-            &label("cluster", &c.name),
-            c.stats_pending as f64,
-        );
+    for (name, help, value) in CLUSTER_QUEUE_FAMILIES {
+        o.family(name, "gauge", help);
+        for c in &fresh {
+            o.sample(name, &label("cluster", &c.name), value(c) as f64);
+        }
     }
 
     for (name, help, value) in NODE_FAMILIES {
