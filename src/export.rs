@@ -249,6 +249,8 @@ pub struct Extras<'a> {
     pub reload: Option<&'a ReloadStatus>,
     /// Whether the state store accepts writes; `None`: not known (benchmarks).
     pub store_writable: Option<bool>,
+    /// The daemon's own resource use; `None` in tests and benchmarks.
+    pub process: Option<&'a crate::process::Usage>,
 }
 
 /// Pieces of about this size are handed to the HTTP layer while the rest is still being rendered: the
@@ -265,6 +267,7 @@ fn without_extras<R>(f: impl FnOnce(&Extras<'_>) -> R) -> R {
         outbox: None,
         reload: None,
         store_writable: None,
+        process: None,
     })
 }
 
@@ -443,6 +446,9 @@ pub fn render_chunked(
     }
 
     render_alerting(&mut o, extras);
+    if let Some(p) = extras.process {
+        render_process(&mut o, p);
+    }
 
     let mut out = Chunker {
         buf: o.buf,
@@ -594,6 +600,67 @@ fn render_alerting(o: &mut Out, x: &Extras<'_>) {
             st.latency_sum_ms.load(Relaxed) as f64 / 1000.0,
         );
         o.sample("rabbitwatch_notification_latency_seconds_count", &r, count);
+    }
+}
+
+/// The `process_*` families under the names and units of the Prometheus client libraries, and the heap.
+fn render_process(o: &mut Out, p: &crate::process::Usage) {
+    let heap = p.heap.as_ref();
+    let families: [(&str, &str, &str, Option<f64>); 8] = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            p.cpu_seconds,
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            p.resident_bytes.map(|b| b as f64),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            p.virtual_bytes.map(|b| b as f64),
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            p.start_time_seconds,
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            p.open_fds.map(|n| n as f64),
+        ),
+        (
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            p.max_fds.map(|n| n as f64),
+        ),
+        (
+            "rabbitwatch_heap_in_use_bytes",
+            "gauge",
+            "Heap bytes allocated and not yet freed (glibc mallinfo2).",
+            heap.map(|h| h.in_use_bytes as f64),
+        ),
+        (
+            "rabbitwatch_heap_free_bytes",
+            "gauge",
+            "Freed heap bytes the allocator keeps instead of returning them to the system; growth here with flat in-use bytes is fragmentation, not a leak.",
+            heap.map(|h| h.free_bytes as f64),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        if let Some(v) = value {
+            o.family(name, kind, help);
+            o.sample(name, "", v);
+        }
     }
 }
 

@@ -85,12 +85,14 @@ async fn metrics(State(st): State<HttpState>) -> Response {
     // while it goes, a few pieces ahead of the client at most, so memory stays at a few pieces.
     let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(4);
     tokio::task::spawn_blocking(move || {
+        let usage = crate::process::read();
         let extras = export::Extras {
             alerts: &alerts,
             receivers: &stats,
             outbox: counts,
             reload: Some(&reload_status),
             store_writable: Some(store_writable),
+            process: Some(&usage),
         };
         let sent = export::render_chunked(
             &views,

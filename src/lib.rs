@@ -14,6 +14,7 @@ pub mod export;
 pub mod http;
 pub mod liveness;
 pub mod outbox;
+pub mod process;
 pub mod receivers;
 pub mod rules;
 pub mod scrape;

@@ -201,3 +201,64 @@ async fn promtool_finds_nothing_wrong_with_live_metrics() {
         "promtool check metrics:\n{report}"
     );
 }
+
+/// The daemon's own resource use is on `/metrics` under the names every Prometheus client library uses,
+/// so a dashboard or alert written for any exporter's memory works on rabbitwatch, and the figures are
+/// the kernel's, not estimates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_reports_its_own_memory_cpu_and_files() {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64();
+    let vhost = TestVhost::create().await;
+    let daemon = Daemon::start(&config_for(vhost.name(), free_port(), &Tuning::default())).await;
+    let samples = daemon.metrics().await.expect("/metrics");
+    let value = |name: &str| {
+        let found: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| s.value)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "{name}: expected one unlabelled series, got {found:?}"
+        );
+        found[0]
+    };
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()))
+        .expect("reading the daemon's /proc status");
+    let kernel_rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .expect("VmRSS in /proc status")
+        * 1024.0;
+    let rss = value("process_resident_memory_bytes");
+    // Read moments apart, so not equal, but the same order of magnitude.
+    assert!(
+        rss > kernel_rss * 0.5 && rss < kernel_rss * 2.0,
+        "reported RSS {rss} vs the kernel's {kernel_rss}"
+    );
+    assert!(value("process_virtual_memory_bytes") >= rss);
+    let start = value("process_start_time_seconds");
+    assert!(
+        (started - 1.0..started + 120.0).contains(&start),
+        "start time {start} but the test began at {started}"
+    );
+    // The daemon holds at least its listening socket, the state store and its log files.
+    let fds = value("process_open_fds");
+    assert!(
+        fds >= 4.0 && fds <= value("process_max_fds"),
+        "{fds} open fds"
+    );
+    assert!(value("process_cpu_seconds_total") > 0.0);
+    let in_use = value("rabbitwatch_heap_in_use_bytes");
+    assert!(
+        in_use > 0.0 && in_use < rss * 2.0,
+        "heap in use {in_use} with RSS {rss}"
+    );
+    value("rabbitwatch_heap_free_bytes");
+    drop(daemon);
+}

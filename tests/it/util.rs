@@ -670,6 +670,11 @@ impl Daemon {
         &self.base_url
     }
 
+    /// The running daemon's process id (for reading `/proc/<pid>` beside what it reports).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// GET `path`, returning the status code and body.
     pub async fn get(&self, path: &str) -> Result<(u16, String), String> {
         self.request(reqwest::Method::GET, path).await
