@@ -10,6 +10,8 @@
 //!   the bytes into a typed struct, and decoding full-size (no `columns`) pages for comparison;
 //! - observe: `Tracker::observe` of cycle 31 (poll 5 s, window 1 m, so every window is full);
 //! - render: `export::render_clusters_chunked` of the resulting `ClusterView` (as `/metrics` renders).
+//! - process metrics: `process::read`, what `/metrics` adds per scrape for the `process_*` and heap
+//!   families, timed with that size's history on the heap.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::borrow::Cow;
@@ -346,6 +348,7 @@ struct Row {
     render_bytes: usize,
     heap: usize,
     heap_default: usize,
+    process_read: Duration,
 }
 
 fn run(n: usize) -> Row {
@@ -438,6 +441,9 @@ fn run(n: usize) -> Row {
             std::ops::ControlFlow::Continue(())
         });
     });
+    // What `/metrics` adds per scrape for the process families: /proc reads and glibc's walk of its
+    // free lists (mallinfo2), with this size's history on the heap.
+    let process_read = time(5, || black_box(rabbitwatch::process::read()));
     let counted = clusters[0]
         .queues
         .iter()
@@ -475,6 +481,7 @@ fn run(n: usize) -> Row {
         render_bytes,
         heap,
         heap_default,
+        process_read,
     }
 }
 
@@ -553,11 +560,12 @@ fn main() {
     for r in &rows {
         let cycle = r.samples + r.observe;
         println!(
-            "{:>7} queues: in-process cycle (decode+sample+observe) {} ms = {:.2}x the parse baseline; render {:.0} B/queue",
+            "{:>7} queues: in-process cycle (decode+sample+observe) {} ms = {:.2}x the parse baseline; render {:.0} B/queue; process metrics read in {:.2} ms",
             r.n,
             ms(cycle),
             cycle.as_secs_f64() / r.baseline.as_secs_f64(),
-            r.render_bytes as f64 / r.n as f64
+            r.render_bytes as f64 / r.n as f64,
+            r.process_read.as_secs_f64() * 1e3
         );
     }
     println!("total bench time {:.1} s", started.elapsed().as_secs_f64());
