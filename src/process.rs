@@ -3,7 +3,8 @@
 //! on glibc, the allocator's heap split into bytes in use and free bytes it holds. The split is what
 //! tells a leak (in use grows) from fragmentation (free grows while in use stays flat).
 //!
-//! Everything comes from `/proc/self`; elsewhere nothing is exported.
+//! The `process_*` figures come from `/proc/self` and the heap from `mallinfo2`; where either is missing
+//! (not Linux, not glibc) those families are left out.
 
 use std::time::Duration;
 
