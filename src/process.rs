@@ -40,9 +40,13 @@ pub fn read() -> Usage {
     let stat = std::fs::read_to_string("/proc/self/stat").ok();
     let stat = stat.as_deref().and_then(parse_stat);
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let boot_time = std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| parse_boot_time(&s));
+    // The boot time never changes; /proc/stat has a line per CPU, so it is read once, not per scrape.
+    static BOOT_TIME: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let boot_time = *BOOT_TIME.get_or_init(|| {
+        std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| parse_boot_time(&s))
+    });
     Usage {
         cpu_seconds: stat.map(|s| s.cpu.as_secs_f64()),
         resident_bytes: status_bytes(&status, "VmRSS"),
