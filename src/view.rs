@@ -204,7 +204,7 @@ impl Tracker {
         }
     }
 
-    /// Queues with history, including those kept through one missed listing.
+    /// Queues with history: those of the last listing.
     pub fn len(&self) -> usize {
         self.index.len()
     }
@@ -216,9 +216,10 @@ impl Tracker {
     /// Folds a complete snapshot's queues into the history and returns them analysed, in listing order.
     ///
     /// A queue listed twice (it shifted across a page boundary while the scrape paged) is analysed
-    /// once. A queue missing from one listing is not published, but its history is kept for one more
-    /// cycle, so a queue that a paged listing skipped does not restart its window; after that it is
-    /// forgotten.
+    /// once. A queue missing from a listing is forgotten at once: not published, its history dropped,
+    /// so a queue deleted and declared again under the same name starts a new window instead of reading
+    /// its counters against the old queue's. (A queue a paged listing skipped restarts its window too;
+    /// rates wait for a new window span, never misread.)
     ///
     /// A queue listed with its statistics pending (a node just started) is not read as empty: it is
     /// published with its last known figures, as long as those are less than a window old, and its
@@ -316,7 +317,7 @@ fn prom_labels(cluster: &str, key: &QueueKey) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::NameFilter;
+    use crate::scrape::NameFilter;
     use crate::scrape::QueueCollector;
     use crate::snapshot::QueueSample;
 
@@ -351,9 +352,7 @@ mod tests {
         let views = observe(&mut t, 5, &[("a", 0)]);
         assert_eq!(views.len(), 1);
         assert_eq!(&*views[0].sample.key.name, "a");
-        // Its history goes one cycle later.
-        observe(&mut t, 10, &[("a", 0)]);
-        assert_eq!(t.len(), 1);
+        assert_eq!(t.len(), 1, "its history goes with it, not a cycle later");
     }
 
     #[test]
