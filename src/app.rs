@@ -13,6 +13,7 @@ use crate::analysis::Params;
 use crate::config::{Config, Heartbeat, ReceiverConfig, ReceiverKind, Require};
 use crate::domain::{StatsMode, Timestamp};
 use crate::engine::{Alerting, Engine, ReloadStatus};
+use crate::fault::Fault;
 use crate::http::{HttpState, router};
 use crate::liveness::{Beat, EXIT_STUCK, Liveness, Verdict};
 use crate::outbox::{self, Pacer, ReceiverStats, Stats};
@@ -118,43 +119,6 @@ fn receiver_hint(r: &Receiver, e: &crate::receivers::DeliveryError) -> &'static 
         }
         (Receiver::Email(_), _) => " (check smtp_url, its tls mode and the credentials)",
         _ => "",
-    }
-}
-
-/// Test hooks that make the daemon misbehave on purpose (`RABBITWATCH_FAULT`), so the fault-injection
-/// tests can prove the watchdog and the cycle deadline. Hidden: not in the docs for operators, and
-/// announced with a warning whenever set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fault {
-    None,
-    /// Every poll loop hangs forever after its first cycle, outside the cycle deadline: a bug.
-    StallPollLoop,
-    /// The dispatcher tick hangs forever after its first tick.
-    StallDispatcher,
-    /// Every scrape hangs forever inside the cycle: the cycle deadline must cut it off.
-    HangScrape,
-    /// Every notification delivery hangs forever: the outbox worker stops beating.
-    HangDelivery,
-    /// After the third poll cycle, every async worker thread blocks forever (blocking code on the
-    /// runtime, a deadlock): no task runs any more, `/healthz` included.
-    BlockRuntime,
-}
-
-impl Fault {
-    fn from_env() -> Fault {
-        let Ok(value) = std::env::var("RABBITWATCH_FAULT") else {
-            return Fault::None;
-        };
-        let fault = match value.as_str() {
-            "stall-poll-loop" => Fault::StallPollLoop,
-            "stall-dispatcher" => Fault::StallDispatcher,
-            "hang-scrape" => Fault::HangScrape,
-            "hang-delivery" => Fault::HangDelivery,
-            "block-runtime" => Fault::BlockRuntime,
-            _ => Fault::None,
-        };
-        warn!(fault = %value, active = fault != Fault::None, "RABBITWATCH_FAULT is set: fault injection for tests");
-        fault
     }
 }
 
@@ -350,10 +314,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .iter()
         .map(|_| Arc::new(tokio::sync::Notify::new()))
         .collect();
+    let commit_delay = if fault.is(Fault::SlowStateDisk) {
+        crate::fault::SLOW_DISK
+    } else {
+        Duration::ZERO
+    };
     let engine = Arc::new(Engine::new(
         store.clone(),
         alerting(&config),
         wakes.clone(),
+        commit_delay,
     )?);
     let reload_status = Arc::new(ReloadStatus::new(now));
     let reloader: Arc<dyn Fn() -> Result<String, String> + Send + Sync> = {
@@ -427,16 +397,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .zip(worker_beats)
         .map(|((r, wake), beat)| {
             let st = stats[r.name()].clone();
-            tokio::spawn(outbox::run_worker(
-                Arc::new(r),
-                store.clone(),
+            tokio::spawn(outbox::run_worker(outbox::Worker {
+                receiver: Arc::new(r),
+                store: store.clone(),
                 wake,
-                pacer.clone(),
-                config.outbox,
-                st,
+                pacer: pacer.clone(),
+                policy: config.outbox,
+                stats: st,
                 beat,
-                fault == Fault::HangDelivery,
-            ))
+                fault,
+            }))
         })
         .collect();
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -459,7 +429,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             every.tick().await;
             ticker.tick(Timestamp::now());
             dispatcher_beat.mark(Timestamp::now());
-            if fault == Fault::StallDispatcher {
+            if fault.is(Fault::StallDispatcher) {
                 std::future::pending::<()>().await;
             }
         }
@@ -587,7 +557,7 @@ async fn poll_loop(
         // Every request has its own timeout; the cycle as a whole has a deadline too, so nothing a
         // broker (or a bug in a request path) does can keep the loop from its next cycle.
         let scrape = async {
-            if fault == Fault::HangScrape {
+            if fault.is(Fault::HangScrape) {
                 std::future::pending::<()>().await;
             }
             scraper.scrape(Timestamp::now, &progress).await
@@ -689,12 +659,12 @@ async fn poll_loop(
             let jitter = poll.mul_f64(0.1 * fastrand::f64());
             started + poll * (missed + 1) + jitter - poll.mul_f64(0.05)
         };
-        if fault == Fault::StallPollLoop {
+        if fault.is(Fault::StallPollLoop) {
             warn!(cluster = %cfg.name, "RABBITWATCH_FAULT=stall-poll-loop: this poll loop now hangs");
             std::future::pending::<()>().await;
         }
         // From the third cycle, so the daemon is seen healthy first.
-        if fault == Fault::BlockRuntime && cycle >= 3 {
+        if fault.is(Fault::BlockRuntime) && cycle >= 3 {
             warn!("RABBITWATCH_FAULT=block-runtime: blocking every async worker thread");
             let workers = tokio::runtime::Handle::current().metrics().num_workers();
             for _ in 1..workers {

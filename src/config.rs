@@ -13,11 +13,13 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::alerts::dispatch::{Matcher, Route};
+use crate::alerts::dispatch::Route;
 use crate::alerts::mute::InhibitRule;
+use crate::domain::{Matcher, Secret};
 use crate::outbox::Policy;
 use crate::receivers::{EmailConfig, LogConfig, SlackConfig, WebhookConfig};
 use crate::rules::RuleSet;
+pub use crate::scrape::{ClusterConfig, DEFAULT_MAX_RESPONSE_SIZE, NameFilter, TlsConfig};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9488";
 
@@ -37,26 +39,6 @@ pub enum ConfigError {
     },
     #[error("{} error(s) in {}:\n{}", .0.len(), .0[0].file.display(), .0.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Diagnostic>),
-}
-
-/// A secret value: never printed, whatever formats it.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: String) -> Self {
-        Secret(s)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
 }
 
 // ---------------------------------------------------------------- validated config
@@ -133,57 +115,6 @@ pub struct ServerConfig {
 #[derive(Clone, Debug)]
 pub struct StateConfig {
     pub path: PathBuf,
-}
-
-#[derive(Clone, Debug)]
-pub struct ClusterConfig {
-    pub name: String,
-    pub url: reqwest::Url,
-    pub username: String,
-    pub password: Secret,
-    pub tls: TlsConfig,
-    pub poll_interval: Duration,
-    pub timeout: Duration,
-    /// Queues per `/api/queues` page; 0 lists them in one request (cheapest for RabbitMQ 3.x).
-    pub page_size: u32,
-    pub vhosts: NameFilter,
-    pub queues: NameFilter,
-    pub max_queues: usize,
-    /// Largest management-API response body accepted, in bytes (after decompression); enforced
-    /// while the body streams in, so a runaway answer is cut off instead of buffered.
-    pub max_response_size: u64,
-    /// A poll cycle (every request of one scrape) that takes longer is cut off and counts as a failed
-    /// scrape (`timeout`): a hung request must not stall the loop. Default: 3 × `poll_interval` +
-    /// `watchdog.grace` (what `/healthz` tolerates), at least `timeout`.
-    pub cycle_timeout: Duration,
-}
-
-/// `max_response_size` default: a columns-limited `/api/queues` of 100k+ queues fits with room.
-pub const DEFAULT_MAX_RESPONSE_SIZE: u64 = 256 * 1024 * 1024;
-
-#[derive(Clone, Debug, Default)]
-pub struct TlsConfig {
-    /// PEM bytes of extra trusted CA certificates.
-    pub ca_pem: Option<Vec<u8>>,
-    pub insecure_skip_verify: bool,
-}
-
-/// Include/exclude regexes over names; a name is watched when it matches `include` and not `exclude`.
-#[derive(Clone, Debug)]
-pub struct NameFilter {
-    pub include: Regex,
-    pub exclude: Option<Regex>,
-}
-
-impl NameFilter {
-    pub fn matches(&self, name: &str) -> bool {
-        self.include.is_match(name) && !self.exclude.as_ref().is_some_and(|re| re.is_match(name))
-    }
-
-    /// True when every name passes, so a scrape can ask for everything at once.
-    pub fn is_match_all(&self) -> bool {
-        self.exclude.is_none() && matches!(self.include.as_str(), ".*" | "" | "^.*$")
-    }
 }
 
 #[derive(Clone, Debug)]

@@ -3,22 +3,30 @@
 //! `alerts`, `rules` and `alerts::dispatch` are pure; this module holds their state behind a lock,
 //! persists what changed together with the notifications it causes (one transaction, see `store`),
 //! wakes the outbox workers, and publishes a read-only copy of the alerts for the API and metrics.
-//! A failed commit is logged and retried on the next cycle: nothing in memory is marked as sent
-//! unless the store has it.
+//!
+//! Disk I/O never happens under the lock nor on the async runtime: a cycle builds its write (records
+//! already serialised) under the lock and hands it to the one `state-writer` thread, which commits
+//! writes in order. A slow disk therefore delays only the writes, never another cluster's cycle.
+//! The in-memory state moves on at once; a write the store refuses is kept and retried (merged with
+//! the ones after it, in order) until the store takes it, so nothing planned is lost and nothing is
+//! planned twice. The outbox sees a notification only once its write is committed, so "sent" is
+//! still never recorded before the store has it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tracing::{error, info};
 
-use crate::alerts::dispatch::{Dispatch, plan};
-use crate::alerts::mute::{InhibitRule, Silence, muted};
+use crate::alerts::dispatch::{Dispatch, GroupState, plan};
+use crate::alerts::mute::{InhibitRule, muted};
 use crate::alerts::{Alert, AlertTable, FlapPolicy, State, Transition};
-use crate::domain::Timestamp;
+use crate::domain::{Silence, Timestamp};
 use crate::rules::{RuleSet, evaluate};
-use crate::store::{CycleWrite, GroupState, OutboxEntry, Store, StoreError};
+use crate::store::{CycleWrite, OutboxEntry, Store, StoreError, record};
 use crate::view::ClusterView;
 
 /// Alert fields whose change must reach the store at once; the rest (values, last_held) is flushed
@@ -70,9 +78,101 @@ pub struct Engine {
     alerting: ArcSwap<Alerting>,
     store: Arc<Store>,
     inner: Mutex<Inner>,
-    wake: Vec<Arc<Notify>>,
+    wake: Arc<Vec<Arc<Notify>>>,
     published: ArcSwap<Published>,
     flap: FlapPolicy,
+    /// To the `state-writer` thread; it stops when the engine is dropped.
+    writer: Mutex<mpsc::Sender<Job>>,
+}
+
+/// Why a silence was not added.
+#[derive(Debug, thiserror::Error)]
+pub enum SilenceError {
+    /// The request is wrong (no matcher, a bad regex, an end before the start): 400.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store cannot take it now (a full or read-only disk): 503, try again.
+    #[error("{0}")]
+    Unavailable(StoreError),
+}
+
+/// Work for the `state-writer` thread, done in the order sent.
+enum Job {
+    Cycle(CycleWrite),
+    Silence(Silence, oneshot::Sender<Result<(), StoreError>>),
+    /// Answered once every write sent before it is committed (or refused and kept for retry).
+    Flush(oneshot::Sender<()>),
+}
+
+/// How long the writer waits before retrying a write the store refused (it also retries as soon as
+/// new work arrives).
+const WRITE_RETRY: Duration = Duration::from_secs(1);
+
+/// The `state-writer` thread: commits cycle writes in order; a refused one is kept, merged with later
+/// ones and retried. Wakes the outbox workers after a commit that enqueued notifications.
+fn write_loop(
+    store: Arc<Store>,
+    jobs: mpsc::Receiver<Job>,
+    wake: Arc<Vec<Arc<Notify>>>,
+    delay: Duration,
+) {
+    let mut pending: Option<CycleWrite> = None;
+    loop {
+        let first = if pending.is_some() {
+            match jobs.recv_timeout(WRITE_RETRY) {
+                Ok(job) => Some(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match jobs.recv() {
+                Ok(job) => Some(job),
+                Err(_) => return,
+            }
+        };
+        let mut flushed = Vec::new();
+        for job in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| jobs.try_recv().ok()))
+        {
+            match job {
+                Job::Cycle(w) => match &mut pending {
+                    Some(p) => p.merge(w),
+                    None => pending = Some(w),
+                },
+                Job::Silence(s, reply) => {
+                    let _ = reply.send(store.put_silence(&s));
+                }
+                Job::Flush(reply) => flushed.push(reply),
+            }
+        }
+        if let Some(w) = pending.take() {
+            if !delay.is_zero() {
+                std::thread::sleep(delay);
+            }
+            match store.commit_cycle(&w) {
+                Ok(ids) => {
+                    if !ids.is_empty() {
+                        for n in wake.iter() {
+                            n.notify_one();
+                        }
+                    }
+                }
+                Err(e) => {
+                    // The store logs going down and coming back once each; per retry is noise.
+                    if e.is_unavailable() {
+                        tracing::debug!(error = %e, "cannot persist alert state; kept and retried, notifications wait until the store accepts writes");
+                    } else {
+                        error!(error = %e, "cannot persist alert state; kept and retried, notifications wait until the store accepts writes");
+                    }
+                    pending = Some(w);
+                }
+            }
+        }
+        for reply in flushed {
+            let _ = reply.send(());
+        }
+    }
 }
 
 fn persisted(a: &Alert) -> Persisted {
@@ -81,14 +181,32 @@ fn persisted(a: &Alert) -> Persisted {
 
 impl Engine {
     /// Resumes from the store: alert states (pending timers included) and what each group was sent.
+    /// `commit_delay` slows every commit down, for the slow-disk test; zero otherwise.
     pub fn new(
         store: Arc<Store>,
         alerting: Alerting,
         wake: Vec<Arc<Notify>>,
+        commit_delay: Duration,
     ) -> Result<Engine, StoreError> {
-        let alerts = store.load_alerts()?;
+        let alerts: Vec<Alert> = store.load_alerts()?;
         let silences = store.silences()?;
+        for s in &silences {
+            if let Err(e) = s.compile() {
+                error!(silence = %s.id, error = %e, "stored silence cannot be used; it mutes nothing (expire it and add it again)");
+            }
+        }
         let groups = store.load_groups()?;
+        let wake = Arc::new(wake);
+        let (tx, rx) = mpsc::channel();
+        {
+            let (store, wake) = (store.clone(), wake.clone());
+            std::thread::Builder::new()
+                .name("state-writer".into())
+                .spawn(move || write_loop(store, rx, wake, commit_delay))
+                .map_err(|e| {
+                    StoreError::Db(format!("cannot start the state writer thread: {e}"))
+                })?;
+        }
         let persisted = alerts
             .iter()
             .map(|a| (a.fingerprint.clone(), persisted(a)))
@@ -116,7 +234,22 @@ impl Engine {
             wake,
             published,
             flap: FlapPolicy::default(),
+            writer: Mutex::new(tx),
         })
+    }
+
+    fn send(&self, job: Job) {
+        // The writer lives as long as the engine; a send fails only if it panicked.
+        if self.writer.lock().expect("writer lock").send(job).is_err() {
+            error!("the state writer thread is gone; alert state is no longer persisted");
+        }
+    }
+
+    /// Waits until every write made so far has been committed, or refused and kept for retry.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Flush(tx));
+        let _ = rx.await;
     }
 
     pub fn alerts(&self) -> Arc<Published> {
@@ -144,14 +277,16 @@ impl Engine {
     }
 
     /// Validates and stores a silence; it takes effect at the next dispatcher tick (≤ 1 s).
-    pub fn add_silence(&self, silence: Silence) -> Result<Silence, String> {
-        silence.compile()?;
+    pub async fn add_silence(&self, silence: Silence) -> Result<Silence, SilenceError> {
+        silence.compile().map_err(SilenceError::Invalid)?;
         if silence.ends_at <= silence.starts_at {
-            return Err("a silence must end after it starts".into());
+            return Err(SilenceError::Invalid(
+                "a silence must end after it starts".into(),
+            ));
         }
-        self.store
-            .put_silence(&silence)
-            .map_err(|e| e.to_string())?;
+        self.put_silence(silence.clone())
+            .await
+            .map_err(SilenceError::Unavailable)?;
         info!(silence = %silence.id, matchers = ?silence.matchers, ends_at = silence.ends_at, "silence added");
         self.inner
             .lock()
@@ -162,16 +297,32 @@ impl Engine {
     }
 
     /// Ends a silence now; `Ok(false)` if there is no such silence.
-    pub fn expire_silence(&self, id: &str, now: Timestamp) -> Result<bool, String> {
-        let mut inner = self.inner.lock().expect("engine lock");
-        let Some(s) = inner.silences.iter_mut().find(|s| s.id == id) else {
-            return Ok(false);
+    pub async fn expire_silence(&self, id: &str, now: Timestamp) -> Result<bool, StoreError> {
+        let expired = {
+            let inner = self.inner.lock().expect("engine lock");
+            let Some(s) = inner.silences.iter().find(|s| s.id == id) else {
+                return Ok(false);
+            };
+            Silence {
+                ends_at: s.ends_at.min(now.0),
+                ..s.clone()
+            }
         };
-        s.ends_at = s.ends_at.min(now.0);
-        self.store.put_silence(s).map_err(|e| e.to_string())?;
+        self.put_silence(expired.clone()).await?;
         info!(silence = %id, "silence expired");
+        let mut inner = self.inner.lock().expect("engine lock");
+        if let Some(s) = inner.silences.iter_mut().find(|s| s.id == id) {
+            *s = expired;
+        }
         self.commit(&mut inner, now);
         Ok(true)
+    }
+
+    async fn put_silence(&self, silence: Silence) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Silence(silence, tx));
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::Db("the state writer thread is gone".into())))
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -180,7 +331,7 @@ impl Engine {
 
     /// Wakes every outbox worker (after a replay put work in the outbox).
     pub fn wake_all(&self) {
-        for w in &self.wake {
+        for w in self.wake.iter() {
             w.notify_one();
         }
     }
@@ -243,60 +394,42 @@ impl Engine {
             .filter(|fp| !inner.table.alerts.contains_key(*fp))
             .cloned()
             .collect();
-        let changed = !upsert.is_empty() || !remove.is_empty() || !flushes.is_empty();
-        if changed {
-            let enqueue: Vec<OutboxEntry> = flushes
-                .iter()
-                .filter_map(|f| f.notification.clone())
-                .map(|notification| OutboxEntry {
+        let mut write = CycleWrite::default();
+        for a in upsert {
+            write.alerts.insert(a.fingerprint.clone(), Some(record(a)));
+        }
+        for fp in remove {
+            write.alerts.insert(fp, None);
+        }
+        for f in flushes {
+            write.groups.insert(f.group_id.clone(), record(&f.state));
+            if let Some(notification) = f.notification {
+                write.enqueue.push(OutboxEntry {
                     notification,
                     attempts: 0,
                     next_attempt_at: now_ms,
                     enqueued_at: now_ms,
                     last_error: None,
-                })
-                .collect();
-            let write = CycleWrite {
-                upsert_alerts: upsert,
-                remove_alerts: remove.clone(),
-                groups: flushes
-                    .iter()
-                    .map(|f| (f.group_id.clone(), f.state.clone()))
-                    .collect(),
-                enqueue,
-            };
-            match self.store.commit_cycle(&write) {
-                Ok(ids) => {
-                    let written: Vec<(String, Persisted)> = write
-                        .upsert_alerts
-                        .iter()
-                        .map(|a| (a.fingerprint.clone(), persisted(a)))
-                        .collect();
-                    drop(write);
-                    inner.persisted.extend(written);
-                    for fp in &remove {
+                });
+            }
+            inner.groups.insert(f.group_id, f.state);
+        }
+        if full {
+            inner.last_full_flush = now_ms;
+        }
+        if !write.is_empty() {
+            for (fp, a) in &write.alerts {
+                match a {
+                    Some(_) => {
+                        let p = persisted(&inner.table.alerts[fp]);
+                        inner.persisted.insert(fp.clone(), p);
+                    }
+                    None => {
                         inner.persisted.remove(fp);
                     }
-                    for f in flushes {
-                        inner.groups.insert(f.group_id, f.state);
-                    }
-                    if full {
-                        inner.last_full_flush = now_ms;
-                    }
-                    if !ids.is_empty() {
-                        for w in &self.wake {
-                            w.notify_one();
-                        }
-                    }
-                }
-                // The store logs going down and coming back once each; per tick is noise.
-                Err(e) if e.is_unavailable() => {
-                    tracing::debug!(error = %e, "cannot persist alert state; notifications wait until the store accepts writes")
-                }
-                Err(e) => {
-                    error!(error = %e, "cannot persist alert state; notifications wait until the store accepts writes")
                 }
             }
+            self.send(Job::Cycle(write));
         }
         self.published.store(Arc::new(Published {
             alerts: inner.table.alerts.values().cloned().collect(),

@@ -13,11 +13,11 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::Alert;
-use crate::alerts::mute::Silence;
 use crate::analysis::Status;
-use crate::config::Secret;
+use crate::domain::Secret;
+use crate::domain::Silence;
 use crate::domain::Timestamp;
-use crate::engine::{Engine, ReloadStatus};
+use crate::engine::{Engine, ReloadStatus, SilenceError};
 use crate::export;
 use crate::liveness::{Liveness, Verdict};
 use crate::outbox::Stats;
@@ -492,9 +492,14 @@ async fn add_silence(
         created_by: req.created_by,
         comment: req.comment,
     };
-    match st.engine.add_silence(silence) {
+    match st.engine.add_silence(silence).await {
         Ok(s) => (StatusCode::CREATED, Json(s)).into_response(),
-        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+        Err(e @ SilenceError::Invalid(_)) => {
+            (StatusCode::BAD_REQUEST, e.to_string()).into_response()
+        }
+        Err(e @ SilenceError::Unavailable(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
+        }
     }
 }
 
@@ -506,10 +511,13 @@ async fn expire_silence(
     if !authorized(&st, &headers) {
         return unauthorized();
     }
-    match st.engine.expire_silence(&id, Timestamp::now()) {
+    match st.engine.expire_silence(&id, Timestamp::now()).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => (StatusCode::NOT_FOUND, format!("no silence {id}")).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        Err(e) if e.is_unavailable() => {
+            (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 

@@ -1,7 +1,10 @@
 //! rabbitwatch: queue-health alerting for RabbitMQ.
 //!
-//! The modules follow the data path: `scrape → snapshot → analysis → view`, with `export` and `http`
-//! on the read side and `app` the only place that wires them together.
+//! The modules follow the data path (DESIGN.md §1):
+//! `scrape → snapshot → analysis → view → rules → alerts → engine → store/outbox → receivers`,
+//! with `export` and `http` on the read side, `domain` the shared vocabulary at the bottom, `config`
+//! assembling each module's own config type, and `app` the only place that wires them together.
+//! `layering` (a test) keeps every module to the modules below it.
 
 pub mod alerts;
 pub mod analysis;
@@ -11,12 +14,16 @@ pub mod console;
 pub mod domain;
 pub mod engine;
 pub mod export;
+pub mod fault;
 pub mod http;
+#[cfg(test)]
+mod layering;
 pub mod liveness;
 pub mod outbox;
 pub mod process;
 pub mod receivers;
 pub mod rules;
+pub mod ruletest;
 pub mod scrape;
 pub mod snapshot;
 pub mod store;

@@ -485,7 +485,7 @@ async fn silence(
 fn test_rules(files: &[PathBuf]) -> ExitCode {
     let (mut passed, mut failed) = (0, 0);
     for f in files {
-        match rabbitwatch::rules::testing::run_file(f) {
+        match rabbitwatch::ruletest::run_file(f) {
             Ok(report) => {
                 passed += report.passed;
                 failed += report.failures.len();
@@ -577,7 +577,7 @@ async fn deadletters(
 }
 
 async fn notify_test(cfg: &config::Config, name: &str) -> anyhow::Result<ExitCode> {
-    use rabbitwatch::receivers::{AlertStatus, AlertSummary, GroupStatus, Notification};
+    use rabbitwatch::domain::{AlertStatus, AlertSummary, GroupStatus, Notification, fingerprint};
     use std::collections::BTreeMap;
     let receivers = app::build_receivers(cfg).map_err(|e| {
         anyhow::anyhow!(
@@ -605,31 +605,29 @@ async fn notify_test(cfg: &config::Config, name: &str) -> anyhow::Result<ExitCod
         ("severity".to_string(), "info".to_string()),
         ("cluster".to_string(), "test".to_string()),
     ]);
-    let n = Notification {
-        receiver: name.to_string(),
-        group_key: "test".to_string(),
-        status: GroupStatus::Firing,
-        group_labels: BTreeMap::new(),
-        common_labels: labels.clone(),
-        common_annotations: BTreeMap::new(),
-        alerts: vec![AlertSummary {
-            status: AlertStatus::Firing,
-            annotations: BTreeMap::from([(
-                "summary".to_string(),
-                "Test notification from rabbitwatch notify test".to_string(),
-            )]),
-            fingerprint: rabbitwatch::alerts::fingerprint(&labels),
-            labels,
-            starts_at: now,
-            ends_at: None,
-            correlation_id: id.clone(),
-            values: BTreeMap::new(),
-        }],
-        idempotency_key: format!("{id}:firing:1"),
-        flapping: false,
-        previous: None,
-        created_at: now,
+    let alert = AlertSummary {
+        status: AlertStatus::Firing,
+        annotations: BTreeMap::from([(
+            "summary".to_string(),
+            "Test notification from rabbitwatch notify test".to_string(),
+        )]),
+        fingerprint: fingerprint(&labels),
+        labels: labels.clone(),
+        starts_at: now,
+        ends_at: None,
+        correlation_id: id.clone(),
+        values: BTreeMap::new(),
     };
+    let n = Notification::new(
+        name,
+        "test",
+        GroupStatus::Firing,
+        BTreeMap::new(),
+        vec![alert],
+        1,
+        false,
+        now,
+    );
     match r.deliver(&n).await {
         Ok(_) => {
             println!("delivered to {name} ({}), correlation_id={id}", r.kind());

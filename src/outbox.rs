@@ -15,10 +15,12 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::alerts::dispatch::group_id;
 use crate::domain::Timestamp;
+use crate::fault::Fault;
 use crate::liveness::Beat;
 use crate::receivers::Receiver;
-use crate::store::{DeadLetter, OutboxEntry, Store, StoreError, group_id};
+use crate::store::{DeadLetter, OutboxEntry, Store, StoreError};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Policy {
@@ -105,21 +107,33 @@ impl Pacer {
 /// The longest an idle worker sleeps before looking at the outbox again (and beating).
 pub const IDLE_WAKE: Duration = Duration::from_secs(10);
 
+/// What one receiver's worker needs.
+pub struct Worker {
+    pub receiver: Arc<Receiver>,
+    pub store: Arc<Store>,
+    /// Notified when new entries are committed (or replayed).
+    pub wake: Arc<Notify>,
+    pub pacer: Arc<Pacer>,
+    pub policy: Policy,
+    pub stats: Arc<ReceiverStats>,
+    /// Marked after every pass and every attempt, for the watchdog.
+    pub beat: Arc<Beat>,
+    /// `HangDelivery`: a delivery that never returns, as a receiver call stuck past every timeout would.
+    pub fault: Fault,
+}
+
 /// Runs forever: delivers this receiver's due entries, then sleeps until the next is due or `wake`.
-/// `beat` is marked after every pass and every attempt, for the watchdog. `hang_deliveries` is a
-/// test hook (`RABBITWATCH_FAULT=hang-delivery`): a delivery that never returns, as a receiver call
-/// stuck past every timeout would.
-#[allow(clippy::too_many_arguments)]
-pub async fn run_worker(
-    receiver: Arc<Receiver>,
-    store: Arc<Store>,
-    wake: Arc<Notify>,
-    pacer: Arc<Pacer>,
-    policy: Policy,
-    stats: Arc<ReceiverStats>,
-    beat: Arc<Beat>,
-    hang_deliveries: bool,
-) {
+pub async fn run_worker(w: Worker) {
+    let Worker {
+        receiver,
+        store,
+        wake,
+        pacer,
+        policy,
+        stats,
+        beat,
+        fault,
+    } = w;
     let pass = Pass {
         receiver: &receiver,
         store: &store,
@@ -127,7 +141,7 @@ pub async fn run_worker(
         policy,
         stats: &stats,
         beat: &beat,
-        hang_deliveries,
+        hang_deliveries: fault.is(Fault::HangDelivery),
     };
     loop {
         let next = match deliver_due(&pass).await {
@@ -199,7 +213,7 @@ async fn deliver_due(pass: &Pass<'_>) -> Result<Option<i64>, StoreError> {
         }
         let gid = group_id(receiver.name(), &group);
         let mut n = entry.notification.clone();
-        n.previous = store.group(&gid)?.and_then(|g| g.handle);
+        n.previous = store.handle(&gid)?;
         let correlation_id = n
             .alerts
             .first()

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::eval::{Evaluation, evaluate_entity};
-use super::expr::{Env, FieldId, Scope, Type, Value};
-use super::{RuleSet, load_files};
 use crate::alerts::{AlertTable, FlapPolicy, State};
 use crate::domain::{Diagnostic, Timestamp};
+use crate::rules::eval::{Evaluation, evaluate_entity};
+use crate::rules::expr::{Env, FieldId, Scope, Type, Value};
+use crate::rules::{RuleSet, load_files};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

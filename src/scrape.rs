@@ -8,12 +8,65 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use regex::Regex;
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::config::{ClusterConfig, NameFilter};
 use crate::domain::{QueueKey, StatsMode, Timestamp};
 use crate::snapshot::{Counters, NodeSample, QueueSample, Snapshot};
+
+// ---------------------------------------------------------------- what a cluster's scrape is told
+
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub url: reqwest::Url,
+    pub username: String,
+    pub password: crate::domain::Secret,
+    pub tls: TlsConfig,
+    pub poll_interval: Duration,
+    pub timeout: Duration,
+    /// Queues per `/api/queues` page; 0 lists them in one request (cheapest for RabbitMQ 3.x).
+    pub page_size: u32,
+    pub vhosts: NameFilter,
+    pub queues: NameFilter,
+    pub max_queues: usize,
+    /// Largest management-API response body accepted, in bytes (after decompression); enforced
+    /// while the body streams in, so a runaway answer is cut off instead of buffered.
+    pub max_response_size: u64,
+    /// A poll cycle (every request of one scrape) that takes longer is cut off and counts as a failed
+    /// scrape (`timeout`): a hung request must not stall the loop. Default: 3 × `poll_interval` +
+    /// `watchdog.grace` (what `/healthz` tolerates), at least `timeout`.
+    pub cycle_timeout: Duration,
+}
+
+/// `max_response_size` default: a columns-limited `/api/queues` of 100k+ queues fits with room.
+pub const DEFAULT_MAX_RESPONSE_SIZE: u64 = 256 * 1024 * 1024;
+
+#[derive(Clone, Debug, Default)]
+pub struct TlsConfig {
+    /// PEM bytes of extra trusted CA certificates.
+    pub ca_pem: Option<Vec<u8>>,
+    pub insecure_skip_verify: bool,
+}
+
+/// Include/exclude regexes over names; a name is watched when it matches `include` and not `exclude`.
+#[derive(Clone, Debug)]
+pub struct NameFilter {
+    pub include: Regex,
+    pub exclude: Option<Regex>,
+}
+
+impl NameFilter {
+    pub fn matches(&self, name: &str) -> bool {
+        self.include.is_match(name) && !self.exclude.as_ref().is_some_and(|re| re.is_match(name))
+    }
+
+    /// True when every name passes, so a scrape can ask for everything at once.
+    pub fn is_match_all(&self) -> bool {
+        self.exclude.is_none() && matches!(self.include.as_str(), ".*" | "" | "^.*$")
+    }
+}
 
 /// Columns of `/api/queues` the analysis reads; asking for these alone cuts broker work and bytes.
 pub const QUEUE_COLUMNS: &str = "name,vhost,type,durable,messages,messages_ready,messages_unacknowledged,\

@@ -1,8 +1,12 @@
-//! Embedded, crash-safe state: alerts, alert-group delivery state, the outbox and dead letters.
+//! Embedded, crash-safe state: alerts, alert-group delivery state, receiver handles, silences, the
+//! outbox and dead letters.
 //!
 //! One redb file (`<state.path>/rabbitwatch.redb`); every commit is durable when it returns
 //! (`Durability::Immediate`), and the file lock stops two daemons from sharing it. Values are JSON so
-//! the schema can evolve; `SCHEMA_VERSION` with `migrate` handles the rest.
+//! the schema can evolve; `SCHEMA_VERSION` with `migrate` handles the rest. The store knows the
+//! shared vocabulary (`domain`) and its own outbox records; alerts and group states belong to
+//! `alerts` and arrive here already serialised (`Record`), so the store never imports the layers
+//! above it.
 //!
 //! Invariants the outbox relies on:
 //! - an alert transition and the notifications it causes are written in ONE transaction
@@ -23,11 +27,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::alerts::Alert;
-use crate::alerts::mute::Silence;
-use crate::receivers::Notification;
+use crate::domain::{Notification, Silence};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const ALERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("alerts");
@@ -35,8 +38,11 @@ const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 const SILENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("silences");
+/// Group id → what the receiver returned for the group's last delivery (a Slack `channel:ts`).
+const HANDLES: TableDefinition<&str, &str> = TableDefinition::new("handles");
 
-pub const SCHEMA_VERSION: u64 = 1;
+/// 2: receiver handles moved out of the group records into `handles`.
+pub const SCHEMA_VERSION: u64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -98,17 +104,6 @@ pub struct DeadLetter {
     pub enqueued_at: i64,
 }
 
-/// Per (receiver, group): what was last sent, so the dispatcher knows what changed, and the handle a
-/// receiver returned (a Slack `channel:ts`) so a resolve can update the original message.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct GroupState {
-    /// Fingerprint → state last notified (`firing`/`resolved`).
-    pub notified: BTreeMap<String, String>,
-    pub last_sent_at: Option<i64>,
-    pub sequence: u64,
-    pub handle: Option<String>,
-}
-
 pub struct Store {
     /// `None` after a reopen failed; `probe` tries again.
     db: RwLock<Option<Database>>,
@@ -147,17 +142,36 @@ impl Health {
     }
 }
 
-/// What one evaluation cycle changes, written atomically.
+/// A value of a layer above the store (an alert, a group state), serialised by its owner.
+pub type Record = Vec<u8>;
+
+/// Serialises a state record.
+pub fn record<T: Serialize>(v: &T) -> Record {
+    serde_json::to_vec(v).expect("state records always serialise")
+}
+
+/// What one evaluation cycle changes, written atomically. Owned, so it can be built under the
+/// engine's lock and committed after the lock is released.
 #[derive(Debug, Default)]
-pub struct CycleWrite<'a> {
-    pub upsert_alerts: Vec<&'a Alert>,
-    pub remove_alerts: Vec<String>,
-    pub groups: Vec<(String, GroupState)>,
+pub struct CycleWrite {
+    /// Alert fingerprint → its record, or `None` to remove it.
+    pub alerts: BTreeMap<String, Option<Record>>,
+    /// Group id → its state record.
+    pub groups: BTreeMap<String, Record>,
     pub enqueue: Vec<OutboxEntry>,
 }
 
-fn json<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("state records always serialise")
+impl CycleWrite {
+    pub fn is_empty(&self) -> bool {
+        self.alerts.is_empty() && self.groups.is_empty() && self.enqueue.is_empty()
+    }
+
+    /// Folds a later write into this one, as if both were committed in order.
+    pub fn merge(&mut self, later: CycleWrite) {
+        self.alerts.extend(later.alerts);
+        self.groups.extend(later.groups);
+        self.enqueue.extend(later.enqueue);
+    }
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -165,10 +179,6 @@ fn parse<T: for<'de> Deserialize<'de>>(table: &'static str, bytes: &[u8]) -> Res
         table,
         detail: e.to_string(),
     })
-}
-
-pub fn group_id(receiver: &str, group_key: &str) -> String {
-    format!("{receiver}\u{0}{group_key}")
 }
 
 impl Store {
@@ -313,6 +323,10 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
                     found: v,
                 });
             }
+            Some(1) => {
+                move_handles_out_of_groups(&tx)?;
+                meta.insert("schema_version", SCHEMA_VERSION)?;
+            }
             Some(_) => {}
             None => {
                 meta.insert("schema_version", SCHEMA_VERSION)?;
@@ -324,8 +338,24 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
         tx.open_table(OUTBOX)?;
         tx.open_table(DEAD)?;
         tx.open_table(SILENCES)?;
+        tx.open_table(HANDLES)?;
     }
     tx.commit()?;
+    Ok(())
+}
+
+/// Schema 1 kept a group's receiver handle inside its record (`"handle"`); copy each into `handles`.
+/// The old field stays in the record and is ignored when read.
+fn move_handles_out_of_groups(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let groups = tx.open_table(GROUPS)?;
+    let mut handles = tx.open_table(HANDLES)?;
+    for r in groups.iter()? {
+        let (k, v) = r?;
+        let old: serde_json::Value = parse("groups", v.value())?;
+        if let Some(h) = old.get("handle").and_then(|h| h.as_str()) {
+            handles.insert(k.value(), h)?;
+        }
+    }
     Ok(())
 }
 
@@ -344,7 +374,7 @@ impl Store {
     }
 
     /// A record that no longer parses is reported and skipped, never allowed to block the rest.
-    pub fn load_alerts(&self) -> Result<Vec<Alert>, StoreError> {
+    pub fn load_alerts<A: DeserializeOwned>(&self) -> Result<Vec<A>, StoreError> {
         self.with_db(false, |db| {
             let tx = db.begin_read()?;
             let t = tx.open_table(ALERTS)?;
@@ -362,7 +392,7 @@ impl Store {
         })
     }
 
-    pub fn load_groups(&self) -> Result<BTreeMap<String, GroupState>, StoreError> {
+    pub fn load_groups<G: DeserializeOwned>(&self) -> Result<BTreeMap<String, G>, StoreError> {
         self.with_db(false, |db| {
             let tx = db.begin_read()?;
             let t = tx.open_table(GROUPS)?;
@@ -375,46 +405,38 @@ impl Store {
         })
     }
 
-    pub fn group(&self, id: &str) -> Result<Option<GroupState>, StoreError> {
+    /// What the receiver returned for the group's last delivery (a Slack `channel:ts`).
+    pub fn handle(&self, group_id: &str) -> Result<Option<String>, StoreError> {
         self.with_db(false, |db| {
             let tx = db.begin_read()?;
-            let t = tx.open_table(GROUPS)?;
-            t.get(id)?.map(|v| parse("groups", v.value())).transpose()
+            let t = tx.open_table(HANDLES)?;
+            Ok(t.get(group_id)?.map(|v| v.value().to_string()))
         })
     }
 
     /// Writes alert changes, group states and new outbox entries in one transaction; returns the
     /// outbox ids assigned.
-    pub fn commit_cycle(&self, w: &CycleWrite<'_>) -> Result<Vec<u64>, StoreError> {
+    pub fn commit_cycle(&self, w: &CycleWrite) -> Result<Vec<u64>, StoreError> {
         self.with_db(true, |db| {
             let tx = db.begin_write()?;
             let mut ids = Vec::new();
             {
                 let mut alerts = tx.open_table(ALERTS)?;
-                for a in &w.upsert_alerts {
-                    alerts.insert(a.fingerprint.as_str(), json(a).as_slice())?;
-                }
-                for fp in &w.remove_alerts {
-                    alerts.remove(fp.as_str())?;
+                for (fp, a) in &w.alerts {
+                    match a {
+                        Some(a) => alerts.insert(fp.as_str(), a.as_slice())?,
+                        None => alerts.remove(fp.as_str())?,
+                    };
                 }
                 let mut groups = tx.open_table(GROUPS)?;
                 for (id, g) in &w.groups {
-                    // The receiver's handle (a Slack ts) is written only by `delivered`, after the plan
-                    // that produced `g` was made: keep the stored one, or the resolve could not find the
-                    // message it should update.
-                    let stored: Option<GroupState> = groups
-                        .get(id.as_str())?
-                        .map(|v| parse("groups", v.value()))
-                        .transpose()?;
-                    let mut g = g.clone();
-                    g.handle = stored.and_then(|s| s.handle);
-                    groups.insert(id.as_str(), json(&g).as_slice())?;
+                    groups.insert(id.as_str(), g.as_slice())?;
                 }
                 let mut outbox = tx.open_table(OUTBOX)?;
                 let mut meta = tx.open_table(META)?;
                 let mut next = meta.get("next_id")?.map_or(1, |v| v.value());
                 for e in &w.enqueue {
-                    outbox.insert(next, json(e).as_slice())?;
+                    outbox.insert(next, record(e).as_slice())?;
                     ids.push(next);
                     next += 1;
                 }
@@ -457,13 +479,7 @@ impl Store {
                 let mut outbox = tx.open_table(OUTBOX)?;
                 outbox.remove(id)?;
                 if let Some((gid, Some(handle))) = group {
-                    let mut groups = tx.open_table(GROUPS)?;
-                    let mut g: GroupState = match groups.get(gid)? {
-                        Some(v) => parse("groups", v.value())?,
-                        None => GroupState::default(),
-                    };
-                    g.handle = Some(handle);
-                    groups.insert(gid, json(&g).as_slice())?;
+                    tx.open_table(HANDLES)?.insert(gid, handle.as_str())?;
                 }
             }
             tx.commit()?;
@@ -476,7 +492,7 @@ impl Store {
             let tx = db.begin_write()?;
             {
                 let mut outbox = tx.open_table(OUTBOX)?;
-                outbox.insert(id, json(entry).as_slice())?;
+                outbox.insert(id, record(entry).as_slice())?;
             }
             tx.commit()?;
             Ok(())
@@ -491,7 +507,7 @@ impl Store {
                 let mut outbox = tx.open_table(OUTBOX)?;
                 outbox.remove(id)?;
                 let mut dead = tx.open_table(DEAD)?;
-                dead.insert(id, json(letter).as_slice())?;
+                dead.insert(id, record(letter).as_slice())?;
             }
             tx.commit()?;
             Ok(())
@@ -533,7 +549,7 @@ impl Store {
                     last_error: None,
                 };
                 let mut outbox = tx.open_table(OUTBOX)?;
-                outbox.insert(new_id, json(&entry).as_slice())?;
+                outbox.insert(new_id, record(&entry).as_slice())?;
             }
             tx.commit()?;
             Ok(new_id)
@@ -553,7 +569,7 @@ impl Store {
             let tx = db.begin_write()?;
             {
                 let mut t = tx.open_table(SILENCES)?;
-                t.insert(s.id.as_str(), json(s).as_slice())?;
+                t.insert(s.id.as_str(), record(s).as_slice())?;
             }
             tx.commit()?;
             Ok(())
@@ -572,7 +588,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::receivers::GroupStatus;
+    use crate::domain::{AlertStatus, AlertSummary, GroupStatus};
 
     fn note(key: &str) -> Notification {
         Notification {
@@ -669,8 +685,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let mut e = entry("inf");
-        e.notification.alerts.push(crate::receivers::AlertSummary {
-            status: crate::receivers::AlertStatus::Firing,
+        e.notification.alerts.push(AlertSummary {
+            status: AlertStatus::Firing,
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             starts_at: 0,
@@ -740,32 +756,55 @@ mod tests {
     fn a_later_cycle_does_not_erase_a_delivered_handle() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        let gid = group_id("r", "g");
-        let planned = GroupState {
-            sequence: 1,
-            ..Default::default()
-        };
+        let gid = "r\u{0}g";
         let id = s
             .commit_cycle(&CycleWrite {
-                groups: vec![(gid.clone(), planned.clone())],
+                groups: [(gid.to_string(), b"{\"sequence\":1}".to_vec())].into(),
                 enqueue: vec![entry("g")],
                 ..Default::default()
             })
             .unwrap()[0];
-        s.delivered(id, Some((&gid, Some("C1:1.0".into()))))
-            .unwrap();
-        // The engine planned the resolve from its copy, made before the delivery: no handle.
-        let resolve = GroupState {
-            sequence: 2,
-            ..Default::default()
-        };
+        s.delivered(id, Some((gid, Some("C1:1.0".into())))).unwrap();
+        // The engine planned the resolve from its copy, made before the delivery.
         s.commit_cycle(&CycleWrite {
-            groups: vec![(gid.clone(), resolve)],
+            groups: [(gid.to_string(), b"{\"sequence\":2}".to_vec())].into(),
             ..Default::default()
         })
         .unwrap();
-        let g = s.group(&gid).unwrap().unwrap();
-        assert_eq!((g.sequence, g.handle.as_deref()), (2, Some("C1:1.0")));
+        assert_eq!(s.handle(gid).unwrap().as_deref(), Some("C1:1.0"));
+        let groups: BTreeMap<String, serde_json::Value> = s.load_groups().unwrap();
+        assert_eq!(groups[gid]["sequence"], 2);
+    }
+
+    #[test]
+    fn schema_1_handles_move_to_their_own_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rabbitwatch.redb");
+        {
+            // A schema-1 file: the handle lived inside the group record.
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                tx.open_table(META)
+                    .unwrap()
+                    .insert("schema_version", 1)
+                    .unwrap();
+                let mut g = tx.open_table(GROUPS).unwrap();
+                g.insert("r\u{0}g", br#"{"notified":{"f":"firing"},"last_sent_at":5,"sequence":3,"handle":"C1:9.9"}"#.as_slice())
+                    .unwrap();
+                g.insert(
+                    "r\u{0}h",
+                    br#"{"notified":{},"last_sent_at":null,"sequence":1,"handle":null}"#.as_slice(),
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.handle("r\u{0}g").unwrap().as_deref(), Some("C1:9.9"));
+        assert_eq!(s.handle("r\u{0}h").unwrap(), None);
+        let groups: BTreeMap<String, serde_json::Value> = s.load_groups().unwrap();
+        assert_eq!(groups["r\u{0}g"]["sequence"], 3);
     }
 
     #[test]
@@ -778,12 +817,8 @@ mod tests {
                 ..Default::default()
             })
             .unwrap()[0];
-        let gid = group_id("r", "g");
-        s.delivered(id, Some((&gid, Some("C1:123.4".into()))))
+        s.delivered(id, Some(("r\u{0}g", Some("C1:123.4".into()))))
             .unwrap();
-        assert_eq!(
-            s.group(&gid).unwrap().unwrap().handle.as_deref(),
-            Some("C1:123.4")
-        );
+        assert_eq!(s.handle("r\u{0}g").unwrap().as_deref(), Some("C1:123.4"));
     }
 }

@@ -9,73 +9,36 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use regex::Regex;
+use serde::{Deserialize, Serialize};
 
 use super::{Alert, AlertTable, State};
-use crate::receivers::{AlertStatus, AlertSummary, GroupStatus, Notification};
+use crate::domain::{AlertStatus, AlertSummary, GroupStatus, Matcher, Notification};
 use crate::rules::Mode;
-use crate::store::{GroupState, group_id};
 
-#[derive(Clone, Debug)]
-pub enum MatchOp {
-    Eq,
-    Ne,
-    Re(Regex),
-    NotRe(Regex),
+/// The notification log of one (receiver, group): what was last sent, so `plan` knows what changed.
+/// Persisted by the caller with the alert transitions that caused it (one transaction).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupState {
+    /// Fingerprint → what the alert was last notified as.
+    pub notified: BTreeMap<String, NotifiedAs>,
+    pub last_sent_at: Option<i64>,
+    pub sequence: u64,
 }
 
-/// `name=value`, `name!=value`, `name=~regex`, `name!~regex` (regexes anchored, as in Alertmanager).
-#[derive(Clone, Debug)]
-pub struct Matcher {
-    pub name: String,
-    pub op: MatchOp,
-    pub value: String,
+/// What an alert was (or should be) notified as: `flapping` is the one notification that stands for
+/// a whole storm of flips.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifiedAs {
+    Firing,
+    Resolved,
+    Flapping,
 }
 
-impl Matcher {
-    pub fn parse(s: &str) -> Result<Matcher, String> {
-        let (name, op, value) = ["=~", "!~", "!=", "="]
-            .iter()
-            .find_map(|op| s.split_once(op).map(|(n, v)| (n.trim(), *op, v.trim())))
-            .ok_or_else(|| {
-                format!(
-                    "matcher {s:?}: expected name=value, name!=value, name=~regex or name!~regex"
-                )
-            })?;
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("matcher {s:?}: invalid label name {name:?}"));
-        }
-        let value = value.trim_matches('"').to_string();
-        let re = || {
-            Regex::new(&format!("^(?:{value})$")).map_err(|e| {
-                format!(
-                    "matcher {s:?}: invalid regex: {}",
-                    e.to_string().lines().last().unwrap_or_default().trim()
-                )
-            })
-        };
-        let op = match op {
-            "=" => MatchOp::Eq,
-            "!=" => MatchOp::Ne,
-            "=~" => MatchOp::Re(re()?),
-            _ => MatchOp::NotRe(re()?),
-        };
-        Ok(Matcher {
-            name: name.to_string(),
-            op,
-            value,
-        })
-    }
-
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let v = labels.get(&self.name).map_or("", String::as_str);
-        match &self.op {
-            MatchOp::Eq => v == self.value,
-            MatchOp::Ne => v != self.value,
-            MatchOp::Re(re) => re.is_match(v),
-            MatchOp::NotRe(re) => !re.is_match(v),
-        }
-    }
+/// The key a (receiver, group) pair is stored under; the outbox finds the group's receiver handle
+/// (a Slack message `ts`) by it.
+pub fn group_id(receiver: &str, group_key: &str) -> String {
+    format!("{receiver}\u{0}{group_key}")
 }
 
 /// A node of the routing tree, with inherited settings already filled in.
@@ -148,13 +111,12 @@ struct Group<'a> {
     alerts: Vec<&'a Alert>,
 }
 
-/// What an alert should have been notified as: `firing`, `resolved`, or `flapping` (one notification
-/// for the whole storm); `None` while pending.
-fn desired(a: &Alert) -> Option<&'static str> {
+/// What an alert should have been notified as; `None` while pending.
+fn desired(a: &Alert) -> Option<NotifiedAs> {
     match (a.flapping, a.state) {
-        (true, _) => Some("flapping"),
-        (false, State::Firing) => Some("firing"),
-        (false, State::Resolved) => Some("resolved"),
+        (true, _) => Some(NotifiedAs::Flapping),
+        (false, State::Firing) => Some(NotifiedAs::Firing),
+        (false, State::Resolved) => Some(NotifiedAs::Resolved),
         (false, State::Pending) => None,
     }
 }
@@ -205,28 +167,21 @@ pub fn plan(
         let mut any_firing = false;
         for a in &g.alerts {
             let want = desired(a).expect("filtered above");
-            let had = prev.notified.get(&a.fingerprint).map(String::as_str);
-            let relevant = match want {
-                // A resolve matters only to those who heard it fire.
-                "resolved" => had.is_some_and(|h| h != "resolved"),
-                _ => true,
-            };
-            if !relevant {
+            let had = prev.notified.get(&a.fingerprint).copied();
+            let resolved = want == NotifiedAs::Resolved;
+            // A resolve matters only to those who heard it fire.
+            if resolved && had.is_none_or(|h| h == NotifiedAs::Resolved) {
                 continue;
             }
-            if want != "resolved" {
+            if !resolved {
                 any_firing = true;
             }
             if had != Some(want) {
-                let at = if want == "resolved" {
-                    a.resolved_at
-                } else {
-                    a.fired_at
-                }
-                .unwrap_or(a.active_since);
+                let at =
+                    if resolved { a.resolved_at } else { a.fired_at }.unwrap_or(a.active_since);
                 changed_at = Some(changed_at.map_or(at, |c| c.min(at)));
             }
-            if want != "resolved" || send_resolved {
+            if !resolved || send_resolved {
                 include.push(a);
             }
         }
@@ -245,15 +200,12 @@ pub fn plan(
             notified: BTreeMap::new(),
             last_sent_at: Some(now),
             sequence: prev.sequence + 1,
-            handle: prev.handle.clone(),
         };
         for a in &g.alerts {
             let want = desired(a).expect("filtered above");
             // Keep what firing alerts were sent as; a delivered resolve ends the alert's entry.
-            if want != "resolved" {
-                state
-                    .notified
-                    .insert(a.fingerprint.clone(), want.to_string());
+            if want != NotifiedAs::Resolved {
+                state.notified.insert(a.fingerprint.clone(), want);
             }
         }
         // Only resolves, and this receiver does not want them: remember, send nothing.
@@ -297,42 +249,21 @@ fn notification(
             values: a.values.clone(),
         })
         .collect();
-    let common =
-        |pick: fn(&AlertSummary) -> &BTreeMap<String, String>| -> BTreeMap<String, String> {
-            let Some(first) = summaries.first() else {
-                return BTreeMap::new();
-            };
-            pick(first)
-                .iter()
-                .filter(|(k, v)| summaries.iter().all(|s| pick(s).get(*k) == Some(*v)))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        };
     let status = if any_firing {
         GroupStatus::Firing
     } else {
         GroupStatus::Resolved
     };
-    let first_id = summaries
-        .first()
-        .map_or("none", |s| s.correlation_id.as_str());
-    let status_word = match status {
-        GroupStatus::Firing => "firing",
-        GroupStatus::Resolved => "resolved",
-    };
-    Notification {
-        receiver: g.receiver.to_string(),
-        group_key: g.key.clone(),
+    Notification::new(
+        g.receiver,
+        &g.key,
         status,
-        group_labels: g.labels.clone(),
-        common_labels: common(|s| &s.labels),
-        common_annotations: common(|s| &s.annotations),
-        flapping: alerts.iter().any(|a| a.flapping),
-        idempotency_key: format!("{first_id}:{status_word}:{}", state.sequence),
-        alerts: summaries,
-        previous: None,
-        created_at: now,
-    }
+        g.labels.clone(),
+        summaries,
+        state.sequence,
+        alerts.iter().any(|a| a.flapping),
+        now,
+    )
 }
 
 #[cfg(test)]
@@ -410,21 +341,6 @@ mod tests {
         for f in flushes {
             groups.insert(f.group_id.clone(), f.state.clone());
         }
-    }
-
-    #[test]
-    fn matchers_parse_and_match() {
-        let labels = BTreeMap::from([("severity".to_string(), "critical".to_string())]);
-        assert!(
-            Matcher::parse("severity=critical")
-                .unwrap()
-                .matches(&labels)
-        );
-        assert!(Matcher::parse("severity=~crit.*").unwrap().matches(&labels));
-        assert!(!Matcher::parse("severity!~crit.*").unwrap().matches(&labels));
-        assert!(Matcher::parse("team!=payments").unwrap().matches(&labels));
-        assert!(Matcher::parse("severity").is_err());
-        assert!(Matcher::parse("severity=~([").is_err());
     }
 
     #[test]

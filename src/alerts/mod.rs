@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::Timestamp;
+use crate::domain::{Timestamp, fingerprint};
 use crate::rules::eval::Evaluation;
 use crate::rules::{Mode, RuleSet, Scope};
 
@@ -121,18 +121,6 @@ const RESOLVED_RETENTION_MS: i64 = 3_600_000;
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct AlertTable {
     pub alerts: BTreeMap<String, Alert>,
-}
-
-/// Hash of the sorted labels, hex: deterministic across processes and replicas (FNV-1a 64).
-pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (k, v) in labels {
-        for b in k.bytes().chain([0xff]).chain(v.bytes()).chain([0xfe]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    format!("{h:016x}")
 }
 
 impl AlertTable {

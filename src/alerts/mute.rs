@@ -6,38 +6,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use serde::{Deserialize, Serialize};
-
-use super::dispatch::Matcher;
 use super::{AlertTable, State};
-
-/// A silence as stored and shown; matchers are kept as text and compiled when used.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Silence {
-    pub id: String,
-    pub matchers: Vec<String>,
-    /// Milliseconds since the epoch.
-    pub starts_at: i64,
-    pub ends_at: i64,
-    #[serde(default)]
-    pub created_by: String,
-    #[serde(default)]
-    pub comment: String,
-}
-
-impl Silence {
-    pub fn is_active(&self, now: i64) -> bool {
-        self.starts_at <= now && now < self.ends_at
-    }
-
-    /// Compiles the matchers; every matcher must hold for an alert to be silenced.
-    pub fn compile(&self) -> Result<Vec<Matcher>, String> {
-        if self.matchers.is_empty() {
-            return Err("a silence needs at least one matcher".into());
-        }
-        self.matchers.iter().map(|m| Matcher::parse(m)).collect()
-    }
-}
+use crate::domain::{Matcher, Silence};
 
 /// `inhibit:` — while a firing alert matches `source`, alerts matching `target` with the same values
 /// of the `equal` labels are muted (e.g. ClusterUnreachable mutes that cluster's queue alerts).

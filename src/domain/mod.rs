@@ -1,12 +1,24 @@
-//! Shared vocabulary: the names every module agrees on.
+//! Shared vocabulary: the names every module agrees on (Alertmanager's `types`).
 //!
-//! Owns plain data types only; it must never do I/O or depend on another module.
+//! Owns plain data types that cross module borders: queue keys, timestamps, severities, label
+//! matchers, silences, secrets and the notifications receivers are handed. It must never do I/O or
+//! depend on another module of this crate, so every layer can use it (see `layering`).
+
+mod matcher;
+mod notification;
+mod secret;
+
+pub use matcher::{MatchOp, Matcher, Silence};
+pub use notification::{AlertStatus, AlertSummary, GroupStatus, Notification, fingerprint};
+pub use secret::Secret;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Milliseconds since the Unix epoch. Passed into pure code as `now` so nothing below `app` reads the clock.
+/// Milliseconds since the Unix epoch. The pure modules (`snapshot`, `analysis`, `view`, `rules`,
+/// `alerts`) are handed `now` and never call `Timestamp::now` themselves (`layering` checks it), so
+/// every behaviour of theirs is a deterministic test; the I/O edges read the clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Timestamp(pub i64);
 

@@ -22,7 +22,7 @@ use super::{
     Notification, correlation_ids, describe_entity, format_number, headline, rfc3339_millis,
     value_lines,
 };
-use crate::config::Secret;
+use crate::domain::Secret;
 
 /// Connecting, each command, and the whole DATA exchange are bounded by this.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(10);

@@ -96,7 +96,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::receivers::GroupStatus;
+    use crate::domain::GroupStatus;
 
     fn notification(key: &str) -> Notification {
         Notification {

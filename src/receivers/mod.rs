@@ -4,66 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-/// Whether a group of alerts is (still) firing or has resolved, as Alertmanager's `status`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GroupStatus {
-    Firing,
-    Resolved,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AlertStatus {
-    Firing,
-    Resolved,
-}
-
-/// One alert inside a notification.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AlertSummary {
-    pub status: AlertStatus,
-    /// Includes `alertname`, `cluster`, `severity`, `scope` and the entity (`vhost`, `queue` or `node`).
-    pub labels: BTreeMap<String, String>,
-    /// Rendered templates: `summary`, `description`, `runbook_url`, …; untrusted text (queue names).
-    pub annotations: BTreeMap<String, String>,
-    /// Milliseconds since the epoch.
-    pub starts_at: i64,
-    pub ends_at: Option<i64>,
-    /// UUIDv7 of the incident; the same in the firing and the resolved notification.
-    pub correlation_id: String,
-    /// Hex of the hash of the sorted labels: equal across replicas.
-    pub fingerprint: String,
-    /// The numbers behind the alert (e.g. `publish_rate`, `consume_rate`, `messages`, `consumers`,
-    /// `drain_eta`), for receivers that show or act on them.
-    #[serde(with = "crate::domain::float_map")]
-    pub values: BTreeMap<String, f64>,
-}
-
-/// What the outbox hands a receiver: one group of alerts, one message.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Notification {
-    pub receiver: String,
-    /// Stable key of the alert group (route + `group_by` labels).
-    pub group_key: String,
-    pub status: GroupStatus,
-    pub group_labels: BTreeMap<String, String>,
-    pub common_labels: BTreeMap<String, String>,
-    pub common_annotations: BTreeMap<String, String>,
-    pub alerts: Vec<AlertSummary>,
-    /// `correlation_id:state:sequence`; sent as the `Idempotency-Key` header so a receiver can drop
-    /// the duplicate that at-least-once delivery may produce.
-    pub idempotency_key: String,
-    /// True for the single notification that replaces the noise of a flapping alert.
-    pub flapping: bool,
-    /// What an earlier delivery of this group to this receiver returned (e.g. a Slack message `ts`),
-    /// so a resolve can update the original message instead of posting a new one.
-    pub previous: Option<String>,
-    /// Milliseconds since the epoch.
-    pub created_at: i64,
-}
+use crate::domain::{AlertStatus, AlertSummary, GroupStatus, Notification};
 
 /// What a successful delivery returns to remember for the group (e.g. Slack's `channel` + `ts`).
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -24,7 +24,7 @@ use super::{
     Notification, classify_http_status, classify_http_transport, correlation_ids, describe_entity,
     header_safe, headline, retry_after, snippet, value_lines,
 };
-use crate::config::Secret;
+use crate::domain::Secret;
 
 pub const DEFAULT_API_URL: &str = "https://slack.com/api";
 /// Slack accepts about one message per second per channel.

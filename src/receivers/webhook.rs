@@ -19,7 +19,7 @@ use super::{
     AlertStatus, Delivered, DeliveryError, GroupStatus, Notification, classify_http_status,
     classify_http_transport, header_safe, rfc3339_millis,
 };
-use crate::config::Secret;
+use crate::domain::Secret;
 
 pub const SIGNATURE_HEADER: &str = "X-Rabbitwatch-Signature";
 /// What Alertmanager sends as `endsAt` of an alert that has not ended.
@@ -185,7 +185,7 @@ impl WebhookReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::receivers::AlertSummary;
+    use crate::domain::AlertSummary;
 
     fn notification() -> Notification {
         let labels: BTreeMap<String, String> =

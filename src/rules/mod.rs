@@ -8,7 +8,6 @@ pub mod eval;
 pub mod expr;
 pub mod load;
 pub mod template;
-pub mod testing;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

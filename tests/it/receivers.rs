@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use rabbitwatch::config::Secret;
+use rabbitwatch::domain::{AlertStatus, AlertSummary, GroupStatus, Notification, Secret};
 use rabbitwatch::receivers::{
-    AlertStatus, AlertSummary, DeliveryError, EmailConfig, EmailReceiver, GroupStatus,
-    Notification, Receiver, SlackConfig, SlackReceiver, WebhookConfig, WebhookReceiver,
+    DeliveryError, EmailConfig, EmailReceiver, Receiver, SlackConfig, SlackReceiver, WebhookConfig,
+    WebhookReceiver,
 };
 use reqwest::Url;
 use serde_json::Value;

@@ -625,16 +625,28 @@ async fn the_watchdog_catches(fault: &str, stuck_loop: &str) {
     );
 }
 
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection (scripts/test)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_poll_loop_fails_healthz_then_the_watchdog_exits_with_70() {
     the_watchdog_catches("stall-poll-loop", &format!("poll:{CLUSTER}")).await;
 }
 
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection (scripts/test)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_dispatcher_fails_healthz_then_the_watchdog_exits_with_70() {
     the_watchdog_catches("stall-dispatcher", "dispatcher").await;
 }
 
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection (scripts/test)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_delivery_fails_healthz_naming_the_outbox_worker_then_exits_with_70() {
     // A log receiver: its attempts take at most a second, so its worker is judged on the 10 s idle
@@ -698,6 +710,10 @@ watchdog: { grace: 2s }
     );
 }
 
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection (scripts/test)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wedged_async_runtime_is_still_caught_by_the_watchdog_thread() {
     let vhost = TestVhost::create().await;
@@ -718,6 +734,10 @@ async fn a_wedged_async_runtime_is_still_caught_by_the_watchdog_thread() {
     );
 }
 
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection (scripts/test)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_scrape_is_cut_off_by_the_cycle_deadline_and_the_loop_lives_on() {
     let vhost = TestVhost::create().await;
@@ -749,4 +769,103 @@ async fn a_hung_scrape_is_cut_off_by_the_cycle_deadline_and_the_loop_lives_on() 
     // Cut off, the loop goes on: liveness stays good.
     let (status, body) = daemon.get("/healthz").await.expect("/healthz");
     assert_eq!(status, 200, "{body}");
+}
+
+/// `last_success` of `cluster` in `/api/v1/status`, seconds since the epoch.
+async fn last_success(daemon: &Daemon, cluster: &str) -> Result<f64, String> {
+    let (_, body) = daemon.get_json("/api/v1/status").await?;
+    body["clusters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == cluster)
+        .and_then(|c| c["last_success"].as_f64())
+        .ok_or_else(|| format!("no last_success for {cluster}: {body}"))
+}
+
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection (scripts/test)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_state_disk_does_not_slow_another_clusters_polls() {
+    // Cluster `busy` gains a new alert almost every cycle (a new queue with a backlog), so alert
+    // state is written all the time, and every commit takes 2 s longer (`slow-state-disk`). Cluster
+    // `calm` has nothing to write; its polls must keep their 2 s cadence all the same. Before the
+    // state writer thread, each commit held the engine lock and `calm` waited for it.
+    let busy = TestVhost::create().await;
+    let calm = TestVhost::create().await;
+    let tuning = Tuning {
+        poll_interval: "2s",
+        ..Tuning::default()
+    };
+    let config = config_with_clusters(
+        free_port(),
+        &tuning,
+        &[
+            cluster_yaml("busy", MANAGEMENT_URL, busy.name(), &tuning),
+            cluster_yaml("calm", MANAGEMENT_URL, calm.name(), &tuning),
+        ],
+    ) + r#"rules: [rules.yaml]
+receivers:
+  - name: audit
+    log: { path: ./alerts.jsonl }
+route: { receiver: audit, group_wait: 0s }
+"#;
+    let daemon = Daemon::start_with_env(
+        &config,
+        &[("rules.yaml", BACKLOG_RULE)],
+        &[("RABBITWATCH_FAULT", "slow-state-disk")],
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "both clusters scraped",
+        async || {
+            last_success(&daemon, "busy").await?;
+            last_success(&daemon, "calm").await
+        },
+    )
+    .await;
+
+    let amqp = busy.amqp_url();
+    let feeder = tokio::spawn(async move {
+        for i in 0..24 {
+            publish_n(&amqp, &format!("q{i:02}"), 1).await;
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+    });
+    let mut seen: Vec<f64> = Vec::new();
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        if let Ok(t) = last_success(&daemon, "calm").await
+            && seen.last() != Some(&t)
+        {
+            seen.push(t);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    feeder.await.expect("feeder");
+    let gaps: Vec<f64> = seen.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.len() >= 8, "too few polls of calm seen: {seen:?}");
+    assert!(
+        gaps.iter().all(|g| (1.6..=2.4).contains(g)),
+        "calm's polls kept within 20% of 2 s: {gaps:?}"
+    );
+    // The writes were slow, not lost: the busy cluster's alerts reach the receiver.
+    let log = daemon.dir().join("alerts.jsonl");
+    eventually(
+        Duration::from_secs(60),
+        "the busy cluster's notifications delivered",
+        async || {
+            let lines = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .count();
+            (lines >= 24)
+                .then_some(())
+                .ok_or(format!("{lines} notifications so far"))
+        },
+    )
+    .await;
 }
