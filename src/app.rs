@@ -11,7 +11,7 @@ use tracing::{Instrument, info, warn};
 use crate::alerts::dispatch::Dispatch;
 use crate::analysis::Params;
 use crate::config::{Config, Heartbeat, ReceiverConfig, ReceiverKind, Require};
-use crate::domain::{StatsMode, Timestamp};
+use crate::domain::Timestamp;
 use crate::engine::{Alerting, Engine, ReloadStatus};
 use crate::fault::Fault;
 use crate::http::{HttpState, router};
@@ -22,7 +22,7 @@ use crate::receivers::{
 };
 use crate::scrape::Scraper;
 use crate::store::Store;
-use crate::view::{ClusterHandle, ClusterView, LastError, Tracker};
+use crate::view::{ClusterHandle, CycleEvent, Tracker};
 
 /// Checks every cluster before anything starts (reachable, credentials accepted, a user that can see
 /// every vhost), and every receiver with `verify_on_start` live. `startup.require` decides what
@@ -447,7 +447,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
     ));
 
-    wait_for_shutdown(&*reloader).await;
+    wait_for_shutdown(reloader.clone()).await;
     info!("shutting down");
     // Loops stop beating from here on; that is not a stuck loop.
     stopping.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -455,6 +455,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         l.abort();
     }
     let _ = stop_tx.send(true);
+    // What the last cycles changed is committed before the process ends (the writer keeps a write
+    // the store refuses; a disk that stays down loses nothing the next start cannot re-derive).
+    if tokio::time::timeout(Duration::from_secs(5), engine.flush())
+        .await
+        .is_err()
+    {
+        warn!("alert state not yet committed at shutdown; the next start re-plans from the store");
+    }
     match tokio::time::timeout(Duration::from_secs(5), http).await {
         Ok(Ok(Ok(()))) | Err(_) => {}
         Ok(Ok(Err(e))) => return Err(e).context("http server failed"),
@@ -505,7 +513,7 @@ fn reload(
     ))
 }
 
-async fn wait_for_shutdown(reload: &(dyn Fn() -> Result<String, String> + Send + Sync)) {
+async fn wait_for_shutdown(reload: Arc<dyn Fn() -> Result<String, String> + Send + Sync>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -519,7 +527,9 @@ async fn wait_for_shutdown(reload: &(dyn Fn() -> Result<String, String> + Send +
             _ = tokio::signal::ctrl_c() => return,
             _ = term.recv() => return,
             _ = hup.recv() => {
-                let _ = reload();
+                // Reading and validating the files is disk I/O: off the async threads.
+                let reload = reload.clone();
+                let _ = tokio::task::spawn_blocking(move || reload()).await;
             }
         }
     }
@@ -529,6 +539,34 @@ async fn wait_for_shutdown(reload: &(dyn Fn() -> Result<String, String> + Send +
 fn block_this_thread_forever() -> ! {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// One log event for each thing a cycle has to say (see `CycleEvent`).
+fn log_cycle_event(event: CycleEvent) {
+    match event {
+        CycleEvent::Reachable { queues, version } => {
+            info!(queues, version = %version, "cluster reachable")
+        }
+        CycleEvent::DepthOnly => warn!(
+            "broker keeps no message statistics (disable_stats or rates_mode none): depth-only analysis, rates unknown"
+        ),
+        CycleEvent::Truncated { watched, dropped } => warn!(
+            watched,
+            dropped, "more queues than max_queues: watching those with the largest backlog"
+        ),
+        CycleEvent::StatsPending { pending, listed } => warn!(
+            stats_pending = pending,
+            listed,
+            "broker lists queues without statistics (a node starting, or management_agent.disable_metrics_collector): their last known figures are shown, queues never seen with figures are left out"
+        ),
+        CycleEvent::Failed { reason, error } => {
+            warn!(reason, error = %error, "scrape failed; keeping history, no samples this cycle")
+        }
+        CycleEvent::Overran { took, skipped } => warn!(
+            took_ms = took.as_millis() as u64,
+            skipped, "scrape took longer than poll_interval; skipping ticks"
+        ),
     }
 }
 
@@ -545,8 +583,6 @@ async fn poll_loop(
     let cfg = scraper.config().clone();
     let poll = cfg.poll_interval;
     let mut tracker = Tracker::new(&cfg.name, params);
-    let mut errors = std::collections::BTreeMap::new();
-    let mut skipped = 0u64;
     let mut cycle: u64 = 0;
     loop {
         cycle += 1;
@@ -574,90 +610,20 @@ async fn poll_loop(
         let next = {
             let _entered = span.enter();
             let elapsed = started.elapsed();
-            let prev = handle.view.load_full();
             let now = Timestamp::now();
-            let view = match result {
-                Ok(mut snap) => {
-                    if !prev.up {
-                        info!(queues = snap.queues.len(), version = %snap.rabbitmq_version, "cluster reachable");
-                    }
-                    if snap.stats_mode == StatsMode::DepthOnly
-                        && (prev.stats_mode != StatsMode::DepthOnly || prev.last_success.is_none())
-                    {
-                        warn!(
-                            "broker keeps no message statistics (disable_stats or rates_mode none): depth-only analysis, rates unknown"
-                        );
-                    }
-                    if snap.truncated > 0 {
-                        warn!(
-                            watched = snap.queues.len(),
-                            dropped = snap.truncated,
-                            "more queues than max_queues: watching those with the largest backlog"
-                        );
-                    }
-                    if snap.stats_pending > 0 && prev.stats_pending == 0 {
-                        warn!(
-                            stats_pending = snap.stats_pending,
-                            listed = snap.queues.len(),
-                            "broker lists queues without statistics (a node starting, or management_agent.disable_metrics_collector): their last known figures are shown, queues never seen with figures are left out"
-                        );
-                    }
-                    let queues =
-                        tracker.observe(std::mem::take(&mut snap.queues), snap.taken_at, now);
-                    ClusterView {
-                        name: cfg.name.clone(),
-                        poll_interval: poll,
-                        up: true,
-                        last_attempt: Some(now),
-                        last_success: Some(snap.taken_at),
-                        last_error: None,
-                        scrape_duration: Some(elapsed.as_secs_f64()),
-                        stats_mode: snap.stats_mode,
-                        rabbitmq_version: snap.rabbitmq_version,
-                        nodes: Arc::new(snap.nodes),
-                        queues: Arc::new(queues),
-                        truncated: snap.truncated,
-                        stats_pending: snap.stats_pending,
-                        errors_total: errors.clone(),
-                        skipped_total: skipped,
-                    }
-                }
-                Err(e) => {
-                    let reason = e.reason();
-                    warn!(reason, error = %e, "scrape failed; keeping history, no samples this cycle");
-                    *errors.entry(reason).or_insert(0u64) += 1;
-                    ClusterView {
-                        up: false,
-                        last_attempt: Some(now),
-                        last_error: Some(LastError {
-                            reason,
-                            message: e.to_string(),
-                            at: now.0,
-                        }),
-                        scrape_duration: Some(elapsed.as_secs_f64()),
-                        errors_total: errors.clone(),
-                        skipped_total: skipped,
-                        ..(*prev).clone()
-                    }
-                }
-            };
+            let prev = handle.view.load_full();
+            let (view, events) = tracker.next_view(&prev, result, elapsed, now);
+            for event in events {
+                log_cycle_event(event);
+            }
+            let skipped = (view.skipped_total - prev.skipped_total) as u32;
             let view = Arc::new(view);
             handle.view.store(view.clone());
             engine.on_cycle(&view, now);
             beat.mark(now);
-
-            let missed = (elapsed.as_nanos() / poll.as_nanos().max(1)) as u32;
-            if missed > 0 {
-                skipped += u64::from(missed);
-                warn!(
-                    took_ms = elapsed.as_millis() as u64,
-                    skipped = missed,
-                    "scrape took longer than poll_interval; skipping ticks"
-                );
-            }
             // ±5% jitter keeps many daemons (or clusters) from polling in lockstep.
             let jitter = poll.mul_f64(0.1 * fastrand::f64());
-            started + poll * (missed + 1) + jitter - poll.mul_f64(0.05)
+            started + poll * (skipped + 1) + jitter - poll.mul_f64(0.05)
         };
         if fault.is(Fault::StallPollLoop) {
             warn!(cluster = %cfg.name, "RABBITWATCH_FAULT=stall-poll-loop: this poll loop now hangs");

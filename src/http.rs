@@ -77,7 +77,9 @@ pub fn router(state: HttpState) -> Router {
 async fn metrics(State(st): State<HttpState>) -> Response {
     let views = st.views();
     let alerts = st.engine.alerts();
-    let counts = st.engine.store().counts().ok();
+    let counts = crate::outbox::on_disk(st.engine.store(), |s| s.counts())
+        .await
+        .ok();
     let store_writable = st.engine.store().health().writable;
     let stats = st.stats.clone();
     let reload_status = st.reload_status.clone();
@@ -554,7 +556,7 @@ pub struct DeadLettersBody {
 }
 
 async fn dead_letters(State(st): State<HttpState>) -> Response {
-    match st.engine.store().dead_letters() {
+    match crate::outbox::on_disk(st.engine.store(), |s| s.dead_letters()).await {
         Ok(list) => Json(DeadLettersBody {
             dead_letters: list
                 .into_iter()
@@ -589,7 +591,7 @@ async fn replay(
     if !authorized(&st, &headers) {
         return unauthorized();
     }
-    match crate::outbox::replay(st.engine.store(), id) {
+    match crate::outbox::replay(st.engine.store(), id).await {
         Ok(new_id) => {
             st.engine.wake_all();
             (

@@ -248,7 +248,10 @@ fn no_module_imports_a_module_above_it() {
         }
         if PURE.contains(&module.as_str()) {
             for clock in CLOCKS.iter().filter(|c| text.contains(**c)) {
-                problems.push(format!("{}: a pure module reads the clock ({clock}…)", rel.display()));
+                problems.push(format!(
+                    "{}: a pure module reads the clock ({clock}…)",
+                    rel.display()
+                ));
             }
         }
     }

@@ -46,6 +46,66 @@ pub fn backoff(attempt: u32, cap: Duration, jitter: f64) -> Duration {
     base.min(cap).mul_f64(0.9 + 0.2 * jitter)
 }
 
+/// Why an entry went to the dead letters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadReason {
+    /// The receiver said retrying cannot help (fail early).
+    Permanent,
+    /// Transient failures until `max_attempts` or `max_age` ran out.
+    GaveUp,
+}
+
+impl DeadReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::Permanent => "permanent",
+            DeadReason::GaveUp => "gave_up",
+        }
+    }
+}
+
+/// What to do with an entry whose delivery just failed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AfterFailure {
+    /// Try again `wait` from now.
+    Retry {
+        wait: Duration,
+    },
+    DeadLetter(DeadReason),
+}
+
+/// The retry-or-dead-letter decision, pure. `attempts` counts the one that just failed; `jitter` is in
+/// [0, 1). A retry never comes sooner than the receiver's `Retry-After`.
+pub fn after_failure(
+    policy: &Policy,
+    attempts: u32,
+    enqueued_at: i64,
+    retriable: bool,
+    retry_after: Option<Duration>,
+    now: i64,
+    jitter: f64,
+) -> AfterFailure {
+    if !retriable {
+        return AfterFailure::DeadLetter(DeadReason::Permanent);
+    }
+    if attempts >= policy.max_attempts || now - enqueued_at >= policy.max_age.as_millis() as i64 {
+        return AfterFailure::DeadLetter(DeadReason::GaveUp);
+    }
+    let wait = backoff(attempts, policy.max_backoff, jitter).max(retry_after.unwrap_or_default());
+    AfterFailure::Retry { wait }
+}
+
+/// Runs a store operation on the blocking pool, so disk I/O never holds an async worker thread.
+pub async fn on_disk<T: Send + 'static>(
+    store: &Arc<Store>,
+    op: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || op(&store))
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Db(format!("state store task failed: {e}"))))
+}
+
 /// Latency buckets (seconds) of `rabbitwatch_notification_latency_seconds`.
 pub const LATENCY_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
 
@@ -170,7 +230,7 @@ pub async fn run_worker(w: Worker) {
 #[derive(Clone, Copy)]
 struct Pass<'a> {
     receiver: &'a Receiver,
-    store: &'a Store,
+    store: &'a Arc<Store>,
     pacer: &'a Pacer,
     policy: Policy,
     stats: &'a ReceiverStats,
@@ -189,8 +249,8 @@ async fn deliver_due(pass: &Pass<'_>) -> Result<Option<i64>, StoreError> {
         beat,
         hang_deliveries,
     } = *pass;
-    let entries: Vec<(u64, OutboxEntry)> = store
-        .outbox()?
+    let entries: Vec<(u64, OutboxEntry)> = on_disk(store, |s| s.outbox())
+        .await?
         .into_iter()
         .filter(|(_, e)| e.notification.receiver == receiver.name())
         .collect();
@@ -213,7 +273,10 @@ async fn deliver_due(pass: &Pass<'_>) -> Result<Option<i64>, StoreError> {
         }
         let gid = group_id(receiver.name(), &group);
         let mut n = entry.notification.clone();
-        n.previous = store.handle(&gid)?;
+        n.previous = {
+            let gid = gid.clone();
+            on_disk(store, move |s| s.handle(&gid)).await?
+        };
         let correlation_id = n
             .alerts
             .first()
@@ -230,7 +293,8 @@ async fn deliver_due(pass: &Pass<'_>) -> Result<Option<i64>, StoreError> {
         beat.mark(Timestamp::now());
         match outcome {
             Ok(delivered) => {
-                store.delivered(id, Some((&gid, delivered.handle)))?;
+                let handle = delivered.handle;
+                on_disk(store, move |s| s.delivered(id, Some((&gid, handle)))).await?;
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
                 let latency = (Timestamp::now().0 - entry.enqueued_at) as f64 / 1000.0;
                 stats.observe_latency(latency);
@@ -239,40 +303,42 @@ async fn deliver_due(pass: &Pass<'_>) -> Result<Option<i64>, StoreError> {
             Err(err) => {
                 entry.attempts += 1;
                 let now = Timestamp::now().0;
-                let expired = entry.attempts >= policy.max_attempts
-                    || now - entry.enqueued_at >= policy.max_age.as_millis() as i64;
-                if !err.is_retriable() || expired {
-                    let why = if err.is_retriable() {
-                        "gave_up"
-                    } else {
-                        "permanent"
-                    };
-                    warn!(receiver = receiver.name(), correlation_id, reason = err.reason(), error = %err, attempts = entry.attempts, why, "notification dead-lettered");
-                    store.dead_letter(
-                        id,
-                        &DeadLetter {
+                let decision = after_failure(
+                    &policy,
+                    entry.attempts,
+                    entry.enqueued_at,
+                    err.is_retriable(),
+                    err.retry_after(),
+                    now,
+                    fastrand::f64(),
+                );
+                match decision {
+                    AfterFailure::DeadLetter(why) => {
+                        let why = why.as_str();
+                        warn!(receiver = receiver.name(), correlation_id, reason = err.reason(), error = %err, attempts = entry.attempts, why, "notification dead-lettered");
+                        let letter = DeadLetter {
                             notification: entry.notification,
                             attempts: entry.attempts,
                             error: err.to_string(),
                             reason: why.to_string(),
                             dead_at: now,
                             enqueued_at: entry.enqueued_at,
-                        },
-                    )?;
-                    stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    // A dead letter must not hold its group's later entries back.
-                    continue;
+                        };
+                        on_disk(store, move |s| s.dead_letter(id, &letter)).await?;
+                        stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        // A dead letter must not hold its group's later entries back.
+                    }
+                    AfterFailure::Retry { wait } => {
+                        entry.next_attempt_at = now + wait.as_millis() as i64;
+                        entry.last_error = Some(err.to_string());
+                        let (next, attempts) = (entry.next_attempt_at, entry.attempts);
+                        on_disk(store, move |s| s.reschedule(id, &entry)).await?;
+                        stats.retried.fetch_add(1, Ordering::Relaxed);
+                        warn!(receiver = receiver.name(), correlation_id, reason = err.reason(), error = %err, attempts, retry_in_ms = wait.as_millis() as u64, "notification failed; will retry");
+                        blocked.insert(group);
+                        next_due = Some(next_due.map_or(next, |n| n.min(next)));
+                    }
                 }
-                let wait = backoff(entry.attempts, policy.max_backoff, fastrand::f64())
-                    .max(err.retry_after().unwrap_or_default());
-                entry.next_attempt_at = now + wait.as_millis() as i64;
-                entry.last_error = Some(err.to_string());
-                store.reschedule(id, &entry)?;
-                stats.retried.fetch_add(1, Ordering::Relaxed);
-                warn!(receiver = receiver.name(), correlation_id, reason = err.reason(), error = %err, attempts = entry.attempts, retry_in_ms = wait.as_millis() as u64, "notification failed; will retry");
-                blocked.insert(group);
-                next_due =
-                    Some(next_due.map_or(entry.next_attempt_at, |n| n.min(entry.next_attempt_at)));
             }
         }
     }
@@ -280,13 +346,47 @@ async fn deliver_due(pass: &Pass<'_>) -> Result<Option<i64>, StoreError> {
 }
 
 /// Marks a dead letter for redelivery.
-pub fn replay(store: &Store, id: u64) -> Result<u64, StoreError> {
-    store.replay(id, Timestamp::now().0)
+pub async fn replay(store: &Arc<Store>, id: u64) -> Result<u64, StoreError> {
+    let now = Timestamp::now().0;
+    on_disk(store, move |s| s.replay(id, now)).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_failure_decides_retry_or_dead_letter() {
+        let policy = Policy {
+            max_attempts: 4,
+            max_age: Duration::from_secs(3600),
+            max_backoff: Duration::from_secs(60),
+        };
+        let secs = Duration::from_secs;
+        let retry = |wait| AfterFailure::Retry { wait };
+        let dead = AfterFailure::DeadLetter;
+        // (attempts, enqueued_at, retriable, retry_after, now, expected)
+        let table = [
+            // 1. a permanent error fails early, whatever is left of the budget
+            (1, 0, false, None, 0, dead(DeadReason::Permanent)),
+            // 2. the first transient failure waits 1 s, the second 3 s, the third 9 s
+            (1, 0, true, None, 0, retry(secs(1))),
+            (2, 0, true, None, 0, retry(secs(3))),
+            (3, 0, true, None, 0, retry(secs(9))),
+            // 3. Retry-After longer than the backoff wins; shorter does not
+            (1, 0, true, Some(secs(30)), 0, retry(secs(30))),
+            (3, 0, true, Some(secs(2)), 0, retry(secs(9))),
+            // 4. the last attempt, or an entry older than max_age, gives up
+            (4, 0, true, None, 0, dead(DeadReason::GaveUp)),
+            (1, 0, true, None, 3_600_000, dead(DeadReason::GaveUp)),
+            (1, 0, true, None, 3_599_999, retry(secs(1))),
+        ];
+        for (i, (attempts, enqueued, retriable, after, now, want)) in table.into_iter().enumerate()
+        {
+            let got = after_failure(&policy, attempts, enqueued, retriable, after, now, 0.5);
+            assert_eq!(got, want, "row {}", i + 1);
+        }
+    }
 
     #[test]
     fn backoff_triples_and_is_capped() {

@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::analysis::{self, Latest, Params, QueueHealth};
 use crate::domain::{QueueKey, StatsMode, Timestamp};
-use crate::snapshot::{NodeSample, QueueSample, Window};
+use crate::scrape::ScrapeError;
+use crate::snapshot::{NodeSample, QueueSample, Snapshot, Window};
 
 #[derive(Debug)]
 pub struct QueueView {
@@ -79,6 +80,23 @@ impl ClusterView {
         self.last_success
             .is_some_and(|t| now.0 - t.0 <= 3 * self.poll_interval.as_millis() as i64 + 1_000)
     }
+}
+
+/// What a cycle's outcome is worth telling the operator; the poll loop logs each once.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CycleEvent {
+    /// The cluster answered, for the first time or after failing.
+    Reachable { queues: usize, version: String },
+    /// The broker keeps no message statistics (now, or since the first scrape): rates are unknown.
+    DepthOnly,
+    /// More queues than `max_queues`: the largest backlogs are watched.
+    Truncated { watched: usize, dropped: usize },
+    /// The broker started listing queues without statistics.
+    StatsPending { pending: usize, listed: usize },
+    /// The scrape failed; the history is kept, no samples this cycle.
+    Failed { reason: &'static str, error: String },
+    /// The cycle took longer than the poll interval: these ticks are skipped.
+    Overran { took: Duration, skipped: u32 },
 }
 
 /// A cluster's shared handle: the poll loop writes, everyone else reads.
@@ -290,6 +308,98 @@ impl Tracker {
     }
 }
 
+impl Tracker {
+    /// Folds one cycle's outcome into the cluster's next view, with what to tell the operator. Pure:
+    /// `elapsed` is how long the scrape took, `now` when it ended. A failure keeps the previous view's
+    /// queues (never "they vanished") and counts its reason; a cycle that overran the poll interval
+    /// counts the ticks it skipped.
+    pub fn next_view(
+        &mut self,
+        prev: &ClusterView,
+        result: Result<Snapshot, ScrapeError>,
+        elapsed: Duration,
+        now: Timestamp,
+    ) -> (ClusterView, Vec<CycleEvent>) {
+        let mut events = Vec::new();
+        let missed = (elapsed.as_nanos() / prev.poll_interval.as_nanos().max(1)) as u32;
+        if missed > 0 {
+            events.push(CycleEvent::Overran {
+                took: elapsed,
+                skipped: missed,
+            });
+        }
+        let skipped_total = prev.skipped_total + u64::from(missed);
+        let view = match result {
+            Ok(mut snap) => {
+                if !prev.up {
+                    events.push(CycleEvent::Reachable {
+                        queues: snap.queues.len(),
+                        version: snap.rabbitmq_version.clone(),
+                    });
+                }
+                if snap.stats_mode == StatsMode::DepthOnly
+                    && (prev.stats_mode != StatsMode::DepthOnly || prev.last_success.is_none())
+                {
+                    events.push(CycleEvent::DepthOnly);
+                }
+                if snap.truncated > 0 {
+                    events.push(CycleEvent::Truncated {
+                        watched: snap.queues.len(),
+                        dropped: snap.truncated,
+                    });
+                }
+                if snap.stats_pending > 0 && prev.stats_pending == 0 {
+                    events.push(CycleEvent::StatsPending {
+                        pending: snap.stats_pending,
+                        listed: snap.queues.len(),
+                    });
+                }
+                let queues = self.observe(std::mem::take(&mut snap.queues), snap.taken_at, now);
+                ClusterView {
+                    name: prev.name.clone(),
+                    poll_interval: prev.poll_interval,
+                    up: true,
+                    last_attempt: Some(now),
+                    last_success: Some(snap.taken_at),
+                    last_error: None,
+                    scrape_duration: Some(elapsed.as_secs_f64()),
+                    stats_mode: snap.stats_mode,
+                    rabbitmq_version: snap.rabbitmq_version,
+                    nodes: Arc::new(snap.nodes),
+                    queues: Arc::new(queues),
+                    truncated: snap.truncated,
+                    stats_pending: snap.stats_pending,
+                    errors_total: prev.errors_total.clone(),
+                    skipped_total,
+                }
+            }
+            Err(e) => {
+                let reason = e.reason();
+                events.push(CycleEvent::Failed {
+                    reason,
+                    error: e.to_string(),
+                });
+                let mut errors_total = prev.errors_total.clone();
+                *errors_total.entry(reason).or_insert(0) += 1;
+                ClusterView {
+                    up: false,
+                    last_attempt: Some(now),
+                    last_error: Some(LastError {
+                        reason,
+                        message: e.to_string(),
+                        at: now.0,
+                    }),
+                    scrape_duration: Some(elapsed.as_secs_f64()),
+                    errors_total,
+                    skipped_total,
+                    ..prev.clone()
+                }
+            }
+        };
+        (view, events)
+    }
+}
+
 /// Escapes a label value for the Prometheus text format: backslash, double quote and newline.
 pub fn escape_label_value(out: &mut String, v: &str) {
     for c in v.chars() {
@@ -438,6 +548,96 @@ mod tests {
         assert_eq!(t.observe(pending("a"), at, at).len(), 1);
         let at = Timestamp(36_000);
         assert!(t.observe(pending("a"), at, at).is_empty());
+    }
+
+    fn snapshot(at_s: i64, names: &[(&str, u64)]) -> Snapshot {
+        Snapshot {
+            taken_at: Timestamp(at_s * 1000),
+            stats_mode: StatsMode::Full,
+            rabbitmq_version: "3.10.8".into(),
+            nodes: Vec::new(),
+            queues: queues(names),
+            truncated: 0,
+            stats_pending: 0,
+        }
+    }
+
+    fn refused() -> ScrapeError {
+        ScrapeError::Connect {
+            url: "http://127.0.0.1:1".into(),
+            detail: "connection refused".into(),
+        }
+    }
+
+    #[test]
+    fn next_view_folds_each_outcome_and_says_what_to_log() {
+        let poll = Duration::from_secs(10);
+        let fast = Duration::from_millis(200);
+        let mut t = Tracker::new("c", Params { window_ms: 60_000 });
+        let start = ClusterView::new("c", poll);
+        let kinds = |events: &[CycleEvent]| -> Vec<String> {
+            events
+                .iter()
+                .map(|e| {
+                    format!("{e:?}")
+                        .split([' ', '{'])
+                        .next()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect()
+        };
+
+        // 1. the first answer: reachable, its queues published
+        let (v1, ev) = t.next_view(&start, Ok(snapshot(0, &[("a", 0)])), fast, Timestamp(0));
+        assert!(v1.up && v1.last_error.is_none());
+        assert_eq!(v1.queues.len(), 1);
+        assert_eq!(kinds(&ev), ["Reachable"]);
+
+        // 2. a steady cycle: nothing to say
+        let (v2, ev) = t.next_view(&v1, Ok(snapshot(10, &[("a", 5)])), fast, Timestamp(10_000));
+        assert!(ev.is_empty(), "{ev:?}");
+
+        // 3. a failure keeps the queues, counts the reason and is said once per cycle
+        let (v3, ev) = t.next_view(&v2, Err(refused()), fast, Timestamp(20_000));
+        assert!(!v3.up);
+        assert_eq!(v3.queues.len(), 1, "queues never vanish on a failed scrape");
+        assert_eq!(v3.last_success, v2.last_success);
+        assert_eq!(v3.errors_total.get("connect"), Some(&1));
+        assert_eq!(kinds(&ev), ["Failed"]);
+        let (v4, _) = t.next_view(&v3, Err(refused()), fast, Timestamp(30_000));
+        assert_eq!(v4.errors_total.get("connect"), Some(&2));
+
+        // 4. back: reachable again, the error counts kept
+        let (v5, ev) = t.next_view(&v4, Ok(snapshot(40, &[("a", 9)])), fast, Timestamp(40_000));
+        assert!(v5.up && v5.last_error.is_none());
+        assert_eq!(v5.errors_total.get("connect"), Some(&2));
+        assert_eq!(kinds(&ev), ["Reachable"]);
+
+        // 5. depth-only, truncated and stats-pending listings; depth-only and pending said once
+        let odd = |at| Snapshot {
+            stats_mode: StatsMode::DepthOnly,
+            truncated: 3,
+            stats_pending: 1,
+            ..snapshot(at, &[("a", 9)])
+        };
+        let (v6, ev) = t.next_view(&v5, Ok(odd(50)), fast, Timestamp(50_000));
+        assert_eq!(kinds(&ev), ["DepthOnly", "Truncated", "StatsPending"]);
+        assert_eq!(v6.stats_mode, StatsMode::DepthOnly);
+        let (v7, ev) = t.next_view(&v6, Ok(odd(60)), fast, Timestamp(60_000));
+        assert_eq!(kinds(&ev), ["Truncated"]);
+
+        // 6. a cycle that took 2.5 polls skips two ticks
+        let slow = Duration::from_millis(25_000);
+        let (v8, ev) = t.next_view(&v7, Ok(snapshot(85, &[("a", 9)])), slow, Timestamp(85_000));
+        assert_eq!(v8.skipped_total, 2);
+        assert_eq!(
+            ev,
+            [CycleEvent::Overran {
+                took: slow,
+                skipped: 2
+            }]
+        );
     }
 
     #[test]
