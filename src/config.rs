@@ -17,14 +17,15 @@ use crate::alerts::dispatch::Route;
 use crate::alerts::mute::InhibitRule;
 use crate::domain::{Matcher, Secret};
 use crate::outbox::Policy;
-use crate::receivers::{EmailConfig, LogConfig, SlackConfig, WebhookConfig};
+use crate::receivers::{
+    EmailConfig, LogConfig, RawEmailConfig, RawLogConfig, RawSlackConfig, RawWebhookConfig,
+    SlackConfig, WebhookConfig,
+};
 use crate::rules::RuleSet;
 pub use crate::scrape::{ClusterConfig, DEFAULT_MAX_RESPONSE_SIZE, NameFilter, TlsConfig};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9488";
 
-/// Secret files (`password_file`, `api_token_file`, …) hold one value; anything larger is a wrong path.
-const MAX_SECRET_BYTES: u64 = 64 << 10;
 /// `tls.ca_file`: a PEM bundle; the whole system store is well under this.
 const MAX_CA_BYTES: u64 = 4 << 20;
 
@@ -124,7 +125,7 @@ pub struct AnalysisConfig {
 
 // ---------------------------------------------------------------- raw (serde) config
 
-type S = Spanned<String>;
+use crate::yaml::{S, Values};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,47 +187,10 @@ struct RawReceiver {
     name: S,
     send_resolved: Option<bool>,
     verify_on_start: Option<Spanned<bool>>,
-    slack: Option<RawSlack>,
-    email: Option<RawEmail>,
-    webhook: Option<RawWebhook>,
-    log: Option<RawLog>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSlack {
-    webhook_url: Option<S>,
-    webhook_url_file: Option<S>,
-    bot_token_file: Option<S>,
-    channel: Option<S>,
-    api_url: Option<S>,
-    dashboard_url: Option<S>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEmail {
-    smtp_url: S,
-    from: S,
-    to: Vec<S>,
-    username: Option<S>,
-    password: Option<S>,
-    password_file: Option<S>,
-    subject_prefix: Option<S>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawWebhook {
-    url: S,
-    hmac_secret_file: Option<S>,
-    timeout: Option<S>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLog {
-    path: Option<S>,
+    slack: Option<RawSlackConfig>,
+    email: Option<RawEmailConfig>,
+    webhook: Option<RawWebhookConfig>,
+    log: Option<RawLogConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -361,143 +325,46 @@ pub fn parse(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    let raw: RawConfig =
-        crate::yaml::parse(path, text).map_err(|d| ConfigError::Invalid(vec![d]))?;
+    // Unknown keys (typos) are all reported, and the values of the rest are still checked, so one
+    // run of `rabbitwatch check` shows every mistake.
+    let (raw, unknown) = crate::yaml::parse_lenient::<RawConfig>(path, text);
     let mut v = Validator {
-        file: path.to_path_buf(),
-        dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
-        env,
-        errors: Vec::new(),
+        v: Values::new(path, env),
     };
-    let config = v.config(raw);
-    if v.errors.is_empty() {
-        Ok(config)
-    } else {
-        v.errors.sort_by_key(|d| (d.line, d.col));
-        Err(ConfigError::Invalid(v.errors))
+    v.diags.extend(unknown);
+    let config = raw.map(|raw| v.config(raw));
+    match (config, v.v.diags.finish(())) {
+        (Some(config), Ok(())) => Ok(config),
+        (_, Err(errors)) => Err(ConfigError::Invalid(errors)),
+        // parse_lenient says why whenever it returns nothing; never start on nothing regardless.
+        (None, Ok(())) => Err(ConfigError::Invalid(vec![Diagnostic {
+            file: path.to_path_buf(),
+            line: 1,
+            col: 1,
+            message: "cannot parse the file".into(),
+        }])),
     }
 }
 
+/// Config-specific validation on top of `Values` (which reads and reports each value).
 struct Validator<'a> {
-    file: PathBuf,
-    dir: PathBuf,
-    env: &'a dyn Fn(&str) -> Option<String>,
-    errors: Vec<Diagnostic>,
+    v: Values<'a>,
+}
+
+impl<'a> std::ops::Deref for Validator<'a> {
+    type Target = Values<'a>;
+    fn deref(&self) -> &Values<'a> {
+        &self.v
+    }
+}
+
+impl std::ops::DerefMut for Validator<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.v
+    }
 }
 
 impl Validator<'_> {
-    fn error_at<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
-        let (line, col) = crate::yaml::position(&at.referenced);
-        self.errors.push(Diagnostic {
-            file: self.file.clone(),
-            line,
-            col,
-            message: message.into(),
-        });
-    }
-
-    /// Expands `${VAR}` (and `$$` to `$`); an undefined variable is an error at the value.
-    fn string(&mut self, s: &S) -> String {
-        let raw = &s.value;
-        let mut out = String::with_capacity(raw.len());
-        let mut rest = raw.as_str();
-        while let Some(i) = rest.find('$') {
-            out.push_str(&rest[..i]);
-            rest = &rest[i..];
-            if let Some(tail) = rest.strip_prefix("$$") {
-                out.push('$');
-                rest = tail;
-            } else if let Some(tail) = rest.strip_prefix("${") {
-                let Some(end) = tail.find('}') else {
-                    self.error_at(s, "unterminated ${…} reference");
-                    return out;
-                };
-                let name = &tail[..end];
-                match (self.env)(name) {
-                    Some(val) => out.push_str(&val),
-                    None => self.error_at(s, format!("environment variable {name} is not set")),
-                }
-                rest = &tail[end + 1..];
-            } else {
-                out.push('$');
-                rest = &rest[1..];
-            }
-        }
-        out.push_str(rest);
-        out
-    }
-
-    fn path(&mut self, s: &S) -> PathBuf {
-        let p = PathBuf::from(self.string(s));
-        if p.is_relative() { self.dir.join(p) } else { p }
-    }
-
-    /// Reads a file the config points at, at most `limit` bytes: a path to `/dev/zero` or a log file is
-    /// an error at the key, not a hang.
-    fn read_file(&mut self, s: &S, what: &str, limit: u64) -> Option<Vec<u8>> {
-        let p = self.path(s);
-        match crate::yaml::read_limited(&p, limit) {
-            Ok(bytes) => Some(bytes),
-            Err(e) => {
-                self.error_at(s, format!("cannot read {what} {}: {e}", p.display()));
-                None
-            }
-        }
-    }
-
-    fn secret_file(&mut self, s: &S, what: &str) -> Option<Secret> {
-        let bytes = self.read_file(s, what, MAX_SECRET_BYTES)?;
-        match String::from_utf8(bytes) {
-            Ok(text) => Some(Secret::new(text.trim_end_matches(['\n', '\r']).to_string())),
-            Err(_) => {
-                self.error_at(s, format!("{what} is not UTF-8 text"));
-                None
-            }
-        }
-    }
-
-    fn duration(&mut self, s: Option<&S>, default: Duration, min: Duration, key: &str) -> Duration {
-        let Some(s) = s else { return default };
-        let text = self.string(s);
-        match humantime::parse_duration(text.trim()) {
-            Ok(d) if d >= min => d,
-            Ok(_) => {
-                self.error_at(
-                    s,
-                    format!("{key} must be at least {}", humantime::format_duration(min)),
-                );
-                default
-            }
-            Err(e) => {
-                self.error_at(
-                    s,
-                    format!(
-                        "{key}: invalid duration {text:?} ({e}); expected e.g. \"10s\", \"5m\""
-                    ),
-                );
-                default
-            }
-        }
-    }
-
-    fn regex(&mut self, s: &S, key: &str) -> Option<Regex> {
-        let text = self.string(s);
-        match Regex::new(&text) {
-            Ok(re) => Some(re),
-            Err(e) => {
-                let detail = e
-                    .to_string()
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
-                self.error_at(s, format!("{key}: invalid regex {text:?}: {detail}"));
-                None
-            }
-        }
-    }
-
     fn filter(
         &mut self,
         raw: Option<&RawFilter>,
@@ -624,7 +491,7 @@ impl Validator<'_> {
             })
         });
         Config {
-            source: self.file.clone(),
+            source: self.diags.file.clone(),
             server,
             state,
             clusters,
@@ -659,7 +526,7 @@ impl Validator<'_> {
                 (
                     p.value.clone(),
                     Some(Diagnostic {
-                        file: self.file.clone(),
+                        file: self.diags.file.clone(),
                         line,
                         col,
                         message: String::new(),
@@ -669,136 +536,28 @@ impl Validator<'_> {
             .collect();
         match crate::rules::load_files(&located, &self.dir) {
             Ok(set) => set,
-            Err(mut diags) => {
-                self.errors.append(&mut diags);
+            Err(found) => {
+                self.diags.extend(found);
                 RuleSet::default()
-            }
-        }
-    }
-
-    fn url(&mut self, s: &S, key: &str) -> Option<reqwest::Url> {
-        let text = self.string(s);
-        match reqwest::Url::parse(&text) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
-            // The value may be a credential (a Slack webhook URL): describe it, never echo it.
-            _ => {
-                self.error_at(s, format!("{key} is not an http(s) URL"));
-                None
             }
         }
     }
 
     fn receiver(&mut self, r: &RawReceiver) -> Option<ReceiverConfig> {
         let name = self.string(&r.name);
-        let kinds = [
-            r.slack.is_some(),
-            r.email.is_some(),
-            r.webhook.is_some(),
-            r.log.is_some(),
-        ];
-        if kinds.iter().filter(|k| **k).count() != 1 {
-            self.error_at(
-                &r.name,
-                format!("receiver {name:?} needs exactly one of slack, email, webhook, log"),
-            );
-            return None;
-        }
-        let kind = if let Some(sl) = &r.slack {
-            let webhook_url = match (&sl.webhook_url, &sl.webhook_url_file) {
-                (Some(u), None) => self.url(u, "slack.webhook_url"),
-                (None, Some(f)) => {
-                    let secret = self.secret_file(f, "slack.webhook_url_file")?;
-                    match reqwest::Url::parse(secret.expose().trim()) {
-                        Ok(u) => Some(u),
-                        Err(_) => {
-                            self.error_at(f, "slack.webhook_url_file does not hold an http(s) URL");
-                            None
-                        }
-                    }
-                }
-                (Some(u), Some(_)) => {
-                    self.error_at(
-                        u,
-                        "set either slack.webhook_url or slack.webhook_url_file, not both",
-                    );
-                    None
-                }
-                (None, None) => None,
-            };
-            let bot_token = sl
-                .bot_token_file
-                .as_ref()
-                .and_then(|f| self.secret_file(f, "slack.bot_token_file"));
-            if webhook_url.is_none()
-                && bot_token.is_none()
-                && sl.webhook_url.is_none()
-                && sl.webhook_url_file.is_none()
-                && sl.bot_token_file.is_none()
-            {
+        // Each receiver checks its own settings, reporting through the same collector.
+        let kind = match (&r.slack, &r.email, &r.webhook, &r.log) {
+            (Some(raw), None, None, None) => ReceiverKind::Slack(raw.validate(self, &r.name)?),
+            (None, Some(raw), None, None) => ReceiverKind::Email(raw.validate(self)?),
+            (None, None, Some(raw), None) => ReceiverKind::Webhook(raw.validate(self)?),
+            (None, None, None, Some(raw)) => ReceiverKind::Log(raw.validate(self)),
+            _ => {
                 self.error_at(
                     &r.name,
-                    "slack needs webhook_url (or webhook_url_file), or bot_token_file with channel",
+                    format!("receiver {name:?} needs exactly one of slack, email, webhook, log"),
                 );
+                return None;
             }
-            if sl.bot_token_file.is_some() && sl.channel.is_none() {
-                self.error_at(&r.name, "slack.bot_token_file needs slack.channel");
-            }
-            let api_url = match &sl.api_url {
-                Some(u) => self.url(u, "slack.api_url")?,
-                None => reqwest::Url::parse("https://slack.com/api").expect("literal url"),
-            };
-            ReceiverKind::Slack(SlackConfig {
-                webhook_url,
-                bot_token,
-                channel: sl.channel.as_ref().map(|c| self.string(c)),
-                api_url,
-                dashboard_url: sl.dashboard_url.as_ref().map(|d| self.string(d)),
-            })
-        } else if let Some(e) = &r.email {
-            let password = match (&e.password, &e.password_file) {
-                (Some(p), None) => Some(Secret::new(self.string(p))),
-                (None, Some(f)) => self.secret_file(f, "email.password_file"),
-                (Some(p), Some(_)) => {
-                    self.error_at(
-                        p,
-                        "set either email.password or email.password_file, not both",
-                    );
-                    None
-                }
-                (None, None) => None,
-            };
-            if e.to.is_empty() {
-                self.error_at(&e.from, "email.to needs at least one address");
-            }
-            ReceiverKind::Email(EmailConfig {
-                smtp_url: self.string(&e.smtp_url),
-                from: self.string(&e.from),
-                to: e.to.iter().map(|t| self.string(t)).collect(),
-                username: e.username.as_ref().map(|u| self.string(u)),
-                password,
-                subject_prefix: e.subject_prefix.as_ref().map(|p| self.string(p)),
-            })
-        } else if let Some(w) = &r.webhook {
-            ReceiverKind::Webhook(WebhookConfig {
-                url: self.url(&w.url, "webhook.url")?,
-                hmac_secret: w
-                    .hmac_secret_file
-                    .as_ref()
-                    .and_then(|f| self.secret_file(f, "webhook.hmac_secret_file")),
-                timeout: self.duration(
-                    w.timeout.as_ref(),
-                    Duration::from_secs(10),
-                    Duration::from_millis(100),
-                    "webhook.timeout",
-                ),
-            })
-        } else {
-            let path = r
-                .log
-                .as_ref()
-                .and_then(|l| l.path.as_ref())
-                .map(|p| self.path(p));
-            ReceiverKind::Log(LogConfig { path })
         };
         let verify_on_start = match &r.verify_on_start {
             Some(v) if v.value => {
@@ -842,12 +601,8 @@ impl Validator<'_> {
             }
             (None, Some(p)) => p.receiver.clone(),
             (None, None) => {
-                self.errors.push(Diagnostic {
-                    file: self.file.clone(),
-                    line: 1,
-                    col: 1,
-                    message: "route: the top-level route needs a receiver".into(),
-                });
+                self.diags
+                    .error(1, 1, "route: the top-level route needs a receiver");
                 String::new()
             }
         };

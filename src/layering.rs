@@ -24,7 +24,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
     ("alerts", &["domain", "rules"]),
     ("ruletest", &["domain", "yaml", "rules", "alerts"]),
     ("store", &["domain"]),
-    ("receivers", &["domain"]),
+    ("receivers", &["domain", "yaml"]),
     (
         "outbox",
         &[

@@ -174,7 +174,7 @@ pub fn run_file(path: &Path) -> Result<FileReport, Vec<Diagnostic>> {
     };
     let text = crate::yaml::read_text_limited(path, crate::yaml::MAX_YAML_BYTES)
         .map_err(|e| diag(format!("cannot read: {e}")))?;
-    let file: TestFile = crate::yaml::parse(path, &text).map_err(|d| vec![d])?;
+    let file: TestFile = crate::yaml::parse(path, &text)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let patterns: Vec<(String, Option<Diagnostic>)> =
         file.rule_files.iter().map(|p| (p.clone(), None)).collect();

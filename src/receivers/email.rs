@@ -16,6 +16,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use reqwest::Url;
+use serde::Deserialize;
 
 use super::{
     AlertStatus, AlertSummary, Delivered, DeliveryError, GroupStatus, InvalidReceiver,
@@ -23,6 +24,7 @@ use super::{
     value_lines,
 };
 use crate::domain::Secret;
+use crate::yaml::{S, Values};
 
 /// Connecting, each command, and the whole DATA exchange are bounded by this.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,94 +68,244 @@ impl fmt::Debug for EmailReceiver {
     }
 }
 
-impl EmailReceiver {
-    /// Checks the URL and addresses and prepares the transport; connects only on `verify` and
-    /// `deliver`.
-    pub fn new(name: impl Into<String>, cfg: EmailConfig) -> Result<Self, InvalidReceiver> {
-        let name = name.into();
-        let invalid = |message: String| InvalidReceiver::new(&name, format!("email: {message}"));
+/// Which setting a problem is about, so the config loader can point at its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmailKey {
+    SmtpUrl,
+    From,
+    /// The recipient at this index, or the list when it is empty.
+    To(Option<usize>),
+    Username,
+    Password,
+}
 
-        // The URL may hold a password: errors describe it, never quote it.
-        let url = Url::parse(&cfg.smtp_url)
-            .map_err(|e| invalid(format!("smtp_url is not a URL ({e})")))?;
-        let host = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| invalid("smtp_url has no host".to_owned()))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let mut tls_mode = None;
-        for (key, value) in url.query_pairs() {
-            match key.as_ref() {
-                "tls" if tls_mode.is_none() => tls_mode = Some(value.into_owned()),
-                other => {
-                    return Err(invalid(format!(
-                        "smtp_url: unknown or repeated parameter {other:?} (only tls=required|opportunistic)"
-                    )));
-                }
-            }
+/// How to reach the SMTP server, and who writes to whom, once every rule holds.
+struct Prepared {
+    host: String,
+    port: u16,
+    /// `None` for plain SMTP.
+    tls: Option<fn(TlsParameters) -> Tls>,
+    credentials: Option<Credentials>,
+    from: Mailbox,
+    to: Vec<Mailbox>,
+    server: String,
+}
+
+/// Every rule an email setting must follow, in one place: `rabbitwatch check` reports each problem
+/// at its key (`RawEmailConfig::validate`), `EmailReceiver::new` refuses a config built in code that
+/// breaks one. The URL may hold a password: problems describe it, never quote it.
+fn check(cfg: &EmailConfig) -> Result<Prepared, Vec<(EmailKey, String)>> {
+    let mut problems = Vec::new();
+    let mut server = None;
+    match Url::parse(&cfg.smtp_url) {
+        Err(e) => problems.push((EmailKey::SmtpUrl, format!("smtp_url is not a URL ({e})"))),
+        Ok(url) => match smtp_server(&url) {
+            Ok(found) => server = Some((url, found)),
+            Err(message) => problems.push((EmailKey::SmtpUrl, message)),
+        },
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let (url_user, url_password) = match &server {
+        Some((url, _)) => (
+            (!url.username().is_empty()).then(|| decode(url.username())),
+            url.password().map(decode),
+        ),
+        None => (None, None),
+    };
+    let username = cfg.username.clone().or(url_user);
+    let password = cfg
+        .password
+        .as_ref()
+        .map(|p| p.expose().to_owned())
+        .or(url_password);
+    let credentials = match (username, password) {
+        (Some(user), Some(password)) => Some(Credentials::new(user, password)),
+        (None, None) => None,
+        (Some(_), None) => {
+            problems.push((EmailKey::Username, "username without a password".to_owned()));
+            None
         }
-        let tls_parameters = || {
-            TlsParameters::new(host.clone())
-                .map_err(|e| invalid(format!("cannot set up TLS for {host}: {e}")))
-        };
-        let builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.clone());
-        let (builder, default_port) = match (url.scheme(), tls_mode.as_deref()) {
-            ("smtp", None) => (builder, 25),
-            ("smtp", Some("required")) => (builder.tls(Tls::Required(tls_parameters()?)), 587),
-            ("smtp", Some("opportunistic")) => {
-                (builder.tls(Tls::Opportunistic(tls_parameters()?)), 587)
-            }
-            ("smtps", None) => (builder.tls(Tls::Wrapper(tls_parameters()?)), 465),
-            (scheme, tls) => {
-                return Err(invalid(format!(
-                    "smtp_url: unsupported scheme {scheme:?} with tls={tls:?}; use smtp://, smtp://…?tls=required or smtps://"
-                )));
-            }
-        };
-        let port = url.port().unwrap_or(default_port);
-        let mut builder = builder.port(port).timeout(Some(SMTP_TIMEOUT));
-
-        let decode = |s: &str| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8_lossy()
-                .into_owned()
-        };
-        let url_user = (!url.username().is_empty()).then(|| decode(url.username()));
-        let url_password = url.password().map(decode);
-        let username = cfg.username.or(url_user);
-        let password = cfg.password.map(|p| p.expose().to_owned()).or(url_password);
-        match (username, password) {
-            (Some(user), Some(password)) => {
-                builder = builder.credentials(Credentials::new(user, password));
-            }
-            (None, None) => {}
-            (Some(_), None) => return Err(invalid("username without a password".to_owned())),
-            (None, Some(_)) => return Err(invalid("password without a username".to_owned())),
+        (None, Some(_)) => {
+            problems.push((EmailKey::Password, "password without a username".to_owned()));
+            None
         }
-
-        let from: Mailbox = cfg
-            .from
-            .parse()
-            .map_err(|e| invalid(format!("from {:?} is not an address ({e})", cfg.from)))?;
-        if cfg.to.is_empty() {
-            return Err(invalid("to lists no recipient".to_owned()));
+    };
+    let from = match cfg.from.parse::<Mailbox>() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            problems.push((
+                EmailKey::From,
+                format!("from {:?} is not an address ({e})", cfg.from),
+            ));
+            None
         }
-        let to = cfg
-            .to
-            .iter()
-            .map(|t| {
-                t.parse::<Mailbox>()
-                    .map_err(|e| invalid(format!("to {t:?} is not an address ({e})")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-
-        Ok(EmailReceiver {
+    };
+    if cfg.to.is_empty() {
+        problems.push((EmailKey::To(None), "to lists no recipient".to_owned()));
+    }
+    let mut to = Vec::new();
+    for (i, t) in cfg.to.iter().enumerate() {
+        match t.parse::<Mailbox>() {
+            Ok(m) => to.push(m),
+            Err(e) => problems.push((
+                EmailKey::To(Some(i)),
+                format!("to {t:?} is not an address ({e})"),
+            )),
+        }
+    }
+    match (server, from) {
+        (Some((url, (host, port, tls))), Some(from)) if problems.is_empty() => Ok(Prepared {
             server: format!("{}://{host}:{port}", url.scheme()),
-            name,
+            host,
+            port,
+            tls,
+            credentials,
             from,
             to,
+        }),
+        _ => Err(problems),
+    }
+}
+
+/// Host, port and TLS mode of an `smtp://`/`smtps://` URL.
+#[allow(clippy::type_complexity)]
+fn smtp_server(url: &Url) -> Result<(String, u16, Option<fn(TlsParameters) -> Tls>), String> {
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| "smtp_url has no host".to_owned())?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let mut tls_mode = None;
+    for (key, value) in url.query_pairs() {
+        match key.as_ref() {
+            "tls" if tls_mode.is_none() => tls_mode = Some(value.into_owned()),
+            other => {
+                return Err(format!(
+                    "smtp_url: unknown or repeated parameter {other:?} (only tls=required|opportunistic)"
+                ));
+            }
+        }
+    }
+    let (tls, default_port): (Option<fn(TlsParameters) -> Tls>, u16) = match (
+        url.scheme(),
+        tls_mode.as_deref(),
+    ) {
+        ("smtp", None) => (None, 25),
+        ("smtp", Some("required")) => (Some(Tls::Required), 587),
+        ("smtp", Some("opportunistic")) => (Some(Tls::Opportunistic), 587),
+        ("smtps", None) => (Some(Tls::Wrapper), 465),
+        (scheme, tls) => {
+            return Err(format!(
+                "smtp_url: unsupported scheme {scheme:?} with tls={tls:?}; use smtp://, smtp://…?tls=required or smtps://"
+            ));
+        }
+    };
+    if tls.is_some() {
+        TlsParameters::new(host.clone())
+            .map_err(|e| format!("smtp_url: cannot set up TLS for {host}: {e}"))?;
+    }
+    Ok((host, url.port().unwrap_or(default_port), tls))
+}
+
+/// `email:` as written in the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmailConfig {
+    smtp_url: S,
+    from: S,
+    to: Vec<S>,
+    username: Option<S>,
+    password: Option<S>,
+    password_file: Option<S>,
+    subject_prefix: Option<S>,
+}
+
+impl RawEmailConfig {
+    /// Reads the settings (the password from its file) and checks them, each problem reported at
+    /// its key.
+    pub fn validate(&self, v: &mut Values<'_>) -> Option<EmailConfig> {
+        let before = v.diags.len();
+        let password = match (&self.password, &self.password_file) {
+            (Some(p), None) => Some(Secret::new(v.string(p))),
+            (None, Some(f)) => v.secret_file(f, "email.password_file"),
+            (Some(p), Some(_)) => {
+                v.error_at(
+                    p,
+                    "set either email.password or email.password_file, not both",
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        let cfg = EmailConfig {
+            smtp_url: v.string(&self.smtp_url),
+            from: v.string(&self.from),
+            to: self.to.iter().map(|t| v.string(t)).collect(),
+            username: self.username.as_ref().map(|u| v.string(u)),
+            password,
+            subject_prefix: self.subject_prefix.as_ref().map(|p| v.string(p)),
+        };
+        if v.diags.len() > before {
+            return None;
+        }
+        match check(&cfg) {
+            Ok(_) => Some(cfg),
+            Err(problems) => {
+                for (key, message) in problems {
+                    let at = match key {
+                        EmailKey::SmtpUrl => &self.smtp_url,
+                        EmailKey::From => &self.from,
+                        EmailKey::To(Some(i)) => &self.to[i],
+                        EmailKey::To(None) => &self.from,
+                        EmailKey::Username => self.username.as_ref().unwrap_or(&self.smtp_url),
+                        EmailKey::Password => self
+                            .password
+                            .as_ref()
+                            .or(self.password_file.as_ref())
+                            .unwrap_or(&self.smtp_url),
+                    };
+                    v.error_at(at, format!("email: {message}"));
+                }
+                None
+            }
+        }
+    }
+}
+
+impl EmailReceiver {
+    /// Prepares the transport from a config that follows the rules of `check` (as every config
+    /// loaded from a file does; one built in code that does not is refused with its first problem).
+    /// Connects only on `verify` and `deliver`.
+    pub fn new(name: impl Into<String>, cfg: EmailConfig) -> Result<Self, InvalidReceiver> {
+        let name = name.into();
+        let p = check(&cfg)
+            .map_err(|problems| InvalidReceiver::new(&name, format!("email: {}", problems[0].1)))?;
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(p.host.clone())
+            .port(p.port)
+            .timeout(Some(SMTP_TIMEOUT));
+        if let Some(mode) = p.tls {
+            let params = TlsParameters::new(p.host.clone()).map_err(|e| {
+                InvalidReceiver::new(
+                    &name,
+                    format!("email: cannot set up TLS for {}: {e}", p.host),
+                )
+            })?;
+            builder = builder.tls(mode(params));
+        }
+        if let Some(credentials) = p.credentials {
+            builder = builder.credentials(credentials);
+        }
+        Ok(EmailReceiver {
+            server: p.server,
+            name,
+            from: p.from,
+            to: p.to,
             subject_prefix: cfg.subject_prefix,
             transport: builder.build(),
         })

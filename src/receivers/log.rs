@@ -8,15 +8,33 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
 use tokio::io::AsyncWriteExt;
 
 use super::{Delivered, DeliveryError, Notification};
+use crate::yaml::{S, Values};
 
 #[derive(Clone, Debug, Default)]
 pub struct LogConfig {
     /// Append here; stdout when `None`.
     pub path: Option<PathBuf>,
+}
+
+/// `log:` as written in the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogConfig {
+    path: Option<S>,
+}
+
+impl RawLogConfig {
+    /// A relative path is relative to the config file.
+    pub fn validate(&self, v: &mut Values<'_>) -> LogConfig {
+        LogConfig {
+            path: self.path.as_ref().map(|p| v.path(p)),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -61,10 +61,10 @@ pub mod log;
 pub mod slack;
 pub mod webhook;
 
-pub use email::{EmailConfig, EmailReceiver};
-pub use log::{LogConfig, LogReceiver};
-pub use slack::{SlackConfig, SlackReceiver};
-pub use webhook::{WebhookConfig, WebhookReceiver};
+pub use email::{EmailConfig, EmailReceiver, RawEmailConfig};
+pub use log::{LogConfig, LogReceiver, RawLogConfig};
+pub use slack::{RawSlackConfig, SlackConfig, SlackReceiver};
+pub use webhook::{RawWebhookConfig, WebhookConfig, WebhookReceiver};
 
 /// A receiver configuration that cannot work, found when the receiver is built at start-up, so a
 /// typo fails `rabbitwatch check` instead of dead-lettering the first alert.

@@ -25,6 +25,7 @@ use super::{
     header_safe, headline, retry_after, snippet, value_lines,
 };
 use crate::domain::Secret;
+use crate::yaml::{S, Values};
 
 pub const DEFAULT_API_URL: &str = "https://slack.com/api";
 /// Slack accepts about one message per second per channel.
@@ -213,57 +214,187 @@ fn http_url(url: &Url) -> bool {
     matches!(url.scheme(), "http" | "https") && url.has_host()
 }
 
+/// Which setting a problem is about, so the config loader can point at its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlackKey {
+    /// No one key: the receiver as a whole.
+    Receiver,
+    WebhookUrl,
+    BotToken,
+    Channel,
+    ApiUrl,
+    DashboardUrl,
+}
+
+/// What is wrong with a Slack setting, each with the key it is about.
+type Problems = Vec<(SlackKey, &'static str)>;
+
+/// Every rule a Slack setting must follow, in one place: `rabbitwatch check` reports each problem
+/// at its key (`RawSlackConfig::validate`), `SlackReceiver::new` refuses a config built in code that
+/// breaks one.
+fn check(cfg: &SlackConfig) -> Result<(Target, Option<Url>), Problems> {
+    let mut problems = Vec::new();
+    let target = match (&cfg.webhook_url, &cfg.bot_token) {
+        (Some(_), Some(_)) => {
+            problems.push((
+                SlackKey::WebhookUrl,
+                "set either webhook_url or bot_token_file, not both",
+            ));
+            None
+        }
+        (None, None) => {
+            problems.push((
+                SlackKey::Receiver,
+                "needs webhook_url (or webhook_url_file), or bot_token_file with channel",
+            ));
+            None
+        }
+        (Some(url), None) => {
+            if !http_url(url) {
+                problems.push((SlackKey::WebhookUrl, "webhook_url must be an http(s) URL"));
+            }
+            if cfg.channel.is_some() {
+                problems.push((
+                    SlackKey::Channel,
+                    "channel applies only with bot_token_file; a webhook posts to its own channel",
+                ));
+            }
+            Some(Target::Webhook(url.clone()))
+        }
+        (None, Some(token)) => {
+            if token.expose().trim().is_empty() {
+                problems.push((SlackKey::BotToken, "bot_token_file is empty"));
+            }
+            let channel = match &cfg.channel {
+                Some(c) if !c.trim().is_empty() => c.trim().to_owned(),
+                Some(_) => {
+                    problems.push((SlackKey::Channel, "channel is empty"));
+                    String::new()
+                }
+                None => {
+                    problems.push((SlackKey::BotToken, "bot_token_file needs a channel"));
+                    String::new()
+                }
+            };
+            if !http_url(&cfg.api_url) {
+                problems.push((SlackKey::ApiUrl, "api_url must be an http(s) URL"));
+            }
+            Some(Target::Bot {
+                token: token.clone(),
+                channel,
+                api_url: cfg.api_url.as_str().trim_end_matches('/').to_owned(),
+            })
+        }
+    };
+    let dashboard_url = match &cfg.dashboard_url {
+        None => None,
+        Some(text) => match Url::parse(text) {
+            Ok(url) if http_url(&url) => Some(url),
+            _ => {
+                problems.push((
+                    SlackKey::DashboardUrl,
+                    "dashboard_url must be an http(s) URL",
+                ));
+                None
+            }
+        },
+    };
+    match target {
+        Some(target) if problems.is_empty() => Ok((target, dashboard_url)),
+        _ => Err(problems),
+    }
+}
+
+/// `slack:` as written in the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlackConfig {
+    webhook_url: Option<S>,
+    webhook_url_file: Option<S>,
+    bot_token_file: Option<S>,
+    channel: Option<S>,
+    api_url: Option<S>,
+    dashboard_url: Option<S>,
+}
+
+impl RawSlackConfig {
+    /// Reads the settings (secrets from their files) and checks them, each problem reported at its
+    /// key; `receiver` is where the receiver's name is, for problems of no one key.
+    pub fn validate(&self, v: &mut Values<'_>, receiver: &S) -> Option<SlackConfig> {
+        let before = v.diags.len();
+        let webhook_url = match (&self.webhook_url, &self.webhook_url_file) {
+            (Some(u), None) => v.url(u, "slack.webhook_url"),
+            (None, Some(f)) => v
+                .secret_file(f, "slack.webhook_url_file")
+                .and_then(|secret| {
+                    let url = Url::parse(secret.expose().trim()).ok().filter(http_url);
+                    if url.is_none() {
+                        v.error_at(f, "slack.webhook_url_file does not hold an http(s) URL");
+                    }
+                    url
+                }),
+            (Some(u), Some(_)) => {
+                v.error_at(
+                    u,
+                    "set either slack.webhook_url or slack.webhook_url_file, not both",
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        let bot_token = self
+            .bot_token_file
+            .as_ref()
+            .and_then(|f| v.secret_file(f, "slack.bot_token_file"));
+        let api_url = match &self.api_url {
+            Some(u) => v.url(u, "slack.api_url"),
+            None => Some(SlackConfig::default_api_url()),
+        };
+        let cfg = SlackConfig {
+            webhook_url,
+            bot_token,
+            channel: self.channel.as_ref().map(|c| v.string(c)),
+            api_url: api_url?,
+            dashboard_url: self.dashboard_url.as_ref().map(|d| v.string(d)),
+        };
+        if v.diags.len() > before {
+            // A value that could not be read is reported already; the rules below would only
+            // repeat it in other words.
+            return None;
+        }
+        match check(&cfg) {
+            Ok(_) => Some(cfg),
+            Err(problems) => {
+                for (key, message) in problems {
+                    let at = match key {
+                        SlackKey::Receiver => None,
+                        SlackKey::WebhookUrl => {
+                            self.webhook_url.as_ref().or(self.webhook_url_file.as_ref())
+                        }
+                        SlackKey::BotToken => self.bot_token_file.as_ref(),
+                        SlackKey::Channel => self.channel.as_ref(),
+                        SlackKey::ApiUrl => self.api_url.as_ref(),
+                        SlackKey::DashboardUrl => self.dashboard_url.as_ref(),
+                    };
+                    v.error_at(at.unwrap_or(receiver), format!("slack: {message}"));
+                }
+                None
+            }
+        }
+    }
+}
+
 impl SlackReceiver {
+    /// Builds the receiver from a config that follows the rules of `check` (as every config loaded
+    /// from a file does); one built in code that does not is refused with its first problem.
     pub fn new(
         name: impl Into<String>,
         cfg: SlackConfig,
         http: reqwest::Client,
     ) -> Result<Self, InvalidReceiver> {
         let name = name.into();
-        let invalid = |message: &str| InvalidReceiver::new(&name, format!("slack: {message}"));
-        let target = match (cfg.webhook_url, cfg.bot_token) {
-            (Some(_), Some(_)) => {
-                return Err(invalid("set either webhook_url or bot_token, not both"));
-            }
-            (None, None) => {
-                return Err(invalid("needs webhook_url, or bot_token and channel"));
-            }
-            (Some(url), None) => {
-                if !http_url(&url) {
-                    return Err(invalid("webhook_url must be an http(s) URL"));
-                }
-                if cfg.channel.is_some() {
-                    return Err(invalid(
-                        "channel applies only with bot_token; a webhook posts to its own channel",
-                    ));
-                }
-                Target::Webhook(url)
-            }
-            (None, Some(token)) => {
-                if token.expose().trim().is_empty() {
-                    return Err(invalid("bot_token is empty"));
-                }
-                let channel = match cfg.channel {
-                    Some(c) if !c.trim().is_empty() => c.trim().to_owned(),
-                    _ => return Err(invalid("bot_token needs a channel")),
-                };
-                if !http_url(&cfg.api_url) {
-                    return Err(invalid("api_url must be an http(s) URL"));
-                }
-                Target::Bot {
-                    token,
-                    channel,
-                    api_url: cfg.api_url.as_str().trim_end_matches('/').to_owned(),
-                }
-            }
-        };
-        let dashboard_url = match cfg.dashboard_url {
-            None => None,
-            Some(text) => match Url::parse(&text) {
-                Ok(url) if http_url(&url) => Some(url),
-                _ => return Err(invalid("dashboard_url must be an http(s) URL")),
-            },
-        };
+        let (target, dashboard_url) = check(&cfg)
+            .map_err(|problems| InvalidReceiver::new(&name, format!("slack: {}", problems[0].1)))?;
         Ok(SlackReceiver {
             name,
             target,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use reqwest::Url;
 use reqwest::header::CONTENT_TYPE;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::{
@@ -20,6 +20,7 @@ use super::{
     classify_http_transport, header_safe, rfc3339_millis,
 };
 use crate::domain::Secret;
+use crate::yaml::{S, Values};
 
 pub const SIGNATURE_HEADER: &str = "X-Rabbitwatch-Signature";
 /// What Alertmanager sends as `endsAt` of an alert that has not ended.
@@ -30,6 +31,45 @@ pub struct WebhookConfig {
     pub url: Url,
     pub hmac_secret: Option<Secret>,
     pub timeout: Duration,
+}
+
+/// `webhook:` as written in the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhookConfig {
+    url: S,
+    hmac_secret_file: Option<S>,
+    timeout: Option<S>,
+}
+
+impl RawWebhookConfig {
+    /// Reads the settings (the HMAC key from its file), each problem reported at its key.
+    pub fn validate(&self, v: &mut Values<'_>) -> Option<WebhookConfig> {
+        let url = v.url(&self.url, "webhook.url");
+        let hmac_secret = match &self.hmac_secret_file {
+            Some(f) => {
+                let secret = v.secret_file(f, "webhook.hmac_secret_file")?;
+                if secret.expose().is_empty() {
+                    // An empty key signs every body the same way anyone could.
+                    v.error_at(f, "webhook.hmac_secret_file is empty");
+                    return None;
+                }
+                Some(secret)
+            }
+            None => None,
+        };
+        let timeout = v.duration(
+            self.timeout.as_ref(),
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            "webhook.timeout",
+        );
+        Some(WebhookConfig {
+            url: url?,
+            hmac_secret,
+            timeout,
+        })
+    }
 }
 
 #[derive(Clone)]

@@ -13,6 +13,7 @@ use super::expr::{CompileError, Expr, Scope};
 use super::template::Template;
 use super::{Mode, Rule, RuleSet, SelectOn};
 use crate::domain::Diagnostic;
+use crate::yaml::Diagnostics;
 
 type S = Spanned<String>;
 
@@ -155,11 +156,10 @@ fn wildcard(pattern: &str, name: &str) -> bool {
 }
 
 pub fn parse_file(file: &Path, text: &str) -> Result<RuleFile, Vec<Diagnostic>> {
-    let raw: RawFile = crate::yaml::parse(file, text).map_err(|d| vec![d])?;
+    let raw: RawFile = crate::yaml::parse(file, text)?;
     let mut c = Compiler {
-        file: file.to_path_buf(),
+        diags: Diagnostics::new(file),
         lines: yaml_lines(text),
-        errors: Vec::new(),
     };
     let mut rules = Vec::new();
     for g in &raw.groups {
@@ -169,12 +169,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<RuleFile, Vec<Diagnostic>> 
             }
         }
     }
-    if c.errors.is_empty() {
-        Ok(RuleFile { rules })
-    } else {
-        c.errors.sort_by_key(|d| (d.line, d.col));
-        Err(c.errors)
-    }
+    c.diags.finish(RuleFile { rules })
 }
 
 /// Lines as YAML numbers them: `\n`, `\r\n` and a lone `\r` each end one (`str::lines` ignores a lone
@@ -192,20 +187,13 @@ fn yaml_lines(text: &str) -> Vec<&str> {
 }
 
 struct Compiler<'t> {
-    file: PathBuf,
+    diags: Diagnostics,
     lines: Vec<&'t str>,
-    errors: Vec<Diagnostic>,
 }
 
 impl Compiler<'_> {
     fn error_at(&mut self, at: &S, message: impl Into<String>) {
-        let (line, col) = crate::yaml::position(&at.referenced);
-        self.errors.push(Diagnostic {
-            file: self.file.clone(),
-            line,
-            col,
-            message: message.into(),
-        });
+        self.diags.error_at(at, message);
     }
 
     /// Maps an error inside an expression or template back to the file. A quoted scalar's text
@@ -231,12 +219,7 @@ impl Compiler<'_> {
             } else {
                 (l, c)
             };
-            self.errors.push(Diagnostic {
-                file: self.file.clone(),
-                line: l,
-                col: c,
-                message: format!("{what}: {}", e.message),
-            });
+            self.diags.error(l, c, format!("{what}: {}", e.message));
         }
     }
 
@@ -258,7 +241,7 @@ impl Compiler<'_> {
     }
 
     fn rule(&mut self, group: &str, r: &RawRule) -> Option<Rule> {
-        let before = self.errors.len();
+        let before = self.diags.len();
         let alert = r.alert.value.clone();
         if alert.is_empty() || !alert.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             self.error_at(
@@ -394,7 +377,7 @@ impl Compiler<'_> {
                 Err(errs) => self.inner_errors(v, &format!("annotations.{k}"), errs),
             }
         }
-        if self.errors.len() > before {
+        if self.diags.len() > before {
             return None;
         }
         Some(Rule {
@@ -409,7 +392,7 @@ impl Compiler<'_> {
             mode,
             labels,
             annotations,
-            file: self.file.clone(),
+            file: self.diags.file.clone(),
             line: crate::yaml::position(&r.alert.referenced).0,
         })
     }
@@ -514,19 +497,15 @@ mod tests {
             serde_saphyr::Location::UNKNOWN,
         );
         let mut c = Compiler {
-            file: PathBuf::from("r.yaml"),
+            diags: Diagnostics::new(Path::new("r.yaml")),
             lines: vec!["groups: []"],
-            errors: Vec::new(),
         };
         let errs = Expr::compile_bool(&at.value, Scope::Queue).unwrap_err();
         c.inner_errors(&at, "expr", errs);
         c.error_at(&at, "somewhere");
-        assert_eq!(c.errors.len(), 2, "{:?}", c.errors);
-        assert!(
-            c.errors.iter().all(|d| d.line >= 1 && d.col >= 1),
-            "{:?}",
-            c.errors
-        );
+        let found = c.diags.finish(()).unwrap_err();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found.iter().all(|d| d.line >= 1 && d.col >= 1), "{found:?}");
     }
 
     #[test]

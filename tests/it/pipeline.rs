@@ -412,6 +412,57 @@ analysis:
     );
 }
 
+#[test]
+fn check_reports_every_typo_and_a_bad_receiver_setting_in_one_run() {
+    // Three misspelt keys (one in a flow mapping) and a Slack setting only the receiver's own rules
+    // reject: a channel beside a webhook URL. Each is reported at its place, all in one run.
+    let dir = tempfile::tempdir().expect("creating a temp dir");
+    let yaml = r##"server:
+  listen: 127.0.0.1:9488
+clusters:
+  - name: local
+    url: http://127.0.0.1:15672
+    username: guest
+    password: guest
+    timout: 5s
+    vhosts: { include: ".*", exlude: "^test" }
+analysis:
+  windw: 5m
+receivers:
+  - name: ops
+    slack: { webhook_url: "http://127.0.0.1:9/hook", channel: "#ops" }
+route: { receiver: ops }
+"##;
+    let path = dir.path().join("typos.yaml");
+    std::fs::write(&path, yaml).expect("writing the config");
+    let path = path.to_str().expect("a UTF-8 temp path");
+    let output = run_cli(&["check", "--config", path], dir.path());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let located: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with(&format!("{path}:")))
+        .collect();
+    assert_eq!(located.len(), 4, "four located errors:\n{stderr}");
+    for (needle, what) in [
+        ("timout: 5s", "unknown field `timout`"),
+        ("exlude:", "unknown field `exlude`"),
+        ("windw: 5m", "unknown field `windw`"),
+        (
+            "channel: \"#ops\"",
+            "channel applies only with bot_token_file",
+        ),
+    ] {
+        let line = line_of(yaml, needle);
+        assert!(
+            located
+                .iter()
+                .any(|l| l.starts_with(&format!("{path}:{line}:")) && l.contains(what)),
+            "{what} at line {line}:\n{stderr}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_queue_name_is_escaped_in_metrics() {
     // A quote that would close the label value early, braces and a quoted `x="1"` that would read as an
