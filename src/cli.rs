@@ -1,0 +1,397 @@
+//! The subcommands that print or talk to a running daemon: `check`, `test rules`, `status`,
+//! `silence`, `deadletters`, `notify test` and `healthcheck`.
+//!
+//! Owns what a user sees of these commands (stdout, stderr) and the exit code each one ends with.
+//! Arguments arrive already parsed (`main` owns clap); the daemon's own wiring is `app`'s, and
+//! nothing here runs inside the daemon.
+
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::{self, ConfigError};
+use crate::http::QueuesBody;
+use crate::{app, domain};
+
+/// Loads and validates the config at `path` (or the default path). On failure every diagnostic has
+/// been printed to stderr and the exit code to end with is returned.
+pub fn load_config(path: Option<PathBuf>) -> Result<config::Config, ExitCode> {
+    let path = config::resolve_path(path);
+    config::load(&path).map_err(|e| {
+        match e {
+            ConfigError::Invalid(diags) => {
+                for d in &diags {
+                    eprintln!("{d}");
+                }
+                eprintln!("{} error(s); nothing was started", diags.len());
+            }
+            other => eprintln!("error: {other}"),
+        }
+        ExitCode::FAILURE
+    })
+}
+
+fn list_or_none(names: &[impl AsRef<str>]) -> String {
+    if names.is_empty() {
+        return "none".to_string();
+    }
+    names
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `rabbitwatch check`: the config loads, every receiver builds; with a shard, which clusters it takes.
+pub fn check(config: Option<PathBuf>, shard: Option<config::Shard>) -> anyhow::Result<ExitCode> {
+    let mut cfg = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    if let Err(errs) = app::build_receivers(&cfg) {
+        for e in &errs {
+            eprintln!("{}: {e}", cfg.source.display());
+        }
+        eprintln!("{} error(s); nothing was started", errs.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    println!(
+        "{}: ok ({} cluster(s), {} rule(s), {} receiver(s), listen {})",
+        cfg.source.display(),
+        cfg.clusters.len(),
+        cfg.rules.len(),
+        cfg.receivers.len(),
+        cfg.server.listen
+    );
+    if let Some(shard) = shard {
+        let others = cfg.keep_shard(shard);
+        let mine: Vec<&str> = cfg.clusters.iter().map(|c| c.name.as_str()).collect();
+        println!(
+            "shard {shard} watches: {}; left to other shards: {}",
+            list_or_none(&mine),
+            list_or_none(&others)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rabbitwatch test rules`: runs every file, prints each failure and a count per file.
+pub fn test_rules(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let (mut passed, mut failed) = (0, 0);
+    for f in files {
+        match crate::rules::testing::run_file(f) {
+            Ok(report) => {
+                passed += report.passed;
+                failed += report.failures.len();
+                for failure in &report.failures {
+                    println!("FAIL {}: {failure}", report.file.display());
+                }
+                println!(
+                    "{}: {} passed, {} failed",
+                    report.file.display(),
+                    report.passed,
+                    report.failures.len()
+                );
+            }
+            Err(diags) => {
+                failed += 1;
+                for d in diags {
+                    println!("{d}");
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A running daemon's API: its base URL and the token for mutating calls, if there is one.
+pub struct Daemon {
+    base: String,
+    token: Option<String>,
+}
+
+impl Daemon {
+    /// From `--url` or the config's `server.listen`; the token from the config, else
+    /// `$RABBITWATCH_API_TOKEN`. A config that does not load has printed why: its exit code is returned.
+    pub fn locate(config: Option<PathBuf>, url: Option<String>) -> Result<Daemon, ExitCode> {
+        let cfg = match (&url, config) {
+            (Some(_), None) => None,
+            (_, config) => Some(load_config(config)?),
+        };
+        let base = match url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!(
+                "http://{}",
+                cfg.as_ref().map(|c| c.server.listen).expect("loaded above")
+            ),
+        };
+        let token = cfg
+            .and_then(|c| c.server.api_token.map(|t| t.expose().to_string()))
+            .or_else(|| std::env::var("RABBITWATCH_API_TOKEN").ok());
+        Ok(Daemon { base, token })
+    }
+
+    /// From `--url`, else the config's `server.listen`; no token (for read-only commands).
+    pub fn locate_read_only(
+        config: Option<PathBuf>,
+        url: Option<String>,
+    ) -> Result<Daemon, ExitCode> {
+        let base = match url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", load_config(config)?.server.listen),
+        };
+        Ok(Daemon { base, token: None })
+    }
+}
+
+fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?)
+}
+
+/// `rabbitwatch status`: the queue table, once or (`watch`) every `interval` until Ctrl-C.
+pub async fn status(daemon: &Daemon, watch: bool, interval: Duration) -> anyhow::Result<ExitCode> {
+    let client = client()?;
+    let url = format!("{}/api/v1/queues", daemon.base);
+    loop {
+        let body: QueuesBody = client
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| {
+                format!("cannot reach the daemon at {url}; is `rabbitwatch run` running?")
+            })?
+            .json()
+            .await
+            .with_context(|| format!("unexpected answer from {url}"))?;
+        let table = table::render_table(body.queues);
+        if watch {
+            // Clear the screen and home the cursor, like `watch`.
+            print!("\x1b[2J\x1b[H{table}");
+        } else {
+            print!("{table}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+/// What `rabbitwatch silence` asks of the daemon.
+pub enum SilenceRequest {
+    Add(crate::http::NewSilence),
+    List,
+    Expire(String),
+}
+
+/// `rabbitwatch silence add|list|expire`; prints the silences the daemon answers with.
+pub async fn silence(daemon: &Daemon, request: SilenceRequest) -> anyhow::Result<ExitCode> {
+    let client = client()?;
+    let auth = |req: reqwest::RequestBuilder| match &daemon.token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    };
+    let url = format!("{}/api/v1/silences", daemon.base);
+    let resp = match request {
+        SilenceRequest::Add(body) => auth(client.post(&url).json(&body)).send().await,
+        SilenceRequest::List => client.get(&url).send().await,
+        SilenceRequest::Expire(id) => auth(client.delete(format!("{url}/{id}"))).send().await,
+    }
+    .with_context(|| format!("cannot reach the daemon at {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        eprintln!("{status}: {text}");
+        return Ok(ExitCode::FAILURE);
+    }
+    match serde_json::from_str::<crate::http::SilencesBody>(&text) {
+        Ok(list) => {
+            let now = domain::Timestamp::now().0;
+            if list.silences.is_empty() {
+                println!("no silences");
+            }
+            for s in list.silences {
+                let state = if s.is_active(now) {
+                    "active"
+                } else {
+                    "expired"
+                };
+                let left = humantime::format_duration(Duration::from_secs(
+                    (s.ends_at - now).max(0) as u64 / 1000,
+                ));
+                println!(
+                    "{}  {state:<7} ends in {left:<10} {}  {}",
+                    s.id,
+                    s.matchers.join(","),
+                    table::terminal_safe(&s.comment)
+                );
+            }
+        }
+        Err(_) if text.is_empty() => println!("ok"),
+        Err(_) => println!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rabbitwatch deadletters list`.
+pub async fn deadletters_list(daemon: &Daemon) -> anyhow::Result<ExitCode> {
+    let client = client()?;
+    let url = format!("{}/api/v1/deadletters", daemon.base);
+    let body: crate::http::DeadLettersBody = client
+        .get(&url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("cannot reach the daemon at {url}"))?
+        .json()
+        .await?;
+    if body.dead_letters.is_empty() {
+        println!("no dead letters");
+    }
+    for d in body.dead_letters {
+        let n = &d.letter.notification;
+        let first = n.alerts.first();
+        println!(
+            "{:>6}  {:<16} {:<10} attempts={} alerts={} correlation_id={} error={}",
+            d.id,
+            table::terminal_safe(&n.receiver),
+            d.letter.reason,
+            d.letter.attempts,
+            n.alerts.len(),
+            first.map_or("-", |a| a.correlation_id.as_str()),
+            table::terminal_safe(&d.letter.error)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rabbitwatch deadletters replay ID`.
+pub async fn deadletters_replay(daemon: &Daemon, id: u64) -> anyhow::Result<ExitCode> {
+    let client = client()?;
+    let url = format!("{}/api/v1/deadletters/{id}/replay", daemon.base);
+    let mut req = client.post(&url);
+    if let Some(t) = &daemon.token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the daemon at {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if status.is_success() {
+        println!("replaying dead letter {id}: {text}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("replay of {id} refused: {status}: {text}");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `rabbitwatch notify test`: one synthetic firing notification straight through receiver `name`
+/// (no outbox, no retries), and what the daemon would have made of the outcome.
+pub async fn notify_test(cfg: &config::Config, name: &str) -> anyhow::Result<ExitCode> {
+    use crate::receivers::{AlertStatus, AlertSummary, GroupStatus, Notification};
+    use std::collections::BTreeMap;
+    let receivers = app::build_receivers(cfg).map_err(|e| {
+        anyhow::anyhow!(
+            e.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
+    let Some(r) = receivers.iter().find(|r| r.name() == name) else {
+        let names: Vec<&str> = receivers.iter().map(|r| r.name()).collect();
+        eprintln!(
+            "no receiver named {name:?}; configured: {}",
+            names.join(", ")
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    let now = domain::Timestamp::now().0;
+    let id = uuid::Uuid::now_v7().to_string();
+    let labels = BTreeMap::from([
+        (
+            "alertname".to_string(),
+            "RabbitwatchTestNotification".to_string(),
+        ),
+        ("severity".to_string(), "info".to_string()),
+        ("cluster".to_string(), "test".to_string()),
+    ]);
+    let n = Notification {
+        receiver: name.to_string(),
+        group_key: "test".to_string(),
+        status: GroupStatus::Firing,
+        group_labels: BTreeMap::new(),
+        common_labels: labels.clone(),
+        common_annotations: BTreeMap::new(),
+        alerts: vec![AlertSummary {
+            status: AlertStatus::Firing,
+            annotations: BTreeMap::from([(
+                "summary".to_string(),
+                "Test notification from rabbitwatch notify test".to_string(),
+            )]),
+            fingerprint: crate::alerts::fingerprint(&labels),
+            labels,
+            starts_at: now,
+            ends_at: None,
+            correlation_id: id.clone(),
+            values: BTreeMap::new(),
+        }],
+        idempotency_key: format!("{id}:firing:1"),
+        flapping: false,
+        previous: None,
+        created_at: now,
+    };
+    match r.deliver(&n).await {
+        Ok(_) => {
+            println!("delivered to {name} ({}), correlation_id={id}", r.kind());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let kind = if e.is_retriable() {
+                "transient (the daemon would retry)"
+            } else {
+                "permanent (the daemon would dead-letter it)"
+            };
+            eprintln!("delivery to {name} failed, {kind}: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `rabbitwatch healthcheck`: exit 0 if `url` answers 2xx; otherwise say why on stderr and exit 1.
+pub async fn healthcheck(url: &str) -> anyhow::Result<ExitCode> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    match client.get(url).send().await {
+        Ok(r) if r.status().is_success() => Ok(ExitCode::SUCCESS),
+        Ok(r) => {
+            eprintln!(
+                "unhealthy: {url} answered {}: {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {url}: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
