@@ -7,6 +7,8 @@
 
 mod table;
 
+use std::fmt;
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,6 +18,53 @@ use anyhow::Context;
 use crate::config::{self, ConfigError};
 use crate::http::QueuesBody;
 use crate::{app, domain};
+
+/// A command's standard output, written with `write!`/`writeln!`. Every write is flushed, so an
+/// error surfaces where it happens instead of in the flush at exit, where it would be lost.
+///
+/// A reader that goes away (`rabbitwatch status | head -3`) has read all it wanted: the first broken
+/// pipe marks the output closed, later writes are dropped, and the command ends as it would have,
+/// with its own exit code and nothing on stderr, as `ls | head` does (`println!` panics there).
+/// Dropping the output rather than stopping keeps a verdict honest: `test rules | head` still exits 1
+/// when a test failed, for `set -o pipefail` scripts. Restoring SIGPIPE's default action instead would
+/// end the process by a signal (status 141 in a shell, no destructors), not quietly with 0. Any other
+/// write error, such as a full disk behind `>`, is an error.
+struct Out<W: Write = io::Stdout> {
+    w: W,
+    closed: bool,
+}
+
+impl Out {
+    fn stdout() -> Out {
+        Out::to(io::stdout())
+    }
+}
+
+impl<W: Write> Out<W> {
+    fn to(w: W) -> Out<W> {
+        Out { w, closed: false }
+    }
+
+    /// Whether the reader has gone away; a command that would go on printing (`status --watch`)
+    /// stops here.
+    fn closed(&self) -> bool {
+        self.closed
+    }
+
+    /// What `write!` and `writeln!` call.
+    fn write_fmt(&mut self, args: fmt::Arguments<'_>) -> anyhow::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        match self.w.write_fmt(args).and_then(|()| self.w.flush()) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            other => other.context("cannot write to stdout"),
+        }
+    }
+}
 
 /// Loads and validates the config at `path` (or the default path). On failure every diagnostic has
 /// been printed to stderr and the exit code to end with is returned.
@@ -48,6 +97,7 @@ fn list_or_none(names: &[impl AsRef<str>]) -> String {
 
 /// `rabbitwatch check`: the config loads, every receiver builds; with a shard, which clusters it takes.
 pub fn check(config: Option<PathBuf>, shard: Option<config::Shard>) -> anyhow::Result<ExitCode> {
+    let mut out = Out::stdout();
     let mut cfg = match load_config(config) {
         Ok(c) => c,
         Err(code) => return Ok(code),
@@ -59,28 +109,31 @@ pub fn check(config: Option<PathBuf>, shard: Option<config::Shard>) -> anyhow::R
         eprintln!("{} error(s); nothing was started", errs.len());
         return Ok(ExitCode::FAILURE);
     }
-    println!(
+    writeln!(
+        out,
         "{}: ok ({} cluster(s), {} rule(s), {} receiver(s), listen {})",
         cfg.source.display(),
         cfg.clusters.len(),
         cfg.rules.len(),
         cfg.receivers.len(),
         cfg.server.listen
-    );
+    )?;
     if let Some(shard) = shard {
         let others = cfg.keep_shard(shard);
         let mine: Vec<&str> = cfg.clusters.iter().map(|c| c.name.as_str()).collect();
-        println!(
+        writeln!(
+            out,
             "shard {shard} watches: {}; left to other shards: {}",
             list_or_none(&mine),
             list_or_none(&others)
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `rabbitwatch test rules`: runs every file, prints each failure and a count per file.
 pub fn test_rules(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let mut out = Out::stdout();
     let (mut passed, mut failed) = (0, 0);
     for f in files {
         match crate::rules::testing::run_file(f) {
@@ -88,24 +141,25 @@ pub fn test_rules(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
                 passed += report.passed;
                 failed += report.failures.len();
                 for failure in &report.failures {
-                    println!("FAIL {}: {failure}", report.file.display());
+                    writeln!(out, "FAIL {}: {failure}", report.file.display())?;
                 }
-                println!(
+                writeln!(
+                    out,
                     "{}: {} passed, {} failed",
                     report.file.display(),
                     report.passed,
                     report.failures.len()
-                );
+                )?;
             }
             Err(diags) => {
                 failed += 1;
                 for d in diags {
-                    println!("{d}");
+                    writeln!(out, "{d}")?;
                 }
             }
         }
     }
-    println!("{passed} passed, {failed} failed");
+    writeln!(out, "{passed} passed, {failed} failed")?;
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
@@ -161,6 +215,7 @@ fn client() -> anyhow::Result<reqwest::Client> {
 
 /// `rabbitwatch status`: the queue table, once or (`watch`) every `interval` until Ctrl-C.
 pub async fn status(daemon: &Daemon, watch: bool, interval: Duration) -> anyhow::Result<ExitCode> {
+    let mut out = Out::stdout();
     let client = client()?;
     let url = format!("{}/api/v1/queues", daemon.base);
     loop {
@@ -178,9 +233,12 @@ pub async fn status(daemon: &Daemon, watch: bool, interval: Duration) -> anyhow:
         let table = table::render_table(body.queues);
         if watch {
             // Clear the screen and home the cursor, like `watch`.
-            print!("\x1b[2J\x1b[H{table}");
+            write!(out, "\x1b[2J\x1b[H{table}")?;
+            if out.closed() {
+                return Ok(ExitCode::SUCCESS);
+            }
         } else {
-            print!("{table}");
+            write!(out, "{table}")?;
             return Ok(ExitCode::SUCCESS);
         }
         tokio::select! {
@@ -199,6 +257,7 @@ pub enum SilenceRequest {
 
 /// `rabbitwatch silence add|list|expire`; prints the silences the daemon answers with.
 pub async fn silence(daemon: &Daemon, request: SilenceRequest) -> anyhow::Result<ExitCode> {
+    let mut out = Out::stdout();
     let client = client()?;
     let auth = |req: reqwest::RequestBuilder| match &daemon.token {
         Some(t) => req.bearer_auth(t),
@@ -221,7 +280,7 @@ pub async fn silence(daemon: &Daemon, request: SilenceRequest) -> anyhow::Result
         Ok(list) => {
             let now = domain::Timestamp::now().0;
             if list.silences.is_empty() {
-                println!("no silences");
+                writeln!(out, "no silences")?;
             }
             for s in list.silences {
                 let state = if s.is_active(now) {
@@ -232,22 +291,24 @@ pub async fn silence(daemon: &Daemon, request: SilenceRequest) -> anyhow::Result
                 let left = humantime::format_duration(Duration::from_secs(
                     (s.ends_at - now).max(0) as u64 / 1000,
                 ));
-                println!(
+                writeln!(
+                    out,
                     "{}  {state:<7} ends in {left:<10} {}  {}",
                     s.id,
                     s.matchers.join(","),
                     table::terminal_safe(&s.comment)
-                );
+                )?;
             }
         }
-        Err(_) if text.is_empty() => println!("ok"),
-        Err(_) => println!("{text}"),
+        Err(_) if text.is_empty() => writeln!(out, "ok")?,
+        Err(_) => writeln!(out, "{text}")?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `rabbitwatch deadletters list`.
 pub async fn deadletters_list(daemon: &Daemon) -> anyhow::Result<ExitCode> {
+    let mut out = Out::stdout();
     let client = client()?;
     let url = format!("{}/api/v1/deadletters", daemon.base);
     let body: crate::http::DeadLettersBody = client
@@ -259,12 +320,13 @@ pub async fn deadletters_list(daemon: &Daemon) -> anyhow::Result<ExitCode> {
         .json()
         .await?;
     if body.dead_letters.is_empty() {
-        println!("no dead letters");
+        writeln!(out, "no dead letters")?;
     }
     for d in body.dead_letters {
         let n = &d.letter.notification;
         let first = n.alerts.first();
-        println!(
+        writeln!(
+            out,
             "{:>6}  {:<16} {:<10} attempts={} alerts={} correlation_id={} error={}",
             d.id,
             table::terminal_safe(&n.receiver),
@@ -273,13 +335,14 @@ pub async fn deadletters_list(daemon: &Daemon) -> anyhow::Result<ExitCode> {
             n.alerts.len(),
             first.map_or("-", |a| a.correlation_id.as_str()),
             table::terminal_safe(&d.letter.error)
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `rabbitwatch deadletters replay ID`.
 pub async fn deadletters_replay(daemon: &Daemon, id: u64) -> anyhow::Result<ExitCode> {
+    let mut out = Out::stdout();
     let client = client()?;
     let url = format!("{}/api/v1/deadletters/{id}/replay", daemon.base);
     let mut req = client.post(&url);
@@ -293,7 +356,7 @@ pub async fn deadletters_replay(daemon: &Daemon, id: u64) -> anyhow::Result<Exit
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
     if status.is_success() {
-        println!("replaying dead letter {id}: {text}");
+        writeln!(out, "replaying dead letter {id}: {text}")?;
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("replay of {id} refused: {status}: {text}");
@@ -306,6 +369,7 @@ pub async fn deadletters_replay(daemon: &Daemon, id: u64) -> anyhow::Result<Exit
 pub async fn notify_test(cfg: &config::Config, name: &str) -> anyhow::Result<ExitCode> {
     use crate::receivers::{AlertStatus, AlertSummary, GroupStatus, Notification};
     use std::collections::BTreeMap;
+    let mut out = Out::stdout();
     let receivers = app::build_receivers(cfg).map_err(|e| {
         anyhow::anyhow!(
             e.iter()
@@ -359,7 +423,11 @@ pub async fn notify_test(cfg: &config::Config, name: &str) -> anyhow::Result<Exi
     };
     match r.deliver(&n).await {
         Ok(_) => {
-            println!("delivered to {name} ({}), correlation_id={id}", r.kind());
+            writeln!(
+                out,
+                "delivered to {name} ({}), correlation_id={id}",
+                r.kind()
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -393,5 +461,59 @@ pub async fn healthcheck(url: &str) -> anyhow::Result<ExitCode> {
             eprintln!("unhealthy: {url}: {e}");
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepts `room` writes, then fails every later one with `error`.
+    struct Reader {
+        written: Vec<u8>,
+        room: usize,
+        error: io::ErrorKind,
+    }
+
+    impl Write for Reader {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(self.error.into());
+            }
+            self.room -= 1;
+            self.written.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn out(room: usize, error: io::ErrorKind) -> Out<Reader> {
+        Out::to(Reader {
+            written: Vec::new(),
+            room,
+            error,
+        })
+    }
+
+    #[test]
+    fn a_reader_that_went_away_ends_the_output_quietly() {
+        let mut out = out(1, io::ErrorKind::BrokenPipe);
+        writeln!(out, "first").expect("written");
+        assert!(!out.closed());
+        writeln!(out, "second").expect("a broken pipe is not an error");
+        assert!(out.closed());
+        writeln!(out, "third").expect("nor is anything after it");
+        assert_eq!(out.w.written, b"first\n");
+    }
+
+    #[test]
+    fn other_write_errors_are_errors() {
+        let mut out = out(0, io::ErrorKind::StorageFull);
+        let e = writeln!(out, "x").expect_err("a full disk is an error");
+        assert!(format!("{e:#}").starts_with("cannot write to stdout"), "{e:#}");
+        assert!(!out.closed());
     }
 }
