@@ -513,7 +513,10 @@ mod tests {
     fn other_write_errors_are_errors() {
         let mut out = out(0, io::ErrorKind::StorageFull);
         let e = writeln!(out, "x").expect_err("a full disk is an error");
-        assert!(format!("{e:#}").starts_with("cannot write to stdout"), "{e:#}");
+        assert!(
+            format!("{e:#}").starts_with("cannot write to stdout"),
+            "{e:#}"
+        );
         assert!(!out.closed());
     }
 }
