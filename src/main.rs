@@ -2,6 +2,8 @@
 //! outcomes to exit codes. What each subcommand does is elsewhere: the daemon is `app::run`, every
 //! other subcommand is in `rabbitwatch::cli`.
 
+use std::ffi::OsStr;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -202,9 +204,23 @@ fn init_tracing(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => {
+            let colour = log_colour(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR").as_deref(),
+            );
+            builder.with_ansi(colour).init();
+        }
+        // For machines, wherever it goes.
+        LogFormat::Json => builder.with_ansi(false).json().flatten_event(true).init(),
     }
+}
+
+/// Colour only for a person watching the logs come in (stderr is a terminal), and never when
+/// `NO_COLOR` is set to anything non-empty (no-color.org). tracing-subscriber's own default honours
+/// `NO_COLOR` but colours files and pipes too, which leaves escape codes in log files and collectors.
+fn log_colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -296,5 +312,32 @@ fn run(args: Cli) -> anyhow::Result<ExitCode> {
             Err(code) => Ok(code),
         },
         Command::Healthcheck { url } => runtime()?.block_on(cli::healthcheck(&url)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        let set = |v: &'static str| Some(OsStr::new(v));
+        // (stderr is a terminal, NO_COLOR, colour)
+        let cases = [
+            (true, None, true),
+            (true, set(""), true), // empty counts as unset (no-color.org)
+            (true, set("1"), false),
+            (true, set("0"), false), // any non-empty value
+            (false, None, false),
+            (false, set(""), false),
+            (false, set("1"), false),
+        ];
+        for (terminal, no_color, want) in cases {
+            assert_eq!(
+                log_colour(terminal, no_color),
+                want,
+                "terminal={terminal} NO_COLOR={no_color:?}"
+            );
+        }
     }
 }

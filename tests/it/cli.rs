@@ -1,4 +1,5 @@
-//! The command line's manners, as a new user meets them: output piped into `head` ends quietly.
+//! The command line's manners, as a new user meets them: output piped into `head` ends quietly, and
+//! logs carry colour codes only where a person watches them on a terminal.
 
 use std::fs::File;
 use std::io::{Read, Seek};
@@ -10,7 +11,8 @@ use tokio::process::Command;
 use tokio::time::timeout;
 
 use crate::util::{
-    Daemon, TestVhost, Tuning, config_for, declare_queues, eventually, free_port, run_cli,
+    Daemon, TestVhost, Tuning, cluster_yaml, config_for, config_with_clusters, declare_queues,
+    eventually, free_port, run_cli,
 };
 
 /// The config `Daemon::start` writes into its directory.
@@ -208,4 +210,171 @@ async fn every_printing_subcommand_ends_quietly_when_its_reader_is_gone() {
         delivered.contains("RabbitwatchTestNotification"),
         "{delivered}"
     );
+}
+
+/// `rabbitwatch run` as the test harness runs it, stderr appended to a file, with `env`; returns once
+/// it has logged that it serves, with everything it logged so far.
+async fn logs_of_a_daemon(vhost: &TestVhost, env: &[(&str, &str)]) -> String {
+    let config = config_for(vhost.name(), free_port(), &Tuning::default());
+    let daemon = Daemon::start_with_env(&config, &[], env).await;
+    eventually(
+        Duration::from_secs(30),
+        "the daemon to log that it serves",
+        async || {
+            let logs = daemon.logs();
+            logs.contains("serving /metrics")
+                .then_some(logs)
+                .ok_or_else(|| "not yet".to_owned())
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_logs_written_to_a_file_carry_no_colour_codes() {
+    let vhost = TestVhost::create().await;
+    // The harness sets NO_COLOR=1 for every daemon; an empty NO_COLOR counts as unset (no-color.org).
+    let cases: [(&str, &[(&str, &str)]); 3] = [
+        ("text logs", &[("NO_COLOR", "")]),
+        (
+            "JSON logs",
+            &[("NO_COLOR", ""), ("RABBITWATCH_LOG_FORMAT", "json")],
+        ),
+        ("text logs with NO_COLOR=1", &[("NO_COLOR", "1")]),
+    ];
+    let mut coloured = Vec::new();
+    for (what, env) in cases {
+        let logs = logs_of_a_daemon(&vhost, env).await;
+        if logs.contains('\u{1b}') {
+            coloured.push(format!("{what} in a file carry escape codes:\n{logs}"));
+        }
+    }
+    assert!(coloured.is_empty(), "{}", coloured.join("\n"));
+}
+
+/// Logs on a terminal keep their colours (a person is reading them), unless NO_COLOR says otherwise.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_on_a_terminal_are_coloured_unless_no_color_is_set() {
+    // A cluster nobody listens for: `run` logs a failed start-up check (a WARN, yellow on a
+    // terminal) and exits by itself, which closes the terminal and ends the reading.
+    let tuning = Tuning::default();
+    let config = config_with_clusters(
+        free_port(),
+        &tuning,
+        &[cluster_yaml("gone", "http://127.0.0.1:1", "v", &tuning)],
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join(CONFIG), config).expect("writing the config");
+    for (no_color, want_colour) in [(None, true), (Some("1"), false)] {
+        let terminal = pty::Pty::open();
+        let mut command = rabbitwatch();
+        command
+            .args(["run", "--config", CONFIG])
+            .current_dir(dir.path())
+            .env_remove("NO_COLOR")
+            .stdout(Stdio::null())
+            .stderr(terminal.follower());
+        if let Some(value) = no_color {
+            command.env("NO_COLOR", value);
+        }
+        let mut child = command.spawn().expect("spawning rabbitwatch run");
+        drop(command); // its copy of the terminal's follower side
+        let reading = tokio::task::spawn_blocking(move || terminal.read_until_closed());
+        let status = wait(&mut child, "rabbitwatch run").await;
+        let seen = timeout(COMMAND_DEADLINE, reading)
+            .await
+            .expect("the terminal to close once rabbitwatch exited")
+            .expect("reading the terminal");
+        assert_eq!(status.code(), Some(1), "{seen}");
+        assert!(seen.contains("start-up check failed"), "{seen}");
+        assert_eq!(
+            seen.contains('\u{1b}'),
+            want_colour,
+            "NO_COLOR={no_color:?}: colour on the terminal should be {want_colour}:\n{seen:?}"
+        );
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod pty {
+    use std::ffi::CStr;
+    use std::fs::{File, OpenOptions};
+    use std::io::{self, Read};
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::process::Stdio;
+
+    /// A pseudo-terminal: a child writes to the follower side as it would to a terminal, the test
+    /// reads what it wrote from the leader side.
+    pub struct Pty {
+        leader: File,
+        follower: File,
+    }
+
+    impl Pty {
+        pub fn open() -> Pty {
+            // SAFETY: plain libc calls on a descriptor this function owns from posix_openpt on;
+            // ptsname_r writes a NUL-terminated name into the buffer it is given, of the size given.
+            let (leader, name) = unsafe {
+                let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+                assert!(fd >= 0, "posix_openpt: {}", io::Error::last_os_error());
+                let leader = File::from_raw_fd(fd);
+                assert_eq!(
+                    libc::grantpt(fd),
+                    0,
+                    "grantpt: {}",
+                    io::Error::last_os_error()
+                );
+                assert_eq!(
+                    libc::unlockpt(fd),
+                    0,
+                    "unlockpt: {}",
+                    io::Error::last_os_error()
+                );
+                let mut name = [0 as libc::c_char; 128];
+                let rc = libc::ptsname_r(fd, name.as_mut_ptr(), name.len());
+                assert_eq!(rc, 0, "ptsname_r: {}", io::Error::from_raw_os_error(rc));
+                let name = CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned();
+                (leader, name)
+            };
+            let follower = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOCTTY)
+                .open(&name)
+                .unwrap_or_else(|e| panic!("opening the terminal {name}: {e}"));
+            Pty { leader, follower }
+        }
+
+        /// The follower side, for a child's stdout or stderr.
+        pub fn follower(&self) -> Stdio {
+            self.follower
+                .try_clone()
+                .expect("duplicating the terminal's follower side")
+                .into()
+        }
+
+        /// Everything written to the terminal until its last writer closed it.
+        pub fn read_until_closed(self) -> String {
+            let Pty {
+                mut leader,
+                follower,
+            } = self;
+            drop(follower);
+            let mut seen = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                match leader.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                    // Linux answers EIO once no one holds the follower side open.
+                    Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => panic!("reading the terminal: {e}"),
+                }
+            }
+            String::from_utf8_lossy(&seen).into_owned()
+        }
+    }
 }
