@@ -8,7 +8,7 @@
 mod table;
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -213,9 +213,12 @@ fn client() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// `rabbitwatch status`: the queue table, once or (`watch`) every `interval` until Ctrl-C.
+/// `rabbitwatch status`: the queue table, once or (`watch`) every `interval` until Ctrl-C. With
+/// `watch`, each table replaces the last on a terminal; into a file or a pipe they follow one another,
+/// a blank line apart, without the screen-clearing codes that a terminal alone makes sense of.
 pub async fn status(daemon: &Daemon, watch: bool, interval: Duration) -> anyhow::Result<ExitCode> {
     let mut out = Out::stdout();
+    let redraw = io::stdout().is_terminal();
     let client = client()?;
     let url = format!("{}/api/v1/queues", daemon.base);
     loop {
@@ -232,8 +235,12 @@ pub async fn status(daemon: &Daemon, watch: bool, interval: Duration) -> anyhow:
             .with_context(|| format!("unexpected answer from {url}"))?;
         let table = table::render_table(body.queues);
         if watch {
-            // Clear the screen and home the cursor, like `watch`.
-            write!(out, "\x1b[2J\x1b[H{table}")?;
+            if redraw {
+                // Clear the screen and home the cursor, like `watch`.
+                write!(out, "\x1b[2J\x1b[H{table}")?;
+            } else {
+                writeln!(out, "{table}")?;
+            }
             if out.closed() {
                 return Ok(ExitCode::SUCCESS);
             }

@@ -164,6 +164,28 @@ async fn status_piped_into_head_ends_quietly_with_exit_0() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_into_a_pipe_appends_tables_without_screen_clearing_codes() {
+    let vhost = TestVhost::create().await;
+    let daemon = Daemon::start(&config_for(vhost.name(), free_port(), &Tuning::default())).await;
+    let watch = [
+        "status",
+        "--config",
+        CONFIG,
+        "--watch",
+        "--interval",
+        "100ms",
+    ];
+    // An empty vhost: each table is the header, "(no queues watched yet)" and a blank line.
+    let (status, stderr, head) = piped_into_head(&watch, daemon.dir(), 9).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        !head.contains('\u{1b}'),
+        "escape codes into a pipe: {head:?}"
+    );
+    assert_eq!(head.matches("CLUSTER").count(), 3, "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_printing_subcommand_ends_quietly_when_its_reader_is_gone() {
     let vhost = TestVhost::create().await;
     let config = config_for(vhost.name(), free_port(), &Tuning::default())
