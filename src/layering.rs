@@ -64,7 +64,6 @@ const MAY_USE: &[(&str, &[&str])] = &[
             "receivers",
         ],
     ),
-    ("console", &["domain", "http"]),
     (
         "app",
         &[

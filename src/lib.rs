@@ -3,14 +3,15 @@
 //! The modules follow the data path (DESIGN.md §1):
 //! `scrape → snapshot → analysis → view → rules → alerts → engine → store/outbox → receivers`,
 //! with `export` and `http` on the read side, `domain` the shared vocabulary at the bottom, `config`
-//! assembling each module's own config type, and `app` the only place that wires them together.
-//! `layering` (a test) keeps every module to the modules below it.
+//! assembling each module's own config type, `cli` the subcommands that print or talk to a running
+//! daemon, and `app` the only place that wires them together. `layering` (a test) keeps every
+//! module to the modules below it.
 
 pub mod alerts;
 pub mod analysis;
 pub mod app;
+pub mod cli;
 pub mod config;
-pub mod console;
 pub mod domain;
 pub mod engine;
 pub mod export;

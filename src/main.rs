@@ -1,5 +1,9 @@
-//! The `rabbitwatch` command line: parses arguments, sets up logging, maps outcomes to exit codes.
+//! The `rabbitwatch` command line: parses arguments, sets up the allocator and logging, and maps
+//! outcomes to exit codes. What each subcommand does is elsewhere: the daemon is `app::run`, every
+//! other subcommand is in `rabbitwatch::cli`.
 
+use std::ffi::OsStr;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,8 +11,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use rabbitwatch::config::{self, ConfigError};
-use rabbitwatch::{app, console, http::QueuesBody};
+use rabbitwatch::http::NewSilence;
+use rabbitwatch::{app, cli, config};
 
 #[derive(Parser)]
 #[command(
@@ -151,9 +155,9 @@ fn main() -> ExitCode {
     tune_allocator();
     // One crypto provider for every TLS user in the process (reqwest); see CRATES.md.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
-    init_tracing(cli.log_format);
-    match run(cli) {
+    let args = Cli::parse();
+    init_tracing(args.log_format);
+    match run(args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -192,17 +196,6 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
-fn list_or_none(names: &[impl AsRef<str>]) -> String {
-    if names.is_empty() {
-        return "none".to_string();
-    }
-    names
-        .iter()
-        .map(AsRef::as_ref)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RABBITWATCH_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
@@ -211,9 +204,23 @@ fn init_tracing(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => {
+            let colour = log_colour(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR").as_deref(),
+            );
+            builder.with_ansi(colour).init();
+        }
+        // For machines, wherever it goes.
+        LogFormat::Json => builder.with_ansi(false).json().flatten_event(true).init(),
     }
+}
+
+/// Colour only for a person watching the logs come in (stderr is a terminal), and never when
+/// `NO_COLOR` is set to anything non-empty (no-color.org). tracing-subscriber's own default honours
+/// `NO_COLOR` but colours files and pipes too, which leaves escape codes in log files and collectors.
+fn log_colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -223,26 +230,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn load(path: Option<PathBuf>) -> Result<config::Config, ExitCode> {
-    let path = config::resolve_path(path);
-    config::load(&path).map_err(|e| {
-        match e {
-            ConfigError::Invalid(diags) => {
-                for d in &diags {
-                    eprintln!("{d}");
-                }
-                eprintln!("{} error(s); nothing was started", diags.len());
-            }
-            other => eprintln!("error: {other}"),
-        }
-        ExitCode::FAILURE
-    })
-}
-
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+fn run(args: Cli) -> anyhow::Result<ExitCode> {
+    match args.command {
         Command::Run { config, shard } => {
-            let mut cfg = match load(config) {
+            let mut cfg = match cli::load_config(config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
@@ -258,389 +249,95 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(app::run(cfg))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config, shard } => match load(config) {
-            Ok(mut cfg) => {
-                if let Err(errs) = app::build_receivers(&cfg) {
-                    for e in &errs {
-                        eprintln!("{}: {e}", cfg.source.display());
-                    }
-                    eprintln!("{} error(s); nothing was started", errs.len());
-                    return Ok(ExitCode::FAILURE);
-                }
-                println!(
-                    "{}: ok ({} cluster(s), {} rule(s), {} receiver(s), listen {})",
-                    cfg.source.display(),
-                    cfg.clusters.len(),
-                    cfg.rules.len(),
-                    cfg.receivers.len(),
-                    cfg.server.listen
-                );
-                if let Some(shard) = shard {
-                    let others = cfg.keep_shard(shard);
-                    let mine: Vec<&str> = cfg.clusters.iter().map(|c| c.name.as_str()).collect();
-                    println!(
-                        "shard {shard} watches: {}; left to other shards: {}",
-                        list_or_none(&mine),
-                        list_or_none(&others)
-                    );
-                }
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(code) => Ok(code),
-        },
+        Command::Check { config, shard } => cli::check(config, shard),
         Command::Test {
             what: TestWhat::Rules { files },
-        } => Ok(test_rules(&files)),
-        Command::Deadletters {
-            action,
-            config,
-            url,
-        } => {
-            let (base, token) = match daemon_target(config, url) {
-                Ok(t) => t,
-                Err(code) => return Ok(code),
-            };
-            runtime()?.block_on(deadletters(&base, action, token))
-        }
-        Command::Silence {
-            action,
-            config,
-            url,
-        } => {
-            let (base, token) = match daemon_target(config, url) {
-                Ok(t) => t,
-                Err(code) => return Ok(code),
-            };
-            runtime()?.block_on(silence(&base, action, token))
-        }
-        Command::Notify {
-            action: NotifyAction::Test { receiver, config },
-        } => {
-            let cfg = match load(config) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            runtime()?.block_on(notify_test(&cfg, &receiver))
-        }
+        } => cli::test_rules(&files),
         Command::Status {
             config,
             url,
             watch,
             interval,
+        } => match cli::Daemon::locate_read_only(config, url) {
+            Ok(daemon) => runtime()?.block_on(cli::status(&daemon, watch, interval)),
+            Err(code) => Ok(code),
+        },
+        Command::Silence {
+            action,
+            config,
+            url,
         } => {
-            let base = match url {
-                Some(u) => u.trim_end_matches('/').to_string(),
-                None => match load(config) {
-                    Ok(cfg) => format!("http://{}", cfg.server.listen),
-                    Err(code) => return Ok(code),
-                },
+            let daemon = match cli::Daemon::locate(config, url) {
+                Ok(d) => d,
+                Err(code) => return Ok(code),
             };
-            runtime()?.block_on(status(&base, watch, interval))
+            let request = match action {
+                SilenceAction::Add {
+                    matchers,
+                    duration,
+                    comment,
+                    created_by,
+                } => cli::SilenceRequest::Add(NewSilence {
+                    matchers,
+                    duration: Some(duration),
+                    ends_at: None,
+                    comment,
+                    created_by,
+                }),
+                SilenceAction::List => cli::SilenceRequest::List,
+                SilenceAction::Expire { id } => cli::SilenceRequest::Expire(id),
+            };
+            runtime()?.block_on(cli::silence(&daemon, request))
         }
-        Command::Healthcheck { url } => runtime()?.block_on(async {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()?;
-            match client.get(&url).send().await {
-                Ok(r) if r.status().is_success() => Ok(ExitCode::SUCCESS),
-                Ok(r) => {
-                    eprintln!(
-                        "unhealthy: {url} answered {}: {}",
-                        r.status(),
-                        r.text().await.unwrap_or_default()
-                    );
-                    Ok(ExitCode::FAILURE)
-                }
-                Err(e) => {
-                    eprintln!("unhealthy: {url}: {e}");
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }),
-    }
-}
-
-async fn status(base: &str, watch: bool, interval: Duration) -> anyhow::Result<ExitCode> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let url = format!("{base}/api/v1/queues");
-    loop {
-        let body: QueuesBody = client
-            .get(&url)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .with_context(|| {
-                format!("cannot reach the daemon at {url}; is `rabbitwatch run` running?")
-            })?
-            .json()
-            .await
-            .with_context(|| format!("unexpected answer from {url}"))?;
-        let table = console::render_table(body.queues);
-        if watch {
-            // Clear the screen and home the cursor, like `watch`.
-            print!("\x1b[2J\x1b[H{table}");
-        } else {
-            print!("{table}");
-            return Ok(ExitCode::SUCCESS);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
-        }
-    }
-}
-
-/// The daemon's base URL and API token, from `--url` or the config's `server.listen`.
-fn daemon_target(
-    config: Option<PathBuf>,
-    url: Option<String>,
-) -> Result<(String, Option<String>), ExitCode> {
-    let cfg = match (&url, config) {
-        (Some(_), None) => None,
-        (_, config) => Some(load(config)?),
-    };
-    let base = match url {
-        Some(u) => u.trim_end_matches('/').to_string(),
-        None => format!(
-            "http://{}",
-            cfg.as_ref().map(|c| c.server.listen).expect("loaded above")
-        ),
-    };
-    let token = cfg
-        .and_then(|c| c.server.api_token.map(|t| t.expose().to_string()))
-        .or_else(|| std::env::var("RABBITWATCH_API_TOKEN").ok());
-    Ok((base, token))
-}
-
-async fn silence(
-    base: &str,
-    action: SilenceAction,
-    token: Option<String>,
-) -> anyhow::Result<ExitCode> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let auth = |req: reqwest::RequestBuilder| match &token {
-        Some(t) => req.bearer_auth(t),
-        None => req,
-    };
-    let url = format!("{base}/api/v1/silences");
-    let resp = match action {
-        SilenceAction::Add {
-            matchers,
-            duration,
-            comment,
-            created_by,
+        Command::Deadletters {
+            action,
+            config,
+            url,
         } => {
-            let body = rabbitwatch::http::NewSilence {
-                matchers,
-                duration: Some(duration),
-                ends_at: None,
-                comment,
-                created_by,
+            let daemon = match cli::Daemon::locate(config, url) {
+                Ok(d) => d,
+                Err(code) => return Ok(code),
             };
-            auth(client.post(&url).json(&body)).send().await
-        }
-        SilenceAction::List => client.get(&url).send().await,
-        SilenceAction::Expire { id } => auth(client.delete(format!("{url}/{id}"))).send().await,
-    }
-    .with_context(|| format!("cannot reach the daemon at {url}"))?;
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    if !status.is_success() {
-        eprintln!("{status}: {text}");
-        return Ok(ExitCode::FAILURE);
-    }
-    match serde_json::from_str::<rabbitwatch::http::SilencesBody>(&text) {
-        Ok(list) => {
-            let now = rabbitwatch::domain::Timestamp::now().0;
-            if list.silences.is_empty() {
-                println!("no silences");
-            }
-            for s in list.silences {
-                let state = if s.is_active(now) {
-                    "active"
-                } else {
-                    "expired"
-                };
-                let left = humantime::format_duration(Duration::from_secs(
-                    (s.ends_at - now).max(0) as u64 / 1000,
-                ));
-                println!(
-                    "{}  {state:<7} ends in {left:<10} {}  {}",
-                    s.id,
-                    s.matchers.join(","),
-                    console::terminal_safe(&s.comment)
-                );
-            }
-        }
-        Err(_) if text.is_empty() => println!("ok"),
-        Err(_) => println!("{text}"),
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn test_rules(files: &[PathBuf]) -> ExitCode {
-    let (mut passed, mut failed) = (0, 0);
-    for f in files {
-        match rabbitwatch::ruletest::run_file(f) {
-            Ok(report) => {
-                passed += report.passed;
-                failed += report.failures.len();
-                for failure in &report.failures {
-                    println!("FAIL {}: {failure}", report.file.display());
+            runtime()?.block_on(async {
+                match action {
+                    DeadlettersAction::List => cli::deadletters_list(&daemon).await,
+                    DeadlettersAction::Replay { id } => cli::deadletters_replay(&daemon, id).await,
                 }
-                println!(
-                    "{}: {} passed, {} failed",
-                    report.file.display(),
-                    report.passed,
-                    report.failures.len()
-                );
-            }
-            Err(diags) => {
-                failed += 1;
-                for d in diags {
-                    println!("{d}");
-                }
-            }
+            })
         }
-    }
-    println!("{passed} passed, {failed} failed");
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+        Command::Notify {
+            action: NotifyAction::Test { receiver, config },
+        } => match cli::load_config(config) {
+            Ok(cfg) => runtime()?.block_on(cli::notify_test(&cfg, &receiver)),
+            Err(code) => Ok(code),
+        },
+        Command::Healthcheck { url } => runtime()?.block_on(cli::healthcheck(&url)),
     }
 }
 
-async fn deadletters(
-    base: &str,
-    action: DeadlettersAction,
-    token: Option<String>,
-) -> anyhow::Result<ExitCode> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    match action {
-        DeadlettersAction::List => {
-            let url = format!("{base}/api/v1/deadletters");
-            let body: rabbitwatch::http::DeadLettersBody = client
-                .get(&url)
-                .send()
-                .await
-                .and_then(reqwest::Response::error_for_status)
-                .with_context(|| format!("cannot reach the daemon at {url}"))?
-                .json()
-                .await?;
-            if body.dead_letters.is_empty() {
-                println!("no dead letters");
-            }
-            for d in body.dead_letters {
-                let n = &d.letter.notification;
-                let first = n.alerts.first();
-                println!(
-                    "{:>6}  {:<16} {:<10} attempts={} alerts={} correlation_id={} error={}",
-                    d.id,
-                    console::terminal_safe(&n.receiver),
-                    d.letter.reason,
-                    d.letter.attempts,
-                    n.alerts.len(),
-                    first.map_or("-", |a| a.correlation_id.as_str()),
-                    console::terminal_safe(&d.letter.error)
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        DeadlettersAction::Replay { id } => {
-            let url = format!("{base}/api/v1/deadletters/{id}/replay");
-            let mut req = client.post(&url);
-            if let Some(t) = token {
-                req = req.bearer_auth(t);
-            }
-            let resp = req
-                .send()
-                .await
-                .with_context(|| format!("cannot reach the daemon at {url}"))?;
-            let status = resp.status();
-            let text = resp.text().await.unwrap_or_default();
-            if status.is_success() {
-                println!("replaying dead letter {id}: {text}");
-                Ok(ExitCode::SUCCESS)
-            } else {
-                eprintln!("replay of {id} refused: {status}: {text}");
-                Ok(ExitCode::FAILURE)
-            }
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn notify_test(cfg: &config::Config, name: &str) -> anyhow::Result<ExitCode> {
-    use rabbitwatch::domain::{AlertStatus, AlertSummary, GroupStatus, Notification, fingerprint};
-    use std::collections::BTreeMap;
-    let receivers = app::build_receivers(cfg).map_err(|e| {
-        anyhow::anyhow!(
-            e.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        )
-    })?;
-    let Some(r) = receivers.iter().find(|r| r.name() == name) else {
-        let names: Vec<&str> = receivers.iter().map(|r| r.name()).collect();
-        eprintln!(
-            "no receiver named {name:?}; configured: {}",
-            names.join(", ")
-        );
-        return Ok(ExitCode::FAILURE);
-    };
-    let now = rabbitwatch::domain::Timestamp::now().0;
-    let id = uuid::Uuid::now_v7().to_string();
-    let labels = BTreeMap::from([
-        (
-            "alertname".to_string(),
-            "RabbitwatchTestNotification".to_string(),
-        ),
-        ("severity".to_string(), "info".to_string()),
-        ("cluster".to_string(), "test".to_string()),
-    ]);
-    let alert = AlertSummary {
-        status: AlertStatus::Firing,
-        annotations: BTreeMap::from([(
-            "summary".to_string(),
-            "Test notification from rabbitwatch notify test".to_string(),
-        )]),
-        fingerprint: fingerprint(&labels),
-        labels: labels.clone(),
-        starts_at: now,
-        ends_at: None,
-        correlation_id: id.clone(),
-        values: BTreeMap::new(),
-    };
-    let n = Notification::new(
-        name,
-        "test",
-        GroupStatus::Firing,
-        BTreeMap::new(),
-        vec![alert],
-        1,
-        false,
-        now,
-    );
-    match r.deliver(&n).await {
-        Ok(_) => {
-            println!("delivered to {name} ({}), correlation_id={id}", r.kind());
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            let kind = if e.is_retriable() {
-                "transient (the daemon would retry)"
-            } else {
-                "permanent (the daemon would dead-letter it)"
-            };
-            eprintln!("delivery to {name} failed, {kind}: {e}");
-            Ok(ExitCode::FAILURE)
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        let set = |v: &'static str| Some(OsStr::new(v));
+        // (stderr is a terminal, NO_COLOR, colour)
+        let cases = [
+            (true, None, true),
+            (true, set(""), true), // empty counts as unset (no-color.org)
+            (true, set("1"), false),
+            (true, set("0"), false), // any non-empty value
+            (false, None, false),
+            (false, set(""), false),
+            (false, set("1"), false),
+        ];
+        for (terminal, no_color, want) in cases {
+            assert_eq!(
+                log_colour(terminal, no_color),
+                want,
+                "terminal={terminal} NO_COLOR={no_color:?}"
+            );
         }
     }
 }

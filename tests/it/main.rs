@@ -3,6 +3,7 @@
 
 mod alerting;
 mod broker_outage;
+mod cli;
 mod faults;
 mod muting;
 mod pipeline;

@@ -1,0 +1,527 @@
+//! The subcommands that print or talk to a running daemon: `check`, `test rules`, `status`,
+//! `silence`, `deadletters`, `notify test` and `healthcheck`.
+//!
+//! Owns what a user sees of these commands (stdout, stderr) and the exit code each one ends with.
+//! Arguments arrive already parsed (`main` owns clap); the daemon's own wiring is `app`'s, and
+//! nothing here runs inside the daemon.
+
+mod table;
+
+use std::fmt;
+use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::{self, ConfigError};
+use crate::http::QueuesBody;
+use crate::{app, domain};
+
+/// A command's standard output, written with `write!`/`writeln!`. Every write is flushed, so an
+/// error surfaces where it happens instead of in the flush at exit, where it would be lost.
+///
+/// A reader that goes away (`rabbitwatch status | head -3`) has read all it wanted: the first broken
+/// pipe marks the output closed, later writes are dropped, and the command ends as it would have,
+/// with its own exit code and nothing on stderr, as `ls | head` does (`println!` panics there).
+/// Dropping the output rather than stopping keeps a verdict honest: `test rules | head` still exits 1
+/// when a test failed, for `set -o pipefail` scripts. Restoring SIGPIPE's default action instead would
+/// end the process by a signal (status 141 in a shell, no destructors), not quietly with 0. Any other
+/// write error, such as a full disk behind `>`, is an error.
+struct Out<W: Write = io::Stdout> {
+    w: W,
+    closed: bool,
+}
+
+impl Out {
+    fn stdout() -> Out {
+        Out::to(io::stdout())
+    }
+}
+
+impl<W: Write> Out<W> {
+    fn to(w: W) -> Out<W> {
+        Out { w, closed: false }
+    }
+
+    /// Whether the reader has gone away; a command that would go on printing (`status --watch`)
+    /// stops here.
+    fn closed(&self) -> bool {
+        self.closed
+    }
+
+    /// What `write!` and `writeln!` call.
+    fn write_fmt(&mut self, args: fmt::Arguments<'_>) -> anyhow::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        match self.w.write_fmt(args).and_then(|()| self.w.flush()) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            other => other.context("cannot write to stdout"),
+        }
+    }
+}
+
+/// Loads and validates the config at `path` (or the default path). On failure every diagnostic has
+/// been printed to stderr and the exit code to end with is returned.
+pub fn load_config(path: Option<PathBuf>) -> Result<config::Config, ExitCode> {
+    let path = config::resolve_path(path);
+    config::load(&path).map_err(|e| {
+        match e {
+            ConfigError::Invalid(diags) => {
+                for d in &diags {
+                    eprintln!("{d}");
+                }
+                eprintln!("{} error(s); nothing was started", diags.len());
+            }
+            other => eprintln!("error: {other}"),
+        }
+        ExitCode::FAILURE
+    })
+}
+
+fn list_or_none(names: &[impl AsRef<str>]) -> String {
+    if names.is_empty() {
+        return "none".to_string();
+    }
+    names
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `rabbitwatch check`: the config loads, every receiver builds; with a shard, which clusters it takes.
+pub fn check(config: Option<PathBuf>, shard: Option<config::Shard>) -> anyhow::Result<ExitCode> {
+    let mut out = Out::stdout();
+    let mut cfg = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    if let Err(errs) = app::build_receivers(&cfg) {
+        for e in &errs {
+            eprintln!("{}: {e}", cfg.source.display());
+        }
+        eprintln!("{} error(s); nothing was started", errs.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    writeln!(
+        out,
+        "{}: ok ({} cluster(s), {} rule(s), {} receiver(s), listen {})",
+        cfg.source.display(),
+        cfg.clusters.len(),
+        cfg.rules.len(),
+        cfg.receivers.len(),
+        cfg.server.listen
+    )?;
+    if let Some(shard) = shard {
+        let others = cfg.keep_shard(shard);
+        let mine: Vec<&str> = cfg.clusters.iter().map(|c| c.name.as_str()).collect();
+        writeln!(
+            out,
+            "shard {shard} watches: {}; left to other shards: {}",
+            list_or_none(&mine),
+            list_or_none(&others)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rabbitwatch test rules`: runs every file, prints each failure and a count per file.
+pub fn test_rules(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let mut out = Out::stdout();
+    let (mut passed, mut failed) = (0, 0);
+    for f in files {
+        match crate::ruletest::run_file(f) {
+            Ok(report) => {
+                passed += report.passed;
+                failed += report.failures.len();
+                for failure in &report.failures {
+                    writeln!(out, "FAIL {}: {failure}", report.file.display())?;
+                }
+                writeln!(
+                    out,
+                    "{}: {} passed, {} failed",
+                    report.file.display(),
+                    report.passed,
+                    report.failures.len()
+                )?;
+            }
+            Err(diags) => {
+                failed += 1;
+                for d in diags {
+                    writeln!(out, "{d}")?;
+                }
+            }
+        }
+    }
+    writeln!(out, "{passed} passed, {failed} failed")?;
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A running daemon's API: its base URL and the token for mutating calls, if there is one.
+pub struct Daemon {
+    base: String,
+    token: Option<String>,
+}
+
+impl Daemon {
+    /// From `--url` or the config's `server.listen`; the token from the config, else
+    /// `$RABBITWATCH_API_TOKEN`. A config that does not load has printed why: its exit code is returned.
+    pub fn locate(config: Option<PathBuf>, url: Option<String>) -> Result<Daemon, ExitCode> {
+        let cfg = match (&url, config) {
+            (Some(_), None) => None,
+            (_, config) => Some(load_config(config)?),
+        };
+        let base = match url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!(
+                "http://{}",
+                cfg.as_ref().map(|c| c.server.listen).expect("loaded above")
+            ),
+        };
+        let token = cfg
+            .and_then(|c| c.server.api_token.map(|t| t.expose().to_string()))
+            .or_else(|| std::env::var("RABBITWATCH_API_TOKEN").ok());
+        Ok(Daemon { base, token })
+    }
+
+    /// From `--url`, else the config's `server.listen`; no token (for read-only commands).
+    pub fn locate_read_only(
+        config: Option<PathBuf>,
+        url: Option<String>,
+    ) -> Result<Daemon, ExitCode> {
+        let base = match url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", load_config(config)?.server.listen),
+        };
+        Ok(Daemon { base, token: None })
+    }
+}
+
+fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?)
+}
+
+/// `rabbitwatch status`: the queue table, once or (`watch`) every `interval` until Ctrl-C. With
+/// `watch`, each table replaces the last on a terminal; into a file or a pipe they follow one another,
+/// a blank line apart, without the screen-clearing codes that a terminal alone makes sense of.
+pub async fn status(daemon: &Daemon, watch: bool, interval: Duration) -> anyhow::Result<ExitCode> {
+    let mut out = Out::stdout();
+    let redraw = io::stdout().is_terminal();
+    let client = client()?;
+    let url = format!("{}/api/v1/queues", daemon.base);
+    loop {
+        let body: QueuesBody = client
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| {
+                format!("cannot reach the daemon at {url}; is `rabbitwatch run` running?")
+            })?
+            .json()
+            .await
+            .with_context(|| format!("unexpected answer from {url}"))?;
+        let table = table::render_table(body.queues);
+        if watch {
+            if redraw {
+                // Clear the screen and home the cursor, like `watch`.
+                write!(out, "\x1b[2J\x1b[H{table}")?;
+            } else {
+                writeln!(out, "{table}")?;
+            }
+            if out.closed() {
+                return Ok(ExitCode::SUCCESS);
+            }
+        } else {
+            write!(out, "{table}")?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+/// What `rabbitwatch silence` asks of the daemon.
+pub enum SilenceRequest {
+    Add(crate::http::NewSilence),
+    List,
+    Expire(String),
+}
+
+/// `rabbitwatch silence add|list|expire`; prints the silences the daemon answers with.
+pub async fn silence(daemon: &Daemon, request: SilenceRequest) -> anyhow::Result<ExitCode> {
+    let mut out = Out::stdout();
+    let client = client()?;
+    let auth = |req: reqwest::RequestBuilder| match &daemon.token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    };
+    let url = format!("{}/api/v1/silences", daemon.base);
+    let resp = match request {
+        SilenceRequest::Add(body) => auth(client.post(&url).json(&body)).send().await,
+        SilenceRequest::List => client.get(&url).send().await,
+        SilenceRequest::Expire(id) => auth(client.delete(format!("{url}/{id}"))).send().await,
+    }
+    .with_context(|| format!("cannot reach the daemon at {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        eprintln!("{status}: {text}");
+        return Ok(ExitCode::FAILURE);
+    }
+    match serde_json::from_str::<crate::http::SilencesBody>(&text) {
+        Ok(list) => {
+            let now = domain::Timestamp::now().0;
+            if list.silences.is_empty() {
+                writeln!(out, "no silences")?;
+            }
+            for s in list.silences {
+                let state = if s.is_active(now) {
+                    "active"
+                } else {
+                    "expired"
+                };
+                let left = humantime::format_duration(Duration::from_secs(
+                    (s.ends_at - now).max(0) as u64 / 1000,
+                ));
+                writeln!(
+                    out,
+                    "{}  {state:<7} ends in {left:<10} {}  {}",
+                    s.id,
+                    s.matchers.join(","),
+                    table::terminal_safe(&s.comment)
+                )?;
+            }
+        }
+        Err(_) if text.is_empty() => writeln!(out, "ok")?,
+        Err(_) => writeln!(out, "{text}")?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rabbitwatch deadletters list`.
+pub async fn deadletters_list(daemon: &Daemon) -> anyhow::Result<ExitCode> {
+    let mut out = Out::stdout();
+    let client = client()?;
+    let url = format!("{}/api/v1/deadletters", daemon.base);
+    let body: crate::http::DeadLettersBody = client
+        .get(&url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("cannot reach the daemon at {url}"))?
+        .json()
+        .await?;
+    if body.dead_letters.is_empty() {
+        writeln!(out, "no dead letters")?;
+    }
+    for d in body.dead_letters {
+        let n = &d.letter.notification;
+        let first = n.alerts.first();
+        writeln!(
+            out,
+            "{:>6}  {:<16} {:<10} attempts={} alerts={} correlation_id={} error={}",
+            d.id,
+            table::terminal_safe(&n.receiver),
+            d.letter.reason,
+            d.letter.attempts,
+            n.alerts.len(),
+            first.map_or("-", |a| a.correlation_id.as_str()),
+            table::terminal_safe(&d.letter.error)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rabbitwatch deadletters replay ID`.
+pub async fn deadletters_replay(daemon: &Daemon, id: u64) -> anyhow::Result<ExitCode> {
+    let mut out = Out::stdout();
+    let client = client()?;
+    let url = format!("{}/api/v1/deadletters/{id}/replay", daemon.base);
+    let mut req = client.post(&url);
+    if let Some(t) = &daemon.token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the daemon at {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if status.is_success() {
+        writeln!(out, "replaying dead letter {id}: {text}")?;
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("replay of {id} refused: {status}: {text}");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `rabbitwatch notify test`: one synthetic firing notification straight through receiver `name`
+/// (no outbox, no retries), and what the daemon would have made of the outcome.
+pub async fn notify_test(cfg: &config::Config, name: &str) -> anyhow::Result<ExitCode> {
+    use crate::domain::{AlertStatus, AlertSummary, GroupStatus, Notification, fingerprint};
+    use std::collections::BTreeMap;
+    let mut out = Out::stdout();
+    let receivers = app::build_receivers(cfg).map_err(|e| {
+        anyhow::anyhow!(
+            e.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
+    let Some(r) = receivers.iter().find(|r| r.name() == name) else {
+        let names: Vec<&str> = receivers.iter().map(|r| r.name()).collect();
+        eprintln!(
+            "no receiver named {name:?}; configured: {}",
+            names.join(", ")
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    let now = domain::Timestamp::now().0;
+    let id = uuid::Uuid::now_v7().to_string();
+    let labels = BTreeMap::from([
+        (
+            "alertname".to_string(),
+            "RabbitwatchTestNotification".to_string(),
+        ),
+        ("severity".to_string(), "info".to_string()),
+        ("cluster".to_string(), "test".to_string()),
+    ]);
+    let alert = AlertSummary {
+        status: AlertStatus::Firing,
+        annotations: BTreeMap::from([(
+            "summary".to_string(),
+            "Test notification from rabbitwatch notify test".to_string(),
+        )]),
+        fingerprint: fingerprint(&labels),
+        labels,
+        starts_at: now,
+        ends_at: None,
+        correlation_id: id.clone(),
+        values: BTreeMap::new(),
+    };
+    let n = Notification::new(
+        name,
+        "test",
+        GroupStatus::Firing,
+        BTreeMap::new(),
+        vec![alert],
+        1,
+        false,
+        now,
+    );
+    match r.deliver(&n).await {
+        Ok(_) => {
+            writeln!(
+                out,
+                "delivered to {name} ({}), correlation_id={id}",
+                r.kind()
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let kind = if e.is_retriable() {
+                "transient (the daemon would retry)"
+            } else {
+                "permanent (the daemon would dead-letter it)"
+            };
+            eprintln!("delivery to {name} failed, {kind}: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `rabbitwatch healthcheck`: exit 0 if `url` answers 2xx; otherwise say why on stderr and exit 1.
+pub async fn healthcheck(url: &str) -> anyhow::Result<ExitCode> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    match client.get(url).send().await {
+        Ok(r) if r.status().is_success() => Ok(ExitCode::SUCCESS),
+        Ok(r) => {
+            eprintln!(
+                "unhealthy: {url} answered {}: {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {url}: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepts `room` writes, then fails every later one with `error`.
+    struct Reader {
+        written: Vec<u8>,
+        room: usize,
+        error: io::ErrorKind,
+    }
+
+    impl Write for Reader {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(self.error.into());
+            }
+            self.room -= 1;
+            self.written.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn out(room: usize, error: io::ErrorKind) -> Out<Reader> {
+        Out::to(Reader {
+            written: Vec::new(),
+            room,
+            error,
+        })
+    }
+
+    #[test]
+    fn a_reader_that_went_away_ends_the_output_quietly() {
+        let mut out = out(1, io::ErrorKind::BrokenPipe);
+        writeln!(out, "first").expect("written");
+        assert!(!out.closed());
+        writeln!(out, "second").expect("a broken pipe is not an error");
+        assert!(out.closed());
+        writeln!(out, "third").expect("nor is anything after it");
+        assert_eq!(out.w.written, b"first\n");
+    }
+
+    #[test]
+    fn other_write_errors_are_errors() {
+        let mut out = out(0, io::ErrorKind::StorageFull);
+        let e = writeln!(out, "x").expect_err("a full disk is an error");
+        assert!(
+            format!("{e:#}").starts_with("cannot write to stdout"),
+            "{e:#}"
+        );
+        assert!(!out.closed());
+    }
+}
