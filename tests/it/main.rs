@@ -3,6 +3,7 @@
 
 mod alerting;
 mod broker_outage;
+mod defaults;
 mod faults;
 mod muting;
 mod pipeline;
