@@ -107,7 +107,6 @@ const MAY_USE: &[(&str, &[&str])] = &[
             "export",
             "http",
             "config",
-            "console",
             "app",
         ],
     ),

@@ -991,3 +991,102 @@ mod parser_tests {
         parse_metrics("m{queue=\"a\\tb\"} 1\n");
     }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// More traffic, and more ways to reach the daemon
+
+/// Declares `queue` and consumes from it with prefetch 1, rejecting every delivery with `requeue` at
+/// a steady `per_second`: a consumer that cannot handle its messages and puts them straight back, so
+/// the broker redelivers them (a hot requeue loop). Counts the rejections.
+pub async fn requeue_at_rate(amqp_url: &str, queue: &str, per_second: u32) -> Traffic {
+    let (connection, channel) = connect(amqp_url).await;
+    declare_on(&channel, queue).await;
+    channel
+        .basic_qos(1, BasicQosOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("setting prefetch 1: {e}"));
+    let (consumer, mut deliveries) = subscribe(&channel, queue).await;
+    let queue = queue.to_owned();
+    Traffic::spawn(
+        format!("consumer requeueing from {queue:?} at {per_second}/s"),
+        move |mut stopped, rejected| async move {
+            let _subscription = consumer;
+            let mut pacer = pacer(per_second);
+            loop {
+                let delivery = tokio::select! {
+                    _ = &mut stopped => break,
+                    delivery = deliveries.recv() => delivery,
+                };
+                let Some(delivery) = next_message(delivery, &queue)? else {
+                    break;
+                };
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = pacer.tick() => {}
+                }
+                let requeue = lapin::options::BasicRejectOptions { requeue: true };
+                delivery
+                    .reject(requeue)
+                    .await
+                    .map_err(|e| format!("rejecting on {queue:?}: {e}"))?;
+                rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            close(&connection).await;
+            Ok(())
+        },
+    )
+}
+
+impl Daemon {
+    /// The config file the daemon runs on (`run --config` this path); rewriting it and sending
+    /// `SIGHUP` is how an operator changes rules without a restart.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join(CONFIG_FILE)
+    }
+
+    /// Sends `signal` (e.g. `"HUP"`) to the daemon with kill(1), as an operator or a supervisor's
+    /// reload hook would.
+    pub fn send_signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("running kill -{signal}: {e}"));
+        assert!(status.success(), "kill -{signal} failed: {status}");
+    }
+}
+
+impl Daemon {
+    /// Like `start_with_files`, but returns as soon as the process is spawned, without waiting for
+    /// `/healthz`: for tests about what the daemon does while it is still starting. `until_healthy`
+    /// then waits for it.
+    pub fn spawn_with_files(config_yaml: &str, files: &[(&str, &str)]) -> Daemon {
+        let listen = regex::Regex::new(r"(?m)^\s+listen:\s*(\S+)\s*$")
+            .expect("a valid regex")
+            .captures(config_yaml)
+            .map(|found| found[1].to_owned())
+            .expect("the config sets server.listen");
+        let dir = tempfile::Builder::new()
+            .prefix("rabbitwatch-it-")
+            .tempdir()
+            .expect("creating the daemon's temp dir");
+        std::fs::write(dir.path().join(CONFIG_FILE), config_yaml).expect("writing the config");
+        for (name, contents) in files {
+            std::fs::write(dir.path().join(name), contents)
+                .unwrap_or_else(|e| panic!("writing {name} beside the config: {e}"));
+        }
+        let child = spawn_daemon(dir.path(), &[]);
+        Daemon {
+            child,
+            dir,
+            base_url: format!("http://{listen}"),
+            http: http_client(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Waits up to `within` for `/healthz` to answer 200; panics if the daemon exits first.
+    pub async fn until_healthy(&mut self, within: Duration) {
+        self.wait_until_healthy(within).await;
+    }
+}
