@@ -275,6 +275,11 @@ async fn probe_store(store: Arc<Store>) {
 const DISPATCH_TICK: Duration = Duration::from_secs(1);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // SIGHUP's default action ends the process: take it over before the (possibly slow) start-up
+    // checks, so a `systemctl reload` during start-up is a reload once the daemon runs, not a kill.
+    // SIGTERM keeps its default until then: stopping a daemon that is still starting is fine.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot handle SIGHUP")?;
     std::fs::create_dir_all(&config.state.path).with_context(|| {
         format!(
             "cannot create state directory {}",
@@ -447,7 +452,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
     ));
 
-    wait_for_shutdown(reloader.clone()).await;
+    wait_for_shutdown(hup, reloader.clone()).await;
     info!("shutting down");
     // Loops stop beating from here on; that is not a stuck loop.
     stopping.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -513,12 +518,13 @@ fn reload(
     ))
 }
 
-async fn wait_for_shutdown(reload: Arc<dyn Fn() -> Result<String, String> + Send + Sync>) {
+/// Until SIGTERM or Ctrl-C; every SIGHUP (one received during start-up included) reloads.
+async fn wait_for_shutdown(
+    mut hup: tokio::signal::unix::Signal,
+    reload: Arc<dyn Fn() -> Result<String, String> + Send + Sync>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
         let _ = tokio::signal::ctrl_c().await;
         return;
     };

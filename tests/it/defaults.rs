@@ -442,9 +442,6 @@ async fn sighup_swaps_in_the_edited_rules_and_a_broken_file_keeps_the_running_on
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: app::run installs the SIGHUP handler (wait_for_shutdown) only after the start-up \
-            checks, store and HTTP server, so a SIGHUP while starting kills the daemon (default \
-            disposition); remove this once the handler is installed first"]
 async fn sighup_during_the_start_up_checks_does_not_kill_the_daemon() {
     let vhost = TestVhost::create().await;
     let api = FaultyApi::start().await;
