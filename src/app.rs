@@ -18,9 +18,9 @@ use crate::http::{HttpState, router};
 use crate::liveness::{Beat, EXIT_STUCK, Liveness, Verdict};
 use crate::outbox::{self, Pacer, ReceiverStats, Stats};
 use crate::receivers::{
-    EmailReceiver, InvalidReceiver, LogReceiver, Receiver, SlackReceiver, WebhookReceiver,
+    EmailReceiver, InvalidReceiver, LogReceiver, Reason, Receiver, SlackReceiver, WebhookReceiver,
 };
-use crate::scrape::Scraper;
+use crate::scrape::{ScrapeReason, Scraper};
 use crate::store::Store;
 use crate::view::{ClusterHandle, CycleEvent, Tracker};
 
@@ -41,7 +41,7 @@ async fn startup_checks(
             Err(e) => {
                 let hint = match &e {
                     crate::scrape::AccessProblem::Scrape(se) => match se.reason() {
-                        "connect" | "timeout" => {
+                        ScrapeReason::Connect | ScrapeReason::Timeout => {
                             " (is the management plugin enabled? rabbitmq-plugins enable rabbitmq_management)"
                         }
                         _ => "",
@@ -108,13 +108,13 @@ async fn startup_checks(
 /// What to do about a failed receiver check, by what failed.
 fn receiver_hint(r: &Receiver, e: &crate::receivers::DeliveryError) -> &'static str {
     match (r, e.reason()) {
-        (Receiver::Slack(_), "slack_api") => {
+        (Receiver::Slack(_), Reason::SlackApi) => {
             " (check the token in bot_token_file: wrong, revoked or missing scopes)"
         }
         (Receiver::Slack(_), _) => {
             " (is the Slack API reachable from here? check api_url and proxies)"
         }
-        (Receiver::Email(_), "connect" | "timeout" | "transport") => {
+        (Receiver::Email(_), Reason::Connect | Reason::Timeout | Reason::Transport) => {
             " (is an SMTP server listening at smtp_url, and reachable from here?)"
         }
         (Receiver::Email(_), _) => " (check smtp_url, its tls mode and the credentials)",
@@ -567,7 +567,7 @@ fn log_cycle_event(event: CycleEvent) {
             "broker lists queues without statistics (a node starting, or management_agent.disable_metrics_collector): their last known figures are shown, queues never seen with figures are left out"
         ),
         CycleEvent::Failed { reason, error } => {
-            warn!(reason, error = %error, "scrape failed; keeping history, no samples this cycle")
+            warn!(reason = reason.as_str(), error = %error, "scrape failed; keeping history, no samples this cycle")
         }
         CycleEvent::Overran { took, skipped } => warn!(
             took_ms = took.as_millis() as u64,

@@ -437,3 +437,52 @@ impl Engine {
         }));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(dir: &std::path::Path) -> (Arc<Store>, Engine) {
+        let store = Arc::new(Store::open(dir).unwrap());
+        let alerting = Alerting {
+            rules: RuleSet::default(),
+            dispatch: None,
+            inhibit: Vec::new(),
+        };
+        let engine = Engine::new(store.clone(), alerting, Vec::new(), Duration::ZERO).unwrap();
+        (store, engine)
+    }
+
+    fn silence(ends_at: i64) -> Silence {
+        Silence {
+            id: "s1".into(),
+            matchers: vec!["alertname=Backlog".into()],
+            starts_at: 0,
+            ends_at,
+            created_by: String::new(),
+            comment: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silence_the_store_cannot_take_is_unavailable_not_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, engine) = engine(dir.path());
+        assert!(matches!(
+            engine.add_silence(silence(0)).await,
+            Err(SilenceError::Invalid(_))
+        ));
+        store.close_for_test();
+        match engine.add_silence(silence(1_000)).await {
+            Err(SilenceError::Unavailable(e)) => assert!(e.is_unavailable(), "{e}"),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        assert!(
+            engine.silences().is_empty(),
+            "nothing kept that was not stored"
+        );
+        store.probe();
+        engine.add_silence(silence(1_000)).await.unwrap();
+        assert_eq!(store.silences().unwrap().len(), 1);
+    }
+}

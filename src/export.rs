@@ -381,7 +381,7 @@ pub fn render_chunked(
         for (reason, n) in &c.errors_total {
             o.sample(
                 "rabbitwatch_scrape_errors_total",
-                &format!("{l},{}", label("reason", reason)),
+                &format!("{l},{}", label("reason", reason.as_str())),
                 *n as f64,
             );
         }

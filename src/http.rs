@@ -281,7 +281,7 @@ struct ClusterStatus {
     queues_truncated: usize,
     queues_stats_pending: usize,
     nodes: usize,
-    scrape_errors: std::collections::BTreeMap<&'static str, u64>,
+    scrape_errors: std::collections::BTreeMap<crate::scrape::ScrapeReason, u64>,
 }
 
 #[derive(Serialize)]

@@ -46,8 +46,8 @@ const MAY_USE: &[(&str, &[&str])] = &[
     (
         "http",
         &[
-            "domain", "process", "snapshot", "analysis", "view", "alerts", "engine", "export",
-            "liveness", "outbox", "store",
+            "domain", "process", "snapshot", "scrape", "analysis", "view", "alerts", "engine",
+            "export", "liveness", "outbox", "store",
         ],
     ),
     (

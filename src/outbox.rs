@@ -315,7 +315,7 @@ async fn deliver_due(pass: &Pass<'_>) -> Result<Option<i64>, StoreError> {
                 match decision {
                     AfterFailure::DeadLetter(why) => {
                         let why = why.as_str();
-                        warn!(receiver = receiver.name(), correlation_id, reason = err.reason(), error = %err, attempts = entry.attempts, why, "notification dead-lettered");
+                        warn!(receiver = receiver.name(), correlation_id, reason = err.reason().as_str(), error = %err, attempts = entry.attempts, why, "notification dead-lettered");
                         let letter = DeadLetter {
                             notification: entry.notification,
                             attempts: entry.attempts,
@@ -334,7 +334,7 @@ async fn deliver_due(pass: &Pass<'_>) -> Result<Option<i64>, StoreError> {
                         let (next, attempts) = (entry.next_attempt_at, entry.attempts);
                         on_disk(store, move |s| s.reschedule(id, &entry)).await?;
                         stats.retried.fetch_add(1, Ordering::Relaxed);
-                        warn!(receiver = receiver.name(), correlation_id, reason = err.reason(), error = %err, attempts, retry_in_ms = wait.as_millis() as u64, "notification failed; will retry");
+                        warn!(receiver = receiver.name(), correlation_id, reason = err.reason().as_str(), error = %err, attempts, retry_in_ms = wait.as_millis() as u64, "notification failed; will retry");
                         blocked.insert(group);
                         next_due = Some(next_due.map_or(next, |n| n.min(next)));
                     }

@@ -120,19 +120,57 @@ pub enum AccessProblem {
     NotMonitoring { tags: Vec<String> },
 }
 
-impl ScrapeError {
-    /// A short, low-cardinality label for `rabbitwatch_scrape_errors_total{reason}`.
-    pub fn reason(&self) -> &'static str {
+/// Why a scrape failed, in a word: the label of `rabbitwatch_scrape_errors_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScrapeReason {
+    /// The connection failed, whether before or after it was made.
+    Connect,
+    Timeout,
+    Auth,
+    #[serde(rename = "http_5xx")]
+    Http5xx,
+    #[serde(rename = "http_4xx")]
+    Http4xx,
+    Decode,
+    TooLarge,
+    Client,
+}
+
+impl ScrapeReason {
+    pub fn as_str(self) -> &'static str {
         match self {
-            // One label for "the connection failed", whether before or after it was made.
-            ScrapeError::Connect { .. } | ScrapeError::Transport { .. } => "connect",
-            ScrapeError::Timeout { .. } | ScrapeError::CycleDeadline { .. } => "timeout",
-            ScrapeError::Auth { .. } => "auth",
-            ScrapeError::Http { status, .. } if *status >= 500 => "http_5xx",
-            ScrapeError::Http { .. } => "http_4xx",
-            ScrapeError::Decode { .. } => "decode",
-            ScrapeError::TooLarge { .. } => "too_large",
-            ScrapeError::Client(_) => "client",
+            ScrapeReason::Connect => "connect",
+            ScrapeReason::Timeout => "timeout",
+            ScrapeReason::Auth => "auth",
+            ScrapeReason::Http5xx => "http_5xx",
+            ScrapeReason::Http4xx => "http_4xx",
+            ScrapeReason::Decode => "decode",
+            ScrapeReason::TooLarge => "too_large",
+            ScrapeReason::Client => "client",
+        }
+    }
+}
+
+impl std::fmt::Display for ScrapeReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ScrapeError {
+    pub fn reason(&self) -> ScrapeReason {
+        match self {
+            ScrapeError::Connect { .. } | ScrapeError::Transport { .. } => ScrapeReason::Connect,
+            ScrapeError::Timeout { .. } | ScrapeError::CycleDeadline { .. } => {
+                ScrapeReason::Timeout
+            }
+            ScrapeError::Auth { .. } => ScrapeReason::Auth,
+            ScrapeError::Http { status, .. } if *status >= 500 => ScrapeReason::Http5xx,
+            ScrapeError::Http { .. } => ScrapeReason::Http4xx,
+            ScrapeError::Decode { .. } => ScrapeReason::Decode,
+            ScrapeError::TooLarge { .. } => ScrapeReason::TooLarge,
+            ScrapeError::Client(_) => ScrapeReason::Client,
         }
     }
 }
@@ -731,6 +769,23 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrape_reasons_read_the_same_in_metrics_and_the_api() {
+        for r in [
+            ScrapeReason::Connect,
+            ScrapeReason::Timeout,
+            ScrapeReason::Auth,
+            ScrapeReason::Http5xx,
+            ScrapeReason::Http4xx,
+            ScrapeReason::Decode,
+            ScrapeReason::TooLarge,
+            ScrapeReason::Client,
+        ] {
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+        }
+    }
 
     fn all() -> NameFilter {
         NameFilter {

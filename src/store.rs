@@ -302,6 +302,14 @@ impl Store {
     }
 }
 
+impl Store {
+    /// What a failed reopen leaves behind: every operation fails as unavailable until `probe`.
+    #[cfg(test)]
+    pub(crate) fn close_for_test(&self) {
+        *self.db.write().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
 fn open_db(path: &Path) -> Result<Database, StoreError> {
     let db = Database::create(path).map_err(|e| StoreError::Open {
         path: path.to_path_buf(),

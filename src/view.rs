@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::analysis::{self, Latest, Params, QueueHealth};
 use crate::domain::{QueueKey, StatsMode, Timestamp};
-use crate::scrape::ScrapeError;
+use crate::scrape::{ScrapeError, ScrapeReason};
 use crate::snapshot::{NodeSample, QueueSample, Snapshot, Window};
 
 #[derive(Debug)]
@@ -27,7 +27,7 @@ pub struct QueueView {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct LastError {
-    pub reason: &'static str,
+    pub reason: ScrapeReason,
     pub message: String,
     pub at: i64,
 }
@@ -49,7 +49,7 @@ pub struct ClusterView {
     /// Queues the last listing had with statistics pending: shown with their last known figures,
     /// or left out when there are none.
     pub stats_pending: usize,
-    pub errors_total: BTreeMap<&'static str, u64>,
+    pub errors_total: BTreeMap<ScrapeReason, u64>,
     pub skipped_total: u64,
 }
 
@@ -94,7 +94,7 @@ pub enum CycleEvent {
     /// The broker started listing queues without statistics.
     StatsPending { pending: usize, listed: usize },
     /// The scrape failed; the history is kept, no samples this cycle.
-    Failed { reason: &'static str, error: String },
+    Failed { reason: ScrapeReason, error: String },
     /// The cycle took longer than the poll interval: these ticks are skipped.
     Overran { took: Duration, skipped: u32 },
 }
@@ -603,15 +603,15 @@ mod tests {
         assert!(!v3.up);
         assert_eq!(v3.queues.len(), 1, "queues never vanish on a failed scrape");
         assert_eq!(v3.last_success, v2.last_success);
-        assert_eq!(v3.errors_total.get("connect"), Some(&1));
+        assert_eq!(v3.errors_total.get(&ScrapeReason::Connect), Some(&1));
         assert_eq!(kinds(&ev), ["Failed"]);
         let (v4, _) = t.next_view(&v3, Err(refused()), fast, Timestamp(30_000));
-        assert_eq!(v4.errors_total.get("connect"), Some(&2));
+        assert_eq!(v4.errors_total.get(&ScrapeReason::Connect), Some(&2));
 
         // 4. back: reachable again, the error counts kept
         let (v5, ev) = t.next_view(&v4, Ok(snapshot(40, &[("a", 9)])), fast, Timestamp(40_000));
         assert!(v5.up && v5.last_error.is_none());
-        assert_eq!(v5.errors_total.get("connect"), Some(&2));
+        assert_eq!(v5.errors_total.get(&ScrapeReason::Connect), Some(&2));
         assert_eq!(kinds(&ev), ["Reachable"]);
 
         // 5. depth-only, truncated and stats-pending listings; depth-only and pending said once

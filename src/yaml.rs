@@ -185,6 +185,16 @@ fn content_indent(line: &str) -> Option<(usize, bool)> {
     Some((col, item))
 }
 
+/// What is wrong with a regex, in one line: the last line of `regex`'s multi-line message.
+pub fn regex_problem(e: &regex::Error) -> String {
+    e.to_string()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 /// Every problem found in one file, each at its `file:line:col`: the one collector the config, rule
 /// and rule-test loaders report through (and each receiver's validation, through `Values`).
 #[derive(Debug)]
@@ -358,13 +368,7 @@ impl<'a> Values<'a> {
         match Regex::new(&text) {
             Ok(re) => Some(re),
             Err(e) => {
-                let detail = e
-                    .to_string()
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
+                let detail = regex_problem(&e);
                 self.error_at(s, format!("{key}: invalid regex {text:?}: {detail}"));
                 None
             }

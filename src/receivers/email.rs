@@ -20,8 +20,8 @@ use serde::Deserialize;
 
 use super::{
     AlertStatus, AlertSummary, Delivered, DeliveryError, GroupStatus, InvalidReceiver,
-    Notification, correlation_ids, describe_entity, format_number, headline, rfc3339_millis,
-    value_lines,
+    Notification, Reason, correlation_ids, describe_entity, format_number, headline,
+    rfc3339_millis, value_lines,
 };
 use crate::domain::Secret;
 use crate::yaml::{S, Values};
@@ -320,7 +320,7 @@ impl EmailReceiver {
         match self.transport.test_connection().await {
             Ok(true) => Ok(()),
             Ok(false) => Err(DeliveryError::Transient {
-                reason: "connect",
+                reason: Reason::Connect,
                 message: format!("{}: the server did not answer NOOP", self.server),
                 retry_after: None,
             }),
@@ -375,7 +375,7 @@ impl EmailReceiver {
         let message = builder
             .body(render_body(n))
             .map_err(|e| DeliveryError::Permanent {
-                reason: "invalid_message",
+                reason: Reason::InvalidMessage,
                 message: e.to_string(),
             })?;
         Ok((message, message_id))
@@ -559,25 +559,25 @@ fn classify_smtp(server: &str, e: &lettre::transport::smtp::Error) -> DeliveryEr
     };
     if e.is_permanent() {
         DeliveryError::Permanent {
-            reason: "smtp_5xx",
+            reason: Reason::Smtp5xx,
             message,
         }
     } else if e.is_transient() {
-        transient("smtp_4xx")
+        transient(Reason::Smtp4xx)
     } else if e.is_timeout() {
-        transient("timeout")
+        transient(Reason::Timeout)
     } else if e.is_tls() {
-        transient("tls")
+        transient(Reason::Tls)
     } else if e.is_client() {
         // Our side cannot talk to this server (no common auth mechanism, …): a configuration matter.
         DeliveryError::Permanent {
-            reason: "smtp_client",
+            reason: Reason::SmtpClient,
             message,
         }
     } else if e.is_response() {
-        transient("smtp_response")
+        transient(Reason::SmtpResponse)
     } else {
-        transient("connect")
+        transient(Reason::Connect)
     }
 }
 

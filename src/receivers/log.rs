@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use tokio::io::AsyncWriteExt;
 
-use super::{Delivered, DeliveryError, Notification};
+use super::{Delivered, DeliveryError, Notification, Reason};
 use crate::yaml::{S, Values};
 
 #[derive(Clone, Debug, Default)]
@@ -91,7 +91,7 @@ impl LogReceiver {
                 .as_ref()
                 .map_or("stdout".to_owned(), |p| p.display().to_string());
             DeliveryError::Transient {
-                reason: "io",
+                reason: Reason::Io,
                 message: format!("writing to {target}: {e}"),
                 retry_after: None,
             }
@@ -168,6 +168,6 @@ mod tests {
         );
         let e = receiver.deliver(&notification("k")).await.unwrap_err();
         assert!(e.is_retriable());
-        assert_eq!(e.reason(), "io");
+        assert_eq!(e.reason(), Reason::Io);
     }
 }

@@ -12,23 +12,74 @@ pub struct Delivered {
     pub handle: Option<String>,
 }
 
+/// Why a delivery failed, in a word or two: the `reason` of logs and dead letters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    Connect,
+    Transport,
+    Timeout,
+    RateLimited,
+    Http4xx,
+    Http5xx,
+    HttpStatus,
+    InvalidRequest,
+    InvalidResponse,
+    InvalidMessage,
+    Redirect,
+    SlackApi,
+    Smtp5xx,
+    SmtpClient,
+    Smtp4xx,
+    SmtpResponse,
+    Tls,
+    Io,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Connect => "connect",
+            Reason::Transport => "transport",
+            Reason::Timeout => "timeout",
+            Reason::RateLimited => "rate_limited",
+            Reason::Http4xx => "http_4xx",
+            Reason::Http5xx => "http_5xx",
+            Reason::HttpStatus => "http_status",
+            Reason::InvalidRequest => "invalid_request",
+            Reason::InvalidResponse => "invalid_response",
+            Reason::InvalidMessage => "invalid_message",
+            Reason::Redirect => "redirect",
+            Reason::SlackApi => "slack_api",
+            Reason::Smtp5xx => "smtp_5xx",
+            Reason::SmtpClient => "smtp_client",
+            Reason::Smtp4xx => "smtp_4xx",
+            Reason::SmtpResponse => "smtp_response",
+            Reason::Tls => "tls",
+            Reason::Io => "io",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A failed delivery, classified. Only the outbox decides what to do with it.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum DeliveryError {
     /// Worth retrying: timeouts, connection errors, 5xx, 408, 429 (with the server's `Retry-After`).
     #[error("{reason}: {message}")]
     Transient {
-        reason: &'static str,
+        reason: Reason,
         message: String,
         retry_after: Option<Duration>,
     },
     /// Retrying cannot help (fail early): 4xx, Slack `invalid_payload`/`channel_not_found`/`invalid_auth`,
     /// SMTP 5xx, a malformed address. Goes straight to dead letters.
     #[error("{reason}: {message}")]
-    Permanent {
-        reason: &'static str,
-        message: String,
-    },
+    Permanent { reason: Reason, message: String },
 }
 
 impl DeliveryError {
@@ -44,10 +95,10 @@ impl DeliveryError {
     }
 
     /// Low-cardinality label for metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
             DeliveryError::Transient { reason, .. } | DeliveryError::Permanent { reason, .. } => {
-                reason
+                *reason
             }
         }
     }
@@ -169,27 +220,27 @@ pub(crate) fn classify_http_status(
     let message = format!("HTTP {}: {}", status.as_u16(), snippet(body));
     match status.as_u16() {
         429 => DeliveryError::Transient {
-            reason: "rate_limited",
+            reason: Reason::RateLimited,
             message,
             retry_after: retry_after(headers),
         },
         408 => DeliveryError::Transient {
-            reason: "timeout",
+            reason: Reason::Timeout,
             message,
             retry_after: retry_after(headers),
         },
         500..=599 => DeliveryError::Transient {
-            reason: "http_5xx",
+            reason: Reason::Http5xx,
             message,
             retry_after: retry_after(headers),
         },
         400..=499 => DeliveryError::Permanent {
-            reason: "http_4xx",
+            reason: Reason::Http4xx,
             message,
         },
         // 1xx/3xx that reqwest did not resolve: a misconfigured URL, not a passing fault.
         _ => DeliveryError::Permanent {
-            reason: "http_status",
+            reason: Reason::HttpStatus,
             message,
         },
     }
@@ -205,21 +256,21 @@ pub(crate) fn classify_http_transport(e: reqwest::Error) -> DeliveryError {
         retry_after: None,
     };
     if e.is_timeout() {
-        transient("timeout")
+        transient(Reason::Timeout)
     } else if e.is_connect() {
-        transient("connect")
+        transient(Reason::Connect)
     } else if e.is_builder() {
         DeliveryError::Permanent {
-            reason: "invalid_request",
+            reason: Reason::InvalidRequest,
             message: e.to_string(),
         }
     } else if e.is_redirect() {
         DeliveryError::Permanent {
-            reason: "redirect",
+            reason: Reason::Redirect,
             message: e.to_string(),
         }
     } else {
-        transient("transport")
+        transient(Reason::Transport)
     }
 }
 
@@ -405,17 +456,17 @@ mod tests {
     #[test]
     fn http_statuses_are_classified_as_the_design_says() {
         let none = HeaderMap::new();
-        let cases: &[(u16, bool, &str)] = &[
-            (400, false, "http_4xx"),
-            (401, false, "http_4xx"),
-            (403, false, "http_4xx"),
-            (404, false, "http_4xx"),
-            (410, false, "http_4xx"),
-            (408, true, "timeout"),
-            (429, true, "rate_limited"),
-            (500, true, "http_5xx"),
-            (502, true, "http_5xx"),
-            (503, true, "http_5xx"),
+        let cases: &[(u16, bool, Reason)] = &[
+            (400, false, Reason::Http4xx),
+            (401, false, Reason::Http4xx),
+            (403, false, Reason::Http4xx),
+            (404, false, Reason::Http4xx),
+            (410, false, Reason::Http4xx),
+            (408, true, Reason::Timeout),
+            (429, true, Reason::RateLimited),
+            (500, true, Reason::Http5xx),
+            (502, true, Reason::Http5xx),
+            (503, true, Reason::Http5xx),
         ];
         for (status, retriable, reason) in cases {
             let e = classify_http_status(StatusCode::from_u16(*status).unwrap(), &none, "x");

@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 
 use super::{
     AlertStatus, AlertSummary, Delivered, DeliveryError, GroupStatus, InvalidReceiver,
-    Notification, classify_http_status, classify_http_transport, correlation_ids, describe_entity,
-    header_safe, headline, retry_after, snippet, value_lines,
+    Notification, Reason, classify_http_status, classify_http_transport, correlation_ids,
+    describe_entity, header_safe, headline, retry_after, snippet, value_lines,
 };
 use crate::domain::Secret;
 use crate::yaml::{S, Values};
@@ -149,19 +149,19 @@ const PERMANENT_ERRORS: &[&str] = &[
 pub fn classify_slack_error(code: &str, retry_after: Option<Duration>) -> DeliveryError {
     if matches!(code, "ratelimited" | "rate_limited") {
         return DeliveryError::Transient {
-            reason: "rate_limited",
+            reason: Reason::RateLimited,
             message: code.to_owned(),
             retry_after,
         };
     }
     if PERMANENT_ERRORS.contains(&code) {
         return DeliveryError::Permanent {
-            reason: "slack_api",
+            reason: Reason::SlackApi,
             message: code.to_owned(),
         };
     }
     DeliveryError::Transient {
-        reason: "slack_api",
+        reason: Reason::SlackApi,
         message: if code.is_empty() {
             "ok:false without an error code".to_owned()
         } else {
@@ -540,7 +540,7 @@ impl SlackReceiver {
         }
         let answer: ApiAnswer = serde_json::from_str(&text).map_err(|e| {
             CallError::Delivery(DeliveryError::Transient {
-                reason: "invalid_response",
+                reason: Reason::InvalidResponse,
                 message: format!("{method}: not a Slack answer ({e}): {}", snippet(&text)),
                 retry_after: None,
             })
@@ -1063,7 +1063,7 @@ mod tests {
             assert_eq!(e.to_string(), format!("slack_api: {code}"));
         }
         let limited = classify_slack_error("ratelimited", Some(Duration::from_secs(3)));
-        assert_eq!(limited.reason(), "rate_limited");
+        assert_eq!(limited.reason(), Reason::RateLimited);
         assert_eq!(limited.retry_after(), Some(Duration::from_secs(3)));
         assert!(classify_slack_error("internal_error", None).is_retriable());
     }

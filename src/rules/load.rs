@@ -289,13 +289,7 @@ impl Compiler<'_> {
             match Regex::new(&format!("^(?:{})$", re.value)) {
                 Ok(compiled) => select.push((on, compiled)),
                 Err(e) => {
-                    let detail = e
-                        .to_string()
-                        .lines()
-                        .last()
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string();
+                    let detail = crate::yaml::regex_problem(&e);
                     self.error_at(
                         re,
                         format!("select.{key}: invalid regex {:?}: {detail}", re.value),

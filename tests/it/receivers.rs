@@ -118,13 +118,13 @@ fn slack_webhook(fake: &FakeHttp) -> SlackReceiver {
 
 fn transient_with(e: &DeliveryError, reason: &str, retry_after: Option<Duration>) {
     assert!(e.is_retriable(), "expected transient {reason}, got {e:?}");
-    assert_eq!(e.reason(), reason, "{e:?}");
+    assert_eq!(e.reason().as_str(), reason, "{e:?}");
     assert_eq!(e.retry_after(), retry_after, "{e:?}");
 }
 
 fn permanent_with(e: &DeliveryError, reason: &str, message_contains: &str) {
     assert!(!e.is_retriable(), "expected permanent {reason}, got {e:?}");
-    assert_eq!(e.reason(), reason, "{e:?}");
+    assert_eq!(e.reason().as_str(), reason, "{e:?}");
     assert!(e.to_string().contains(message_contains), "{e}");
 }
 
@@ -241,7 +241,10 @@ async fn slack_web_api_errors_are_classified_by_whether_retrying_can_help() {
 
     fake.set(post, Mode::SlackError("ratelimited"));
     let e = slack.deliver(&firing).await.unwrap_err();
-    assert!(e.is_retriable() && e.reason() == "rate_limited", "{e:?}");
+    assert!(
+        e.is_retriable() && e.reason().as_str() == "rate_limited",
+        "{e:?}"
+    );
 
     // Every attempt carried the idempotency key.
     for request in fake.requests() {
@@ -601,7 +604,7 @@ async fn email_refusals_are_classified_by_reply_code() {
         reject(&sink, code);
         let e = email(&sink.url()).deliver(&n).await.unwrap_err();
         assert_eq!(e.is_retriable(), retriable, "{code}: {e:?}");
-        assert_eq!(e.reason(), reason, "{code}: {e:?}");
+        assert_eq!(e.reason().as_str(), reason, "{code}: {e:?}");
         assert!(sink.messages().is_empty());
     }
 }
@@ -616,5 +619,5 @@ async fn email_to_a_server_that_is_not_there_is_transient() {
         .await
         .unwrap_err();
     assert!(e.is_retriable(), "{e:?}");
-    assert_eq!(e.reason(), "connect", "{e:?}");
+    assert_eq!(e.reason().as_str(), "connect", "{e:?}");
 }
