@@ -256,6 +256,18 @@ pub fn build_receivers(config: &Config) -> Result<Vec<Receiver>, Vec<InvalidRece
     }
 }
 
+/// `build_receivers`, every problem in one error.
+pub fn receivers(config: &Config) -> anyhow::Result<Vec<Receiver>> {
+    build_receivers(config).map_err(|errs| {
+        anyhow::anyhow!(
+            errs.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })
+}
+
 /// How often the state store is probed (and reopened after a failure) in the background.
 const STORE_PROBE: Duration = Duration::from_secs(3);
 
@@ -300,14 +312,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map(|c| Scraper::new(c.clone()).with_context(|| format!("cluster {}", c.name)))
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let receivers = build_receivers(&config).map_err(|errs| {
-        anyhow::anyhow!(
-            errs.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        )
-    })?;
+    let receivers = receivers(&config)?;
 
     startup_checks(&config, &scrapers, &receivers).await?;
 

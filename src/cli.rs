@@ -377,14 +377,7 @@ pub async fn notify_test(cfg: &config::Config, name: &str) -> anyhow::Result<Exi
     use crate::domain::{AlertStatus, AlertSummary, GroupStatus, Notification, fingerprint};
     use std::collections::BTreeMap;
     let mut out = Out::stdout();
-    let receivers = app::build_receivers(cfg).map_err(|e| {
-        anyhow::anyhow!(
-            e.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        )
-    })?;
+    let receivers = app::receivers(cfg)?;
     let Some(r) = receivers.iter().find(|r| r.name() == name) else {
         let names: Vec<&str> = receivers.iter().map(|r| r.name()).collect();
         eprintln!(

@@ -246,7 +246,7 @@ async fn readyz(State(st): State<HttpState>) -> Response {
                     now.secs_since(view.last_success.unwrap_or(now))
                 ),
             ),
-            (_, Some(e)) => (false, format!("{}: {}", e.reason, e.message)),
+            (_, Some(e)) => (false, format!("{}: {}", e.reason.as_str(), e.message)),
             (Some(t), None) => (
                 false,
                 format!("last scraped {:.0}s ago", now.secs_since(*t)),

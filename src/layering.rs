@@ -87,29 +87,8 @@ const MAY_USE: &[(&str, &[&str])] = &[
             "config",
         ],
     ),
-    (
-        "cli",
-        &[
-            "domain",
-            "yaml",
-            "liveness",
-            "snapshot",
-            "scrape",
-            "analysis",
-            "view",
-            "rules",
-            "alerts",
-            "ruletest",
-            "store",
-            "receivers",
-            "outbox",
-            "engine",
-            "export",
-            "http",
-            "config",
-            "app",
-        ],
-    ),
+    // The top: the subcommands may use any module.
+    ("cli", &["*"]),
 ];
 
 /// Modules that do no I/O and never read the clock: `now` is passed in.
@@ -181,7 +160,7 @@ fn violations(module: &str, source: &str) -> Result<Vec<String>, String> {
     };
     Ok(crate_paths(source)
         .into_iter()
-        .filter(|m| m != module && !may.contains(&m.as_str()))
+        .filter(|m| m != module && !may.contains(&m.as_str()) && !may.contains(&"*"))
         .map(|m| {
             let why = if reaches(&allowed, &m, module) {
                 "an upward import"
@@ -267,28 +246,37 @@ fn no_module_imports_a_module_above_it() {
 
 #[test]
 fn a_reintroduced_upward_import_is_caught() {
-    // What `store` used to do before the vocabulary moved down into `domain`: `alerts` is no layer
-    // above the store, but not one it may use either.
-    let store = "use crate::alerts::Alert;\nuse crate::domain::Silence;\n";
-    assert_eq!(
-        violations("store", store).unwrap(),
-        vec!["store uses crate::alerts (not in its row of layering::MAY_USE)"]
-    );
-    let store = "fn f(e: &crate::engine::Engine) {}";
-    assert_eq!(
-        violations("store", store).unwrap(),
-        vec!["store uses crate::engine (an upward import)"]
-    );
-    let receivers = "use crate::{\n    config::Secret, domain::{Notification, AlertSummary}};";
-    assert_eq!(
-        violations("receivers", receivers).unwrap(),
-        vec!["receivers uses crate::config (an upward import)"]
-    );
-    let inline = "    let s = crate::engine::Engine::new(); // crate::app in a comment is fine";
-    assert_eq!(
-        violations("rules", inline).unwrap(),
-        vec!["rules uses crate::engine (an upward import)"]
-    );
+    let cases = [
+        // What `store` used to do before the vocabulary moved down into `domain`: `alerts` is no
+        // layer above the store, but not one it may use either.
+        (
+            "store",
+            "use crate::alerts::Alert;\nuse crate::domain::Silence;\n",
+            "store uses crate::alerts (not in its row of layering::MAY_USE)",
+        ),
+        (
+            "store",
+            "fn f(e: &crate::engine::Engine) {}",
+            "store uses crate::engine (an upward import)",
+        ),
+        (
+            "receivers",
+            "use crate::{\n    config::Secret, domain::{Notification, AlertSummary}};",
+            "receivers uses crate::config (an upward import)",
+        ),
+        (
+            "rules",
+            "    let s = crate::engine::Engine::new(); // crate::app in a comment is fine",
+            "rules uses crate::engine (an upward import)",
+        ),
+    ];
+    for (module, source, expected) in cases {
+        assert_eq!(
+            violations(module, source).unwrap(),
+            vec![expected],
+            "{source}"
+        );
+    }
     assert!(violations("scale", "").is_err(), "a new module needs a row");
 }
 

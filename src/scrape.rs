@@ -152,12 +152,6 @@ impl ScrapeReason {
     }
 }
 
-impl std::fmt::Display for ScrapeReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl ScrapeError {
     pub fn reason(&self) -> ScrapeReason {
         match self {

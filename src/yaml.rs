@@ -272,6 +272,21 @@ impl<'a> Values<'a> {
         self.diags.error_at(at, message);
     }
 
+    /// Reports each problem a module's own rules found in a value, at the key `at` says it is about
+    /// (`what: message`). True when there was none.
+    pub fn report<'s, K, M: std::fmt::Display>(
+        &mut self,
+        what: &str,
+        problems: Vec<(K, M)>,
+        at: impl Fn(K) -> &'s S,
+    ) -> bool {
+        let clean = problems.is_empty();
+        for (key, message) in problems {
+            self.error_at(at(key), format!("{what}: {message}"));
+        }
+        clean
+    }
+
     /// Expands `${VAR}` (and `$$` to `$`); an undefined variable is an error at the value.
     pub fn string(&mut self, s: &S) -> String {
         let raw = &s.value;

@@ -254,27 +254,20 @@ impl RawEmailConfig {
         if v.diags.len() > before {
             return None;
         }
-        match check(&cfg) {
-            Ok(_) => Some(cfg),
-            Err(problems) => {
-                for (key, message) in problems {
-                    let at = match key {
-                        EmailKey::SmtpUrl => &self.smtp_url,
-                        EmailKey::From => &self.from,
-                        EmailKey::To(Some(i)) => &self.to[i],
-                        EmailKey::To(None) => &self.from,
-                        EmailKey::Username => self.username.as_ref().unwrap_or(&self.smtp_url),
-                        EmailKey::Password => self
-                            .password
-                            .as_ref()
-                            .or(self.password_file.as_ref())
-                            .unwrap_or(&self.smtp_url),
-                    };
-                    v.error_at(at, format!("email: {message}"));
-                }
-                None
-            }
-        }
+        let problems = check(&cfg).err().unwrap_or_default();
+        let at = |key| match key {
+            EmailKey::SmtpUrl => &self.smtp_url,
+            EmailKey::From => &self.from,
+            EmailKey::To(Some(i)) => &self.to[i],
+            EmailKey::To(None) => &self.from,
+            EmailKey::Username => self.username.as_ref().unwrap_or(&self.smtp_url),
+            EmailKey::Password => self
+                .password
+                .as_ref()
+                .or(self.password_file.as_ref())
+                .unwrap_or(&self.smtp_url),
+        };
+        v.report("email", problems, at).then_some(cfg)
     }
 }
 

@@ -60,17 +60,11 @@ impl Reason {
     }
 }
 
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// A failed delivery, classified. Only the outbox decides what to do with it.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum DeliveryError {
     /// Worth retrying: timeouts, connection errors, 5xx, 408, 429 (with the server's `Retry-After`).
-    #[error("{reason}: {message}")]
+    #[error("{}: {message}", reason.as_str())]
     Transient {
         reason: Reason,
         message: String,
@@ -78,7 +72,7 @@ pub enum DeliveryError {
     },
     /// Retrying cannot help (fail early): 4xx, Slack `invalid_payload`/`channel_not_found`/`invalid_auth`,
     /// SMTP 5xx, a malformed address. Goes straight to dead letters.
-    #[error("{reason}: {message}")]
+    #[error("{}: {message}", reason.as_str())]
     Permanent { reason: Reason, message: String },
 }
 

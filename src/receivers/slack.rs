@@ -362,25 +362,21 @@ impl RawSlackConfig {
             // repeat it in other words.
             return None;
         }
-        match check(&cfg) {
-            Ok(_) => Some(cfg),
-            Err(problems) => {
-                for (key, message) in problems {
-                    let at = match key {
-                        SlackKey::Receiver => None,
-                        SlackKey::WebhookUrl => {
-                            self.webhook_url.as_ref().or(self.webhook_url_file.as_ref())
-                        }
-                        SlackKey::BotToken => self.bot_token_file.as_ref(),
-                        SlackKey::Channel => self.channel.as_ref(),
-                        SlackKey::ApiUrl => self.api_url.as_ref(),
-                        SlackKey::DashboardUrl => self.dashboard_url.as_ref(),
-                    };
-                    v.error_at(at.unwrap_or(receiver), format!("slack: {message}"));
+        let problems = check(&cfg).err().unwrap_or_default();
+        let at = |key| {
+            match key {
+                SlackKey::Receiver => None,
+                SlackKey::WebhookUrl => {
+                    self.webhook_url.as_ref().or(self.webhook_url_file.as_ref())
                 }
-                None
+                SlackKey::BotToken => self.bot_token_file.as_ref(),
+                SlackKey::Channel => self.channel.as_ref(),
+                SlackKey::ApiUrl => self.api_url.as_ref(),
+                SlackKey::DashboardUrl => self.dashboard_url.as_ref(),
             }
-        }
+            .unwrap_or(receiver)
+        };
+        v.report("slack", problems, at).then_some(cfg)
     }
 }
 
