@@ -22,6 +22,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
     ("view", &["domain", "snapshot", "analysis", "scrape"]),
     ("rules", &["domain", "yaml", "snapshot", "analysis", "view"]),
     ("alerts", &["domain", "rules"]),
+    ("scale", &["domain", "snapshot", "analysis", "view"]),
     ("ruletest", &["domain", "yaml", "rules", "alerts"]),
     ("store", &["domain"]),
     ("receivers", &["domain", "yaml"]),
@@ -92,7 +93,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
 ];
 
 /// Modules that do no I/O and never read the clock: `now` is passed in.
-const PURE: &[&str] = &["snapshot", "analysis", "view", "rules", "alerts"];
+const PURE: &[&str] = &["snapshot", "analysis", "view", "rules", "alerts", "scale"];
 
 /// Ways of reading the clock.
 const CLOCKS: &[&str] = &["Timestamp::now(", "SystemTime::now(", "Instant::now("];
@@ -277,7 +278,8 @@ fn a_reintroduced_upward_import_is_caught() {
             "{source}"
         );
     }
-    assert!(violations("scale", "").is_err(), "a new module needs a row");
+    // `probe` is planned (DESIGN.md §1) and has no row yet.
+    assert!(violations("probe", "").is_err(), "a new module needs a row");
 }
 
 #[test]

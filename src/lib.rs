@@ -25,6 +25,7 @@ pub mod process;
 pub mod receivers;
 pub mod rules;
 pub mod ruletest;
+pub mod scale;
 pub mod scrape;
 pub mod snapshot;
 pub mod store;
