@@ -12,7 +12,7 @@ use crate::alerts::dispatch::Dispatch;
 use crate::analysis::Params;
 use crate::config::{Config, Heartbeat, ReceiverConfig, ReceiverKind, Require};
 use crate::domain::Timestamp;
-use crate::engine::{Alerting, Engine, ReloadStatus};
+use crate::engine::{Alerting, Engine, ReloadStatus, Scaling};
 use crate::fault::Fault;
 use crate::http::{HttpState, router};
 use crate::liveness::{Beat, EXIT_STUCK, Liveness, Verdict};
@@ -335,6 +335,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         wakes.clone(),
         commit_delay,
     )?);
+    let scaling = Arc::new(Scaling::new(config.scalers.clone()));
     let reload_status = Arc::new(ReloadStatus::new(now));
     let reloader: Arc<dyn Fn() -> Result<String, String> + Send + Sync> = {
         let (path, engine, status) = (config.source.clone(), engine.clone(), reload_status.clone());
@@ -387,6 +388,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         api_token: config.server.api_token.clone(),
         reload: reloader.clone(),
         reload_status: reload_status.clone(),
+        scaling: scaling.clone(),
     };
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
@@ -452,6 +454,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 scraper,
                 params,
                 engine.clone(),
+                scaling.clone(),
                 fault,
             ))
         },
@@ -589,6 +592,7 @@ async fn poll_loop(
     scraper: Scraper,
     params: Params,
     engine: Arc<Engine>,
+    scaling: Arc<Scaling>,
     fault: Fault,
 ) {
     let cfg = scraper.config().clone();
@@ -631,6 +635,7 @@ async fn poll_loop(
             let view = Arc::new(view);
             handle.view.store(view.clone());
             engine.on_cycle(&view, now);
+            scaling.on_cycle(&view, now);
             beat.mark(now);
             // ±5% jitter keeps many daemons (or clusters) from polling in lockstep.
             let jitter = poll.mul_f64(0.1 * fastrand::f64());

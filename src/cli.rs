@@ -233,7 +233,8 @@ pub async fn status(daemon: &Daemon, watch: bool, interval: Duration) -> anyhow:
             .json()
             .await
             .with_context(|| format!("unexpected answer from {url}"))?;
-        let table = table::render_table(body.queues);
+        let mut table = table::render_table(body.queues);
+        table.push_str(&table::render_scalers(&scalers(&client, daemon).await?));
         if watch {
             if redraw {
                 // Clear the screen and home the cursor, like `watch`.
@@ -253,6 +254,28 @@ pub async fn status(daemon: &Daemon, watch: bool, interval: Duration) -> anyhow:
             _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
         }
     }
+}
+
+/// The daemon's scalers (`GET /api/v1/scalers`).
+async fn scalers(
+    client: &reqwest::Client,
+    daemon: &Daemon,
+) -> anyhow::Result<Vec<table::ScalerRow>> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        scalers: Vec<table::ScalerRow>,
+    }
+    let url = format!("{}/api/v1/scalers", daemon.base);
+    let body: Body = client
+        .get(&url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("cannot reach the daemon at {url}"))?
+        .json()
+        .await
+        .with_context(|| format!("unexpected answer from {url}"))?;
+    Ok(body.scalers)
 }
 
 /// What `rabbitwatch silence` asks of the daemon.

@@ -22,6 +22,7 @@ use crate::receivers::{
     SlackConfig, WebhookConfig,
 };
 use crate::rules::RuleSet;
+use crate::scale::{RawScalerConfig, ScalerConfig};
 pub use crate::scrape::{ClusterConfig, DEFAULT_MAX_RESPONSE_SIZE, NameFilter, TlsConfig};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9488";
@@ -60,6 +61,8 @@ pub struct Config {
     pub startup: Require,
     pub heartbeat: Option<Heartbeat>,
     pub watchdog: Watchdog,
+    /// `scalers:` — desired consumer counts (`scale`); shadow or off in this release.
+    pub scalers: Vec<ScalerConfig>,
 }
 
 /// `watchdog:` — how long the daemon's own loops may go without progress (see `liveness`).
@@ -151,6 +154,8 @@ struct RawConfig {
     outbox: RawOutbox,
     #[serde(default)]
     watchdog: RawWatchdog,
+    #[serde(default)]
+    scalers: Vec<RawScalerConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -490,6 +495,7 @@ impl Validator<'_> {
                 ),
             })
         });
+        let scalers = self.scalers(&raw.scalers, &clusters, &receivers);
         Config {
             source: self.diags.file.clone(),
             server,
@@ -504,7 +510,51 @@ impl Validator<'_> {
             startup,
             heartbeat,
             watchdog,
+            scalers,
         }
+    }
+
+    /// Each entry checks its own keys; here, that its cluster and receiver exist.
+    fn scalers(
+        &mut self,
+        raw: &[RawScalerConfig],
+        clusters: &[ClusterConfig],
+        receivers: &[ReceiverConfig],
+    ) -> Vec<ScalerConfig> {
+        let mut out: Vec<ScalerConfig> = Vec::new();
+        for r in raw {
+            let cluster = self.string(&r.cluster);
+            if !clusters.iter().any(|c| c.name == cluster) {
+                let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+                self.error_at(
+                    &r.cluster,
+                    format!(
+                        "scalers.cluster {cluster:?} is not defined under clusters: (defined: {})",
+                        names.join(", ")
+                    ),
+                );
+            }
+            if let Some(at) = &r.receiver {
+                let name = self.string(at);
+                let kind = receivers.iter().find(|x| x.name == name).map(|x| &x.kind);
+                if !matches!(kind, Some(ReceiverKind::Webhook(_))) {
+                    self.error_at(
+                        at,
+                        format!(
+                            "scalers.receiver {name:?} must name a webhook receiver (recommendations are signed JSON POSTs)"
+                        ),
+                    );
+                }
+            }
+            let Some(cfg) = r.validate(self) else {
+                continue;
+            };
+            if out.iter().any(|o| o.name == cfg.name) {
+                self.error_at(&r.name, format!("duplicate scaler name {:?}", cfg.name));
+            }
+            out.push(cfg);
+        }
+        out
     }
 
     fn matchers(&mut self, raw: &[S]) -> Vec<Matcher> {
@@ -953,6 +1003,50 @@ mod tests {
         assert!(cl.queues.matches("orders"));
         assert!(!cl.queues.matches("amq.gen-123"));
         assert_eq!(c.analysis.window, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn scalers_get_their_defaults_in_shadow_mode() {
+        let text = format!(
+            "{MINIMAL}scalers:\n  - {{ name: w, cluster: local, vhost: /, queue: orders, max: 20, mode: shadow }}\n"
+        );
+        let c = parse_str(&text).unwrap();
+        let s = &c.scalers[0];
+        assert_eq!((s.min, s.max, s.tolerance), (1, 20, 0.1));
+        assert_eq!(s.target_drain_time, Duration::from_secs(120));
+        assert_eq!(s.scale_down_stabilization, Duration::from_secs(300));
+        assert_eq!(s.cooldown, Duration::from_secs(60));
+        assert_eq!(s.per_consumer_rate, None);
+        assert_eq!(s.mode, crate::scale::ScalerMode::Shadow);
+    }
+
+    #[test]
+    fn scaler_mistakes_are_reported_at_their_keys() {
+        let text = format!(
+            "{MINIMAL}receivers:\n  - name: ops\n    log: {{}}\nroute: {{ receiver: ops }}\nscalers:\n  - name: a\n    cluster: elsewhere\n    vhost: /\n    queue: q\n    max: 5\n    min: 9\n    tolerance: 1.5\n    receiver: ops\n    mode: shadow\n  - {{ name: b, cluster: local, vhost: /, queue: q, max: 5, mode: active }}\n  - {{ name: c, cluster: local, vhost: /, queue: q, max: 5 }}\n"
+        );
+        let errs = errors(&text);
+        let want = [
+            (":12:14:", "scalers.cluster \"elsewhere\" is not defined"),
+            (":16:10:", "scalers.min: must not exceed max"),
+            (
+                ":17:16:",
+                "scalers.tolerance: must be at least 0 and below 1",
+            ),
+            (":18:15:", "must name a webhook receiver"),
+            (
+                ":20:66:",
+                "active (recommendations sent to the webhook) is not in this release",
+            ),
+            (":21:13:", "(active is the default)"),
+        ];
+        assert_eq!(errs.len(), want.len(), "{errs:#?}");
+        for (at, what) in want {
+            assert!(
+                errs.iter().any(|e| e.contains(at) && e.contains(what)),
+                "{what} at {at}: {errs:#?}"
+            );
+        }
     }
 
     #[test]

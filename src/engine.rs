@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use serde::Serialize;
 use tokio::sync::{Notify, oneshot};
 use tracing::{error, info};
 
@@ -26,6 +27,9 @@ use crate::alerts::mute::{InhibitRule, muted};
 use crate::alerts::{Alert, AlertTable, FlapPolicy, State, Transition};
 use crate::domain::{Silence, Timestamp};
 use crate::rules::{RuleSet, evaluate};
+use crate::scale::{
+    Decision, Direction, History, Observed, Recommendation, ScalerConfig, ScalerMode, decide,
+};
 use crate::store::{CycleWrite, OutboxEntry, Store, StoreError, record};
 use crate::view::ClusterView;
 
@@ -435,6 +439,142 @@ impl Engine {
             alerts: inner.table.alerts.values().cloned().collect(),
             muted,
         }));
+    }
+}
+
+/// The scalers' state between cycles and what each decided last. `scale::decide` is pure; this
+/// holds its `History` per scaler, runs it on every cycle of the scaler's cluster, logs each
+/// recommendation once, and publishes a read-only copy for `/metrics` and `/api/v1/scalers`.
+///
+/// In this release scalers run in `shadow` (or `off`) mode only: recommendations are computed,
+/// exported and shown, never sent; the history lives in memory, so a restart begins a new
+/// stabilisation window (which holds, never scales down early).
+pub struct Scaling {
+    scalers: Vec<ScalerConfig>,
+    state: Mutex<Vec<ScalerState>>,
+    published: ArcSwap<Vec<ScalerStatus>>,
+}
+
+#[derive(Default)]
+struct ScalerState {
+    history: History,
+    up: u64,
+    down: u64,
+    last: Option<LastRecommendation>,
+}
+
+/// One scaler as `/metrics` and the API show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScalerStatus {
+    pub name: String,
+    pub cluster: String,
+    pub vhost: String,
+    pub queue: String,
+    pub mode: ScalerMode,
+    pub min: u32,
+    pub max: u32,
+    /// The queue's consumers, when the latest listing has the queue.
+    pub current: Option<u64>,
+    /// This cycle's desired count (`Decision::desired`); `None` when an input is unknown.
+    pub desired: Option<u32>,
+    /// The last cycle's decision; `None` before the cluster's first cycle.
+    pub last_decision: Option<Decision>,
+    /// Seconds since the epoch of that decision.
+    pub decided_at: Option<f64>,
+    pub recommendations_up: u64,
+    pub recommendations_down: u64,
+    pub last_recommendation: Option<LastRecommendation>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LastRecommendation {
+    /// Seconds since the epoch.
+    pub at: f64,
+    #[serde(flatten)]
+    pub recommendation: Recommendation,
+}
+
+impl Scaling {
+    pub fn new(scalers: Vec<ScalerConfig>) -> Self {
+        let published = scalers
+            .iter()
+            .map(|c| status(c, &ScalerState::default(), None))
+            .collect();
+        Scaling {
+            state: Mutex::new(scalers.iter().map(|_| ScalerState::default()).collect()),
+            published: ArcSwap::from_pointee(published),
+            scalers,
+        }
+    }
+
+    pub fn statuses(&self) -> Arc<Vec<ScalerStatus>> {
+        self.published.load_full()
+    }
+
+    /// Runs every scaler of `view`'s cluster on its new view.
+    pub fn on_cycle(&self, view: &ClusterView, now: Timestamp) {
+        if !self.scalers.iter().any(|c| c.cluster == view.name) {
+            return;
+        }
+        let mut state = self.state.lock().expect("scaling lock");
+        let mut published: Vec<ScalerStatus> = (*self.published.load_full()).clone();
+        for (i, cfg) in self.scalers.iter().enumerate() {
+            if cfg.cluster != view.name {
+                continue;
+            }
+            let observed = Observed::from_view(view, &cfg.vhost, &cfg.queue, now);
+            let st = &mut state[i];
+            let decision = decide(cfg, &observed, &mut st.history, now);
+            if let Decision::Recommend(r) = &decision {
+                match r.direction {
+                    Direction::Up => st.up += 1,
+                    Direction::Down => st.down += 1,
+                }
+                info!(
+                    scaler = %cfg.name,
+                    cluster = %cfg.cluster,
+                    vhost = %cfg.vhost,
+                    queue = %cfg.queue,
+                    mode = cfg.mode.as_str(),
+                    direction = r.direction.as_str(),
+                    current = r.current,
+                    desired = r.desired,
+                    sequence = r.sequence,
+                    reason = %r.reason,
+                    "scaling recommendation (shadow: not sent)"
+                );
+                st.last = Some(LastRecommendation {
+                    at: now.as_secs_f64(),
+                    recommendation: r.clone(),
+                });
+            }
+            let current = observed.queue.map(|q| q.consumers);
+            published[i] = ScalerStatus {
+                current,
+                decided_at: Some(now.as_secs_f64()),
+                ..status(cfg, st, Some(decision))
+            };
+        }
+        self.published.store(Arc::new(published));
+    }
+}
+
+fn status(cfg: &ScalerConfig, st: &ScalerState, decision: Option<Decision>) -> ScalerStatus {
+    ScalerStatus {
+        name: cfg.name.clone(),
+        cluster: cfg.cluster.clone(),
+        vhost: cfg.vhost.clone(),
+        queue: cfg.queue.clone(),
+        mode: cfg.mode,
+        min: cfg.min,
+        max: cfg.max,
+        current: None,
+        desired: decision.as_ref().and_then(Decision::desired),
+        last_decision: decision,
+        decided_at: None,
+        recommendations_up: st.up,
+        recommendations_down: st.down,
+        last_recommendation: st.last.clone(),
     }
 }
 

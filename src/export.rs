@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::alerts::State;
 use crate::domain::{StatsMode, Timestamp};
-use crate::engine::{Published, ReloadStatus};
+use crate::engine::{Published, ReloadStatus, ScalerStatus};
 use crate::outbox::{LATENCY_BUCKETS, Stats};
 use crate::snapshot::NodeSample;
 use crate::view::{ClusterView, QueueView, escape_label_value};
@@ -251,6 +251,8 @@ pub struct Extras<'a> {
     pub store_writable: Option<bool>,
     /// The daemon's own resource use; `None` in tests and benchmarks.
     pub process: Option<&'a crate::process::Usage>,
+    /// The `scalers:` entries and what each decided last.
+    pub scalers: &'a [ScalerStatus],
 }
 
 /// Pieces of about this size are handed to the HTTP layer while the rest is still being rendered: the
@@ -268,6 +270,7 @@ fn without_extras<R>(f: impl FnOnce(&Extras<'_>) -> R) -> R {
         reload: None,
         store_writable: None,
         process: None,
+        scalers: &[],
     })
 }
 
@@ -446,6 +449,7 @@ pub fn render_chunked(
     }
 
     render_alerting(&mut o, extras);
+    render_scalers(&mut o, extras.scalers);
     if let Some(p) = extras.process {
         render_process(&mut o, p);
     }
@@ -604,6 +608,61 @@ fn render_alerting(o: &mut Out, x: &Extras<'_>) {
 }
 
 /// The `process_*` families under the names and units of the Prometheus client libraries, and the heap.
+/// The scalers' figures, labelled `scaler, cluster, vhost, queue`: desired (absent while an input is
+/// unknown: never a guess, never 0 for "unknown"), current (absent while the queue is not listed)
+/// and the recommendations made, by direction.
+fn render_scalers(o: &mut Out, scalers: &[ScalerStatus]) {
+    if scalers.is_empty() {
+        return;
+    }
+    let labels: Vec<String> = scalers
+        .iter()
+        .map(|s| {
+            format!(
+                "{},{},{},{}",
+                label("scaler", &s.name),
+                label("cluster", &s.cluster),
+                label("vhost", &s.vhost),
+                label("queue", &s.queue)
+            )
+        })
+        .collect();
+    o.family(
+        "rabbitwatch_scaler_desired_consumers",
+        "gauge",
+        "Consumers the queue needs this cycle (publish rate plus backlog over target_drain_time, per consumer's rate, within min and max); absent while an input is unknown.",
+    );
+    for (s, l) in scalers.iter().zip(&labels) {
+        if let Some(d) = s.desired {
+            o.sample("rabbitwatch_scaler_desired_consumers", l, f64::from(d));
+        }
+    }
+    o.family(
+        "rabbitwatch_scaler_current_consumers",
+        "gauge",
+        "Consumers the scaler's queue has now; absent while the queue is not listed.",
+    );
+    for (s, l) in scalers.iter().zip(&labels) {
+        if let Some(c) = s.current {
+            o.sample("rabbitwatch_scaler_current_consumers", l, c as f64);
+        }
+    }
+    o.family(
+        "rabbitwatch_scaler_recommendations_total",
+        "counter",
+        "Recommendations made, by direction (in shadow mode: computed, not sent).",
+    );
+    for (s, l) in scalers.iter().zip(&labels) {
+        for (direction, n) in [
+            ("up", s.recommendations_up),
+            ("down", s.recommendations_down),
+        ] {
+            let l = format!("{l},{}", label("direction", direction));
+            o.sample("rabbitwatch_scaler_recommendations_total", &l, n as f64);
+        }
+    }
+}
+
 fn render_process(o: &mut Out, p: &crate::process::Usage) {
     let heap = p.heap.as_ref();
     let families: [(&str, &str, &str, Option<f64>); 8] = [

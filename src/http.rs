@@ -17,7 +17,7 @@ use crate::analysis::Status;
 use crate::domain::Secret;
 use crate::domain::Silence;
 use crate::domain::Timestamp;
-use crate::engine::{Engine, ReloadStatus, SilenceError};
+use crate::engine::{Engine, ReloadStatus, ScalerStatus, Scaling, SilenceError};
 use crate::export;
 use crate::liveness::{Liveness, Verdict};
 use crate::outbox::Stats;
@@ -38,6 +38,7 @@ pub struct HttpState {
     /// Re-reads the config file; `Err` keeps the running config and says why.
     pub reload: Arc<dyn Fn() -> Result<String, String> + Send + Sync>,
     pub reload_status: Arc<ReloadStatus>,
+    pub scaling: Arc<Scaling>,
 }
 
 impl HttpState {
@@ -54,6 +55,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/queues", get(queues))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/scalers", get(scalers))
         .route("/api/v1/deadletters", get(dead_letters))
         .route("/-/reload", axum::routing::post(reload))
         .route("/api/v1/silences", get(list_silences).post(add_silence))
@@ -83,6 +85,7 @@ async fn metrics(State(st): State<HttpState>) -> Response {
     let store_writable = st.engine.store().health().writable;
     let stats = st.stats.clone();
     let reload_status = st.reload_status.clone();
+    let scalers = st.scaling.statuses();
     // Rendering 100k queues takes a while: it runs on a blocking thread and sends the text in pieces
     // while it goes, a few pieces ahead of the client at most, so memory stays at a few pieces.
     let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(4);
@@ -95,6 +98,7 @@ async fn metrics(State(st): State<HttpState>) -> Response {
             reload: Some(&reload_status),
             store_writable: Some(store_writable),
             process: Some(&usage),
+            scalers: &scalers,
         };
         let sent = export::render_chunked(
             &views,
@@ -410,6 +414,19 @@ pub struct AlertRow {
 #[derive(Serialize, Deserialize, Debug)]
 pub struct AlertsBody {
     pub alerts: Vec<AlertRow>,
+}
+
+#[derive(Serialize)]
+struct ScalersBody {
+    scalers: Vec<ScalerStatus>,
+}
+
+/// Every scaler: its inputs, this cycle's desired count, the last decision (a recommendation, or
+/// a hold and why) and the last recommendation.
+async fn scalers(State(st): State<HttpState>) -> Json<ScalersBody> {
+    Json(ScalersBody {
+        scalers: (*st.scaling.statuses()).clone(),
+    })
 }
 
 /// Every alert the daemon holds: pending, firing, recently resolved; shadow-mode ones included.

@@ -22,7 +22,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
     ("view", &["domain", "snapshot", "analysis", "scrape"]),
     ("rules", &["domain", "yaml", "snapshot", "analysis", "view"]),
     ("alerts", &["domain", "rules"]),
-    ("scale", &["domain", "snapshot", "analysis", "view"]),
+    ("scale", &["domain", "yaml", "snapshot", "analysis", "view"]),
     ("ruletest", &["domain", "yaml", "rules", "alerts"]),
     ("store", &["domain"]),
     ("receivers", &["domain", "yaml"]),
@@ -37,7 +37,10 @@ const MAY_USE: &[(&str, &[&str])] = &[
             "alerts",
         ],
     ),
-    ("engine", &["domain", "rules", "alerts", "store", "view"]),
+    (
+        "engine",
+        &["domain", "rules", "alerts", "store", "view", "scale"],
+    ),
     (
         "export",
         &[
@@ -63,6 +66,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
             "alerts",
             "outbox",
             "receivers",
+            "scale",
         ],
     ),
     (

@@ -19,10 +19,12 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
 
 use crate::analysis::{QueueHealth, Status};
 use crate::domain::{StatsMode, Timestamp};
 use crate::view::{ClusterView, QueueView};
+use crate::yaml::{S, Values};
 
 /// `mode:` of a scaler. Shadow scalers decide exactly as active ones (history, cooldowns and
 /// sequence numbers included) so their figures show what would have been sent; only sending differs.
@@ -120,6 +122,115 @@ impl ScalerConfig {
         out
     }
 }
+
+/// One `scalers:` entry as written in the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScalerConfig {
+    pub name: S,
+    pub cluster: S,
+    pub vhost: S,
+    pub queue: S,
+    per_consumer_rate: Option<Spanned<f64>>,
+    target_drain_time: Option<S>,
+    min: Option<Spanned<u32>>,
+    max: Spanned<u32>,
+    tolerance: Option<Spanned<f64>>,
+    scale_down_stabilization: Option<S>,
+    cooldown: Option<S>,
+    pub receiver: Option<S>,
+    mode: Option<S>,
+}
+
+impl RawScalerConfig {
+    /// Reads the entry and checks its own rules (`ScalerConfig::problems`), each problem at its key.
+    /// Whether `cluster` and `receiver` name a configured cluster and webhook receiver is the
+    /// config's to check.
+    pub fn validate(&self, v: &mut Values<'_>) -> Option<ScalerConfig> {
+        let mode = match self.mode.as_ref().map(|m| (m, v.string(m))) {
+            Some((_, m)) if m == "shadow" => ScalerMode::Shadow,
+            Some((_, m)) if m == "off" => ScalerMode::Off,
+            Some((at, m)) if m == "active" => {
+                v.error_at(at, ACTIVE_NOT_YET);
+                return None;
+            }
+            None => {
+                v.error_at(
+                    &self.name,
+                    format!("mode: {ACTIVE_NOT_YET} (active is the default)"),
+                );
+                return None;
+            }
+            Some((at, other)) => {
+                v.error_at(
+                    at,
+                    format!("scalers.mode: unknown value {other:?}; expected shadow or off"),
+                );
+                return None;
+            }
+        };
+        let duration = |v: &mut Values<'_>, s: &Option<S>, default: u64, key: &str| {
+            v.duration(
+                s.as_ref(),
+                Duration::from_secs(default),
+                Duration::from_secs(1),
+                key,
+            )
+        };
+        let cfg = ScalerConfig {
+            name: v.string(&self.name),
+            cluster: v.string(&self.cluster),
+            vhost: v.string(&self.vhost),
+            queue: v.string(&self.queue),
+            per_consumer_rate: self.per_consumer_rate.as_ref().map(|r| r.value),
+            target_drain_time: duration(
+                v,
+                &self.target_drain_time,
+                120,
+                "scalers.target_drain_time",
+            ),
+            min: self.min.as_ref().map_or(1, |m| m.value),
+            max: self.max.value,
+            tolerance: self.tolerance.as_ref().map_or(0.1, |t| t.value),
+            scale_down_stabilization: duration(
+                v,
+                &self.scale_down_stabilization,
+                300,
+                "scalers.scale_down_stabilization",
+            ),
+            cooldown: duration(v, &self.cooldown, 60, "scalers.cooldown"),
+            receiver: self
+                .receiver
+                .as_ref()
+                .map(|r| v.string(r))
+                .unwrap_or_default(),
+            mode,
+        };
+        let at = |field: &str| -> Option<serde_saphyr::Location> {
+            match field {
+                "per_consumer_rate" => self.per_consumer_rate.as_ref().map(|s| s.referenced),
+                "target_drain_time" => self.target_drain_time.as_ref().map(|s| s.referenced),
+                "min" => self.min.as_ref().map(|s| s.referenced),
+                "max" => Some(self.max.referenced),
+                "tolerance" => self.tolerance.as_ref().map(|s| s.referenced),
+                _ => None,
+            }
+        };
+        let problems = cfg.problems();
+        let clean = problems.is_empty();
+        for Problem { field, message } in problems {
+            let message = format!("scalers.{field}: {message}");
+            match at(field) {
+                Some(location) => v.diags.error_at_location(&location, message),
+                None => v.error_at(&self.name, message),
+            }
+        }
+        clean.then_some(cfg)
+    }
+}
+
+/// Why `mode: active` is refused for now: an accepted setting must do what it says.
+const ACTIVE_NOT_YET: &str = "active (recommendations sent to the webhook) is not in this release yet; set mode: shadow to compute, export and show the recommendations without sending them, or off";
 
 /// Whether the cluster's figures describe the queue now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

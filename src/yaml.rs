@@ -216,6 +216,11 @@ impl Diagnostics {
         self.error(line, col, message);
     }
 
+    pub fn error_at_location(&mut self, at: &serde_saphyr::Location, message: impl Into<String>) {
+        let (line, col) = position(at);
+        self.error(line, col, message);
+    }
+
     pub fn error(&mut self, line: u64, col: u64, message: impl Into<String>) {
         self.errors.push(Diagnostic {
             file: self.file.clone(),

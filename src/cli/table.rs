@@ -89,8 +89,21 @@ pub fn render_table(mut rows: Vec<QueueRow>) -> String {
             ]
         })
         .collect();
-    let mut widths: Vec<usize> = HEADERS.iter().map(|h| h.len()).collect();
-    for row in &cells {
+    let mut out = layout(&HEADERS, &cells, 3..=8);
+    if rows.is_empty() {
+        out.push_str("(no queues watched yet)\n");
+    }
+    out
+}
+
+/// Columns padded to their widest cell, the `numeric` ones right-aligned.
+fn layout<const N: usize>(
+    headers: &[&str; N],
+    cells: &[[String; N]],
+    numeric: std::ops::RangeInclusive<usize>,
+) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in cells {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
         }
@@ -99,8 +112,7 @@ pub fn render_table(mut rows: Vec<QueueRow>) -> String {
     let mut line = |cols: Vec<&str>| {
         let mut l = String::new();
         for (i, (c, w)) in cols.iter().zip(&widths).enumerate() {
-            let numeric = (3..=8).contains(&i);
-            if numeric {
+            if numeric.contains(&i) {
                 l.push_str(&format!("{c:>w$}  "));
             } else {
                 l.push_str(&format!("{c:<w$}  "));
@@ -109,14 +121,68 @@ pub fn render_table(mut rows: Vec<QueueRow>) -> String {
         out.push_str(l.trim_end());
         out.push('\n');
     };
-    line(HEADERS.to_vec());
-    for row in &cells {
+    line(headers.to_vec());
+    for row in cells {
         line(row.iter().map(String::as_str).collect());
     }
-    if rows.is_empty() {
-        out.push_str("(no queues watched yet)\n");
-    }
     out
+}
+
+/// One scaler as `/api/v1/scalers` shows it: what the status table needs of it.
+#[derive(Debug, serde::Deserialize)]
+pub struct ScalerRow {
+    pub name: String,
+    pub cluster: String,
+    pub vhost: String,
+    pub queue: String,
+    pub mode: String,
+    pub current: Option<u64>,
+    pub desired: Option<u64>,
+    pub last_decision: Option<serde_json::Value>,
+}
+
+const SCALER_HEADERS: [&str; 7] = [
+    "SCALER", "CLUSTER", "VHOST", "QUEUE", "CURRENT", "DESIRED", "DECISION",
+];
+
+/// The scalers below the queues: consumers now and needed, and the last decision with its reason
+/// (in shadow mode a recommendation is computed, not sent). Empty without scalers.
+pub fn render_scalers(rows: &[ScalerRow]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let unknown = || "-".to_string();
+    let cells: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| {
+            let d = r.last_decision.as_ref();
+            let field = |k: &str| {
+                d.and_then(|d| d[k].as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let decision = match field("decision").as_str() {
+                "recommend" => format!(
+                    "{} to {} ({})",
+                    field("direction"),
+                    d.and_then(|d| d["desired"].as_u64()).unwrap_or_default(),
+                    r.mode
+                ),
+                "hold" => format!("hold: {}", field("reason")),
+                _ => "no cycle yet".to_string(),
+            };
+            [
+                terminal_safe(&r.name),
+                terminal_safe(&r.cluster),
+                terminal_safe(&r.vhost),
+                terminal_safe(&r.queue),
+                r.current.map_or_else(unknown, |c| c.to_string()),
+                r.desired.map_or_else(unknown, |c| c.to_string()),
+                terminal_safe(&decision),
+            ]
+        })
+        .collect();
+    format!("\n{}", layout(&SCALER_HEADERS, &cells, 4..=5))
 }
 
 #[cfg(test)]
@@ -141,6 +207,27 @@ mod tests {
             oldest_message_age_seconds: None,
             status: status.into(),
         }
+    }
+
+    #[test]
+    fn scalers_show_the_decision_and_unknown_is_not_zero() {
+        let rows: Vec<ScalerRow> = serde_json::from_str(
+            r#"[{"name":"w","cluster":"c","vhost":"/","queue":"orders","mode":"shadow","current":1,"desired":9,
+                 "last_decision":{"decision":"recommend","direction":"up","desired":9,"reason":"…"}},
+                {"name":"ghost","cluster":"c","vhost":"/","queue":"gone","mode":"shadow","current":null,"desired":null,
+                 "last_decision":{"decision":"hold","reason":"queue_not_found","desired":null}}]"#,
+        )
+        .unwrap();
+        let text = render_scalers(&rows);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        assert!(lines[0].starts_with("SCALER"), "{text}");
+        assert!(lines[1].contains("up to 9 (shadow)"), "{text}");
+        assert!(lines[2].contains("hold: queue_not_found"), "{text}");
+        assert!(
+            !lines[2].contains(" 0 "),
+            "unknown is shown as -, not 0: {text}"
+        );
+        assert_eq!(render_scalers(&[]), "");
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod pipeline;
 mod prometheus;
 mod receivers;
 mod resilience;
+mod scaling;
 mod secrets;
 mod sharding;
 mod startup;

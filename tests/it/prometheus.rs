@@ -106,12 +106,22 @@ fn dashboard_exprs(path: &Path) -> Vec<String> {
     out
 }
 
+/// A shadow-mode `scalers:` section for one queue (its figures are exported; nothing is sent).
+fn scaler_yaml(name: &str, vhost: &str, queue: &str) -> String {
+    format!(
+        "scalers:\n  - {{ name: {name}, cluster: {CLUSTER}, vhost: \"{vhost}\", queue: \"{queue}\", per_consumer_rate: 10, max: 20, mode: shadow }}\n"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_runs_every_dashboard_query_against_the_daemon() {
     let vhost = TestVhost::create().await;
     let port = free_port();
-    let daemon = Daemon::start(&config_for(vhost.name(), port, &Tuning::default())).await;
     let queue = "dash.orders";
+    // A shadow scaler on the queue, so the scaler panel's series exist too.
+    let config = config_for(vhost.name(), port, &Tuning::default())
+        + &scaler_yaml("dash", vhost.name(), queue);
+    let daemon = Daemon::start(&config).await;
     let _publisher = publish_at_rate(&vhost.amqp_url(), queue, 20).await;
     let _consumer = consume_at_rate(&vhost.amqp_url(), queue, 10).await;
     let prometheus = Prometheus::start(&format!("127.0.0.1:{port}"));
@@ -161,7 +171,9 @@ async fn prometheus_runs_every_dashboard_query_against_the_daemon() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_finds_nothing_wrong_with_live_metrics() {
     let vhost = TestVhost::create().await;
-    let daemon = Daemon::start(&config_for(vhost.name(), free_port(), &Tuning::default())).await;
+    let config = config_for(vhost.name(), free_port(), &Tuning::default())
+        + &scaler_yaml("lint", vhost.name(), "lint.q");
+    let daemon = Daemon::start(&config).await;
     let _publisher = publish_at_rate(&vhost.amqp_url(), "lint.q", 10).await;
     let _consumer = consume_at_rate(&vhost.amqp_url(), "lint.q", 5).await;
     // Lint an exposition that has every family populated, rates included.
@@ -170,7 +182,9 @@ async fn promtool_finds_nothing_wrong_with_live_metrics() {
         "queue rates in /metrics",
         async || {
             let text = daemon.metrics_text().await?;
-            if text.contains("rabbitwatch_queue_publish_rate{") {
+            if text.contains("rabbitwatch_queue_publish_rate{")
+                && text.contains("rabbitwatch_scaler_desired_consumers{")
+            {
                 Ok(text)
             } else {
                 Err("no rate series yet".to_string())
