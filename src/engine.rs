@@ -86,7 +86,7 @@ pub struct Engine {
     published: ArcSwap<Published>,
     flap: FlapPolicy,
     /// To the `state-writer` thread; it stops when the engine is dropped.
-    writer: Mutex<mpsc::Sender<Job>>,
+    writer: mpsc::Sender<Job>,
 }
 
 /// Why a silence was not added.
@@ -238,13 +238,13 @@ impl Engine {
             wake,
             published,
             flap: FlapPolicy::default(),
-            writer: Mutex::new(tx),
+            writer: tx,
         })
     }
 
     fn send(&self, job: Job) {
         // The writer lives as long as the engine; a send fails only if it panicked.
-        if self.writer.lock().expect("writer lock").send(job).is_err() {
+        if self.writer.send(job).is_err() {
             error!("the state writer thread is gone; alert state is no longer persisted");
         }
     }

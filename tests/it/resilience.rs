@@ -848,9 +848,16 @@ route: { receiver: audit, group_wait: 0s }
     feeder.await.expect("feeder");
     let gaps: Vec<f64> = seen.windows(2).map(|w| w[1] - w[0]).collect();
     assert!(gaps.len() >= 8, "too few polls of calm seen: {seen:?}");
+    // Within 20% of 2 s on average, and no poll held up by a commit (each adds 2 s): with the commit
+    // under the engine lock the gaps were 3.9 s. One late wake-up on a loaded machine is not that.
+    let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
     assert!(
-        gaps.iter().all(|g| (1.6..=2.4).contains(g)),
-        "calm's polls kept within 20% of 2 s: {gaps:?}"
+        (1.6..=2.4).contains(&mean),
+        "calm's polls average within 20% of 2 s: {mean:.2} s, {gaps:?}"
+    );
+    assert!(
+        gaps.iter().all(|g| *g < 3.5),
+        "no poll of calm waited for a slow commit: {gaps:?}"
     );
     // The writes were slow, not lost: the busy cluster's alerts reach the receiver.
     let log = daemon.dir().join("alerts.jsonl");
