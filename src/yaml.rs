@@ -37,10 +37,10 @@ pub fn parse<T: for<'de> Deserialize<'de>>(file: &Path, text: &str) -> Result<T,
 
 /// Parses `text` into `T`, reporting every unknown key (`deny_unknown_fields`) at its location: after
 /// each one the key and its value are blanked out (line and column numbers kept) and the text parsed
-/// again. Returns what the text parses to without those keys, so the caller can go on to report
-/// the mistakes in the values too. Any other error ends the parse; after a key was blanked out such
-/// an error may be an artefact of the blanking (a section left empty) and is not reported: fixing
-/// the keys brings it back if it is real.
+/// again (a section the blanking leaves without keys becomes `{}`, so it does not read as null).
+/// Returns what the text parses to without those keys, so the caller can go on to report the
+/// mistakes in the values too. Any other error (syntax, a wrong type) ends the parse and is
+/// reported after the unknown keys found before it.
 pub fn parse_lenient<T: for<'de> Deserialize<'de>>(
     file: &Path,
     text: &str,
@@ -59,9 +59,7 @@ pub fn parse_lenient<T: for<'de> Deserialize<'de>>(
                 }
             }
             Err(d) => {
-                if errors.is_empty() {
-                    errors.push(d);
-                }
+                errors.push(d);
                 return (None, errors);
             }
         }
@@ -528,6 +526,18 @@ mod tests {
         );
         let (value, _) = parse_lenient::<Outer>(Path::new("f.yaml"), "inner:\n  typo: 1\nc: 5\n");
         assert_eq!(value.and_then(|v| v.c), Some(5), "the rest still parses");
+    }
+
+    #[test]
+    fn a_wrong_type_after_a_typo_is_reported_too() {
+        let found = problems("typo: 1\nc: not-a-number\n");
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(
+            found[0].starts_with("1:1 unknown field `typo`"),
+            "{}",
+            found[0]
+        );
+        assert!(found[1].starts_with("2:"), "{}", found[1]);
     }
 
     #[test]

@@ -1066,6 +1066,8 @@ mod tests {
 
     #[test]
     fn configuration_mistakes_are_refused_at_start() {
+        // reqwest is built without a crypto provider; the daemon installs ring first thing.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::new();
         let webhook = Url::parse("https://hooks.slack.com/services/T/B/X").unwrap();
         let both = SlackConfig {
