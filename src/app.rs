@@ -520,9 +520,9 @@ fn reload(
     engine.reload(alerting(&cfg), Timestamp::now());
     status.ok.store(true, Relaxed);
     status.last_success.store(Timestamp::now().0, Relaxed);
-    info!(config = %path.display(), rules, "config reloaded (rules, routes, inhibitions); cluster, receiver, server and state changes need a restart");
+    info!(config = %path.display(), rules, "config reloaded (rules, routes, inhibitions); cluster, receiver, scaler, server and state changes need a restart");
     Ok(format!(
-        "reloaded {rules} rule(s); cluster, receiver, server and state changes need a restart\n"
+        "reloaded {rules} rule(s); cluster, receiver, scaler, server and state changes need a restart\n"
     ))
 }
 
