@@ -335,7 +335,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         wakes.clone(),
         commit_delay,
     )?);
-    let scaling = Arc::new(Scaling::new(config.scalers.clone()));
+    let scaling = Arc::new(Scaling::new(config.scalers.clone(), &store)?);
     let reload_status = Arc::new(ReloadStatus::new(now));
     let reloader: Arc<dyn Fn() -> Result<String, String> + Send + Sync> = {
         let (path, engine, status) = (config.source.clone(), engine.clone(), reload_status.clone());
@@ -635,7 +635,7 @@ async fn poll_loop(
             let view = Arc::new(view);
             handle.view.store(view.clone());
             engine.on_cycle(&view, now);
-            scaling.on_cycle(&view, now);
+            scaling.on_cycle(&view, now, &engine);
             beat.mark(now);
             // ±5% jitter keeps many daemons (or clusters) from polling in lockstep.
             let jitter = poll.mul_f64(0.1 * fastrand::f64());

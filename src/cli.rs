@@ -354,16 +354,22 @@ pub async fn deadletters_list(daemon: &Daemon) -> anyhow::Result<ExitCode> {
     }
     for d in body.dead_letters {
         let n = &d.letter.notification;
-        let first = n.alerts.first();
+        let what = match &n.scaling {
+            Some(r) => format!("scaler={} sequence={}", r.scaler, r.sequence),
+            None => format!(
+                "alerts={} correlation_id={}",
+                n.alerts.len(),
+                n.alerts.first().map_or("-", |a| a.correlation_id.as_str())
+            ),
+        };
         writeln!(
             out,
-            "{:>6}  {:<16} {:<10} attempts={} alerts={} correlation_id={} error={}",
+            "{:>6}  {:<16} {:<10} attempts={} {} error={}",
             d.id,
             table::terminal_safe(&n.receiver),
             d.letter.reason,
             d.letter.attempts,
-            n.alerts.len(),
-            first.map_or("-", |a| a.correlation_id.as_str()),
+            table::terminal_safe(&what),
             table::terminal_safe(&d.letter.error)
         )?;
     }

@@ -61,7 +61,7 @@ pub struct Config {
     pub startup: Require,
     pub heartbeat: Option<Heartbeat>,
     pub watchdog: Watchdog,
-    /// `scalers:` — desired consumer counts (`scale`); shadow or off in this release.
+    /// `scalers:` — desired consumer counts (`scale`), sent to a webhook (`active`) or only exported.
     pub scalers: Vec<ScalerConfig>,
 }
 
@@ -1034,11 +1034,9 @@ mod tests {
                 "scalers.tolerance: must be at least 0 and below 1",
             ),
             (":18:15:", "must name a webhook receiver"),
-            (
-                ":20:66:",
-                "active (recommendations sent to the webhook) is not in this release",
-            ),
-            (":21:13:", "(active is the default)"),
+            // `active` (explicit, and the default) needs a webhook receiver to send to.
+            (":20:13:", "scalers.receiver is required with mode: active"),
+            (":21:13:", "scalers.receiver is required with mode: active"),
         ];
         assert_eq!(errs.len(), want.len(), "{errs:#?}");
         for (at, what) in want {

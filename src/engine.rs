@@ -18,13 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
 use tracing::{error, info};
 
 use crate::alerts::dispatch::{Dispatch, GroupState, plan};
 use crate::alerts::mute::{InhibitRule, muted};
 use crate::alerts::{Alert, AlertTable, FlapPolicy, State, Transition};
+use crate::domain::{Notification, ScalingMetrics, ScalingRequest};
 use crate::domain::{Silence, Timestamp};
 use crate::rules::{RuleSet, evaluate};
 use crate::scale::{
@@ -443,24 +444,32 @@ impl Engine {
 }
 
 /// The scalers' state between cycles and what each decided last. `scale::decide` is pure; this
-/// holds its `History` per scaler, runs it on every cycle of the scaler's cluster, logs each
-/// recommendation once, and publishes a read-only copy for `/metrics` and `/api/v1/scalers`.
+/// runs it on every cycle of the scaler's cluster, logs each recommendation once, enqueues it for
+/// the scaler's webhook receiver in `mode: active` (through the outbox: signed, retried, dead-
+/// lettered, replayable), and publishes a read-only copy for `/metrics` and `/api/v1/scalers`.
 ///
-/// In this release scalers run in `shadow` (or `off`) mode only: recommendations are computed,
-/// exported and shown, never sent; the history lives in memory, so a restart begins a new
-/// stabilisation window (which holds, never scales down early).
+/// Each scaler's `History` and last recommendation are persisted through the state writer, in the
+/// same transaction as the recommendation they go with (and at least every minute), so the
+/// stabilisation window and the recommendation `sequence` survive a restart.
 pub struct Scaling {
     scalers: Vec<ScalerConfig>,
     state: Mutex<Vec<ScalerState>>,
     published: ArcSwap<Vec<ScalerStatus>>,
 }
 
+/// What is persisted of a scaler between cycles.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct ScalerRecord {
+    history: History,
+    last: Option<ScalingRequest>,
+}
+
 #[derive(Default)]
 struct ScalerState {
-    history: History,
+    record: ScalerRecord,
     up: u64,
     down: u64,
-    last: Option<LastRecommendation>,
+    persisted_at: i64,
 }
 
 /// One scaler as `/metrics` and the API show it.
@@ -477,59 +486,71 @@ pub struct ScalerStatus {
     pub current: Option<u64>,
     /// This cycle's desired count (`Decision::desired`); `None` when an input is unknown.
     pub desired: Option<u32>,
-    /// The last cycle's decision; `None` before the cluster's first cycle.
+    /// The last cycle's decision; `None` before the cluster's first cycle (since the start).
     pub last_decision: Option<Decision>,
     /// Seconds since the epoch of that decision.
     pub decided_at: Option<f64>,
+    /// Recommendations made since the start, by direction.
     pub recommendations_up: u64,
     pub recommendations_down: u64,
-    pub last_recommendation: Option<LastRecommendation>,
+    /// The last recommendation, as the webhook receives it (kept across restarts).
+    pub last_recommendation: Option<ScalingRequest>,
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct LastRecommendation {
-    /// Seconds since the epoch.
-    pub at: f64,
-    #[serde(flatten)]
-    pub recommendation: Recommendation,
-}
+/// Scaler state is written at least this often, so the stabilisation window survives a restart.
+const SCALER_FLUSH_MS: i64 = 60_000;
 
 impl Scaling {
-    pub fn new(scalers: Vec<ScalerConfig>) -> Self {
+    /// Resumes each scaler from the store.
+    pub fn new(scalers: Vec<ScalerConfig>, store: &Store) -> Result<Self, StoreError> {
+        let mut stored: BTreeMap<String, ScalerRecord> = store.load_scalers()?;
+        let state: Vec<ScalerState> = scalers
+            .iter()
+            .map(|c| ScalerState {
+                record: stored.remove(&c.name).unwrap_or_default(),
+                ..ScalerState::default()
+            })
+            .collect();
         let published = scalers
             .iter()
-            .map(|c| status(c, &ScalerState::default(), None))
+            .zip(&state)
+            .map(|(c, st)| status(c, st, None))
             .collect();
-        Scaling {
-            state: Mutex::new(scalers.iter().map(|_| ScalerState::default()).collect()),
+        Ok(Scaling {
+            state: Mutex::new(state),
             published: ArcSwap::from_pointee(published),
             scalers,
-        }
+        })
     }
 
     pub fn statuses(&self) -> Arc<Vec<ScalerStatus>> {
         self.published.load_full()
     }
 
-    /// Runs every scaler of `view`'s cluster on its new view.
-    pub fn on_cycle(&self, view: &ClusterView, now: Timestamp) {
+    /// Runs every scaler of `view`'s cluster on its new view; what is to be kept or sent goes to the
+    /// engine's state writer.
+    pub fn on_cycle(&self, view: &ClusterView, now: Timestamp, engine: &Engine) {
         if !self.scalers.iter().any(|c| c.cluster == view.name) {
             return;
         }
         let mut state = self.state.lock().expect("scaling lock");
         let mut published: Vec<ScalerStatus> = (*self.published.load_full()).clone();
+        let mut write = CycleWrite::default();
         for (i, cfg) in self.scalers.iter().enumerate() {
             if cfg.cluster != view.name {
                 continue;
             }
             let observed = Observed::from_view(view, &cfg.vhost, &cfg.queue, now);
             let st = &mut state[i];
-            let decision = decide(cfg, &observed, &mut st.history, now);
+            let decision = decide(cfg, &observed, &mut st.record.history, now);
+            let mut persist = now.0 - st.persisted_at >= SCALER_FLUSH_MS;
             if let Decision::Recommend(r) = &decision {
                 match r.direction {
                     Direction::Up => st.up += 1,
                     Direction::Down => st.down += 1,
                 }
+                let request = scaling_request(cfg, r, now);
+                let sent = cfg.mode == ScalerMode::Active;
                 info!(
                     scaler = %cfg.name,
                     cluster = %cfg.cluster,
@@ -540,13 +561,31 @@ impl Scaling {
                     current = r.current,
                     desired = r.desired,
                     sequence = r.sequence,
+                    idempotency_key = %request.idempotency_key,
                     reason = %r.reason,
-                    "scaling recommendation (shadow: not sent)"
+                    "{}",
+                    if sent {
+                        "scaling recommendation sent to the outbox"
+                    } else {
+                        "scaling recommendation (shadow: not sent)"
+                    }
                 );
-                st.last = Some(LastRecommendation {
-                    at: now.as_secs_f64(),
-                    recommendation: r.clone(),
-                });
+                if sent {
+                    let notification = Notification::scaling(&cfg.receiver, request.clone(), now.0);
+                    write.enqueue.push(OutboxEntry {
+                        notification,
+                        attempts: 0,
+                        next_attempt_at: now.0,
+                        enqueued_at: now.0,
+                        last_error: None,
+                    });
+                }
+                st.record.last = Some(request);
+                persist = true;
+            }
+            if persist {
+                write.scalers.insert(cfg.name.clone(), record(&st.record));
+                st.persisted_at = now.0;
             }
             let current = observed.queue.map(|q| q.consumers);
             published[i] = ScalerStatus {
@@ -556,6 +595,37 @@ impl Scaling {
             };
         }
         self.published.store(Arc::new(published));
+        if !write.is_empty() {
+            engine.send(Job::Cycle(write));
+        }
+    }
+}
+
+/// The recommendation as the webhook receives it (DESIGN.md §5).
+fn scaling_request(cfg: &ScalerConfig, r: &Recommendation, now: Timestamp) -> ScalingRequest {
+    let millis = std::time::UNIX_EPOCH + Duration::from_millis(now.0.max(0) as u64);
+    ScalingRequest {
+        version: 1,
+        scaler: cfg.name.clone(),
+        cluster: cfg.cluster.clone(),
+        vhost: cfg.vhost.clone(),
+        queue: cfg.queue.clone(),
+        current: r.current,
+        desired: r.desired,
+        min: cfg.min,
+        max: cfg.max,
+        direction: r.direction.as_str().to_string(),
+        reason: r.reason.clone(),
+        metrics: ScalingMetrics {
+            publish_rate: r.inputs.publish_rate,
+            consume_rate: r.inputs.consume_rate,
+            messages_ready: r.inputs.messages_ready,
+            per_consumer_rate: r.inputs.per_consumer_rate,
+            per_consumer_rate_source: r.inputs.per_consumer_rate_source.as_str().to_string(),
+        },
+        sequence: r.sequence,
+        idempotency_key: format!("scaler:{}:{}", cfg.name, r.sequence),
+        timestamp: humantime::format_rfc3339_millis(millis).to_string(),
     }
 }
 
@@ -574,7 +644,7 @@ fn status(cfg: &ScalerConfig, st: &ScalerState, decision: Option<Decision>) -> S
         decided_at: None,
         recommendations_up: st.up,
         recommendations_down: st.down,
-        last_recommendation: st.last.clone(),
+        last_recommendation: st.record.last.clone(),
     }
 }
 

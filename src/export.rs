@@ -650,7 +650,7 @@ fn render_scalers(o: &mut Out, scalers: &[ScalerStatus]) {
     o.family(
         "rabbitwatch_scaler_recommendations_total",
         "counter",
-        "Recommendations made, by direction (in shadow mode: computed, not sent).",
+        "Recommendations made, by direction (sent to the webhook in active mode; computed, not sent, in shadow mode).",
     );
     for (s, l) in scalers.iter().zip(&labels) {
         for (direction, n) in [

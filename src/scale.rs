@@ -148,27 +148,27 @@ impl RawScalerConfig {
     /// config's to check.
     pub fn validate(&self, v: &mut Values<'_>) -> Option<ScalerConfig> {
         let mode = match self.mode.as_ref().map(|m| (m, v.string(m))) {
+            None => ScalerMode::Active,
+            Some((_, m)) if m == "active" => ScalerMode::Active,
             Some((_, m)) if m == "shadow" => ScalerMode::Shadow,
             Some((_, m)) if m == "off" => ScalerMode::Off,
-            Some((at, m)) if m == "active" => {
-                v.error_at(at, ACTIVE_NOT_YET);
-                return None;
-            }
-            None => {
-                v.error_at(
-                    &self.name,
-                    format!("mode: {ACTIVE_NOT_YET} (active is the default)"),
-                );
-                return None;
-            }
             Some((at, other)) => {
                 v.error_at(
                     at,
-                    format!("scalers.mode: unknown value {other:?}; expected shadow or off"),
+                    format!(
+                        "scalers.mode: unknown value {other:?}; expected active, shadow or off"
+                    ),
                 );
                 return None;
             }
         };
+        if mode == ScalerMode::Active && self.receiver.is_none() {
+            v.error_at(
+                &self.name,
+                "scalers.receiver is required with mode: active (a webhook receiver to send the recommendations to; or set mode: shadow to compute and export them only)",
+            );
+            return None;
+        }
         let duration = |v: &mut Values<'_>, s: &Option<S>, default: u64, key: &str| {
             v.duration(
                 s.as_ref(),
@@ -228,9 +228,6 @@ impl RawScalerConfig {
         clean.then_some(cfg)
     }
 }
-
-/// Why `mode: active` is refused for now: an accepted setting must do what it says.
-const ACTIVE_NOT_YET: &str = "active (recommendations sent to the webhook) is not in this release yet; set mode: shadow to compute, export and show the recommendations without sending them, or off";
 
 /// Whether the cluster's figures describe the queue now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -415,6 +412,15 @@ pub enum RateSource {
     Configured,
     /// consume_rate / consumers over the analysis window.
     Learned,
+}
+
+impl RateSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateSource::Configured => "configured",
+            RateSource::Learned => "learned",
+        }
+    }
 }
 
 /// Where the inflow came from.

@@ -38,6 +38,9 @@ const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 const SILENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("silences");
+/// Scaler name → its state between cycles (`scale::History` and the last recommendation), so the
+/// stabilisation window and the recommendation sequence survive a restart.
+const SCALERS: TableDefinition<&str, &[u8]> = TableDefinition::new("scalers");
 /// Group id → what the receiver returned for the group's last delivery (a Slack `channel:ts`).
 const HANDLES: TableDefinition<&str, &str> = TableDefinition::new("handles");
 
@@ -158,18 +161,24 @@ pub struct CycleWrite {
     pub alerts: BTreeMap<String, Option<Record>>,
     /// Group id → its state record.
     pub groups: BTreeMap<String, Record>,
+    /// Scaler name → its state record.
+    pub scalers: BTreeMap<String, Record>,
     pub enqueue: Vec<OutboxEntry>,
 }
 
 impl CycleWrite {
     pub fn is_empty(&self) -> bool {
-        self.alerts.is_empty() && self.groups.is_empty() && self.enqueue.is_empty()
+        self.alerts.is_empty()
+            && self.groups.is_empty()
+            && self.scalers.is_empty()
+            && self.enqueue.is_empty()
     }
 
     /// Folds a later write into this one, as if both were committed in order.
     pub fn merge(&mut self, later: CycleWrite) {
         self.alerts.extend(later.alerts);
         self.groups.extend(later.groups);
+        self.scalers.extend(later.scalers);
         self.enqueue.extend(later.enqueue);
     }
 }
@@ -347,6 +356,7 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
         tx.open_table(DEAD)?;
         tx.open_table(SILENCES)?;
         tx.open_table(HANDLES)?;
+        tx.open_table(SCALERS)?;
     }
     tx.commit()?;
     Ok(())
@@ -413,6 +423,28 @@ impl Store {
         })
     }
 
+    /// Every scaler's stored state; a record that no longer parses is reported and skipped (that
+    /// scaler starts afresh, which holds rather than scales).
+    pub fn load_scalers<T: DeserializeOwned>(&self) -> Result<BTreeMap<String, T>, StoreError> {
+        self.with_db(false, |db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(SCALERS)?;
+            let mut out = BTreeMap::new();
+            for r in t.iter()? {
+                let (k, v) = r?;
+                match parse("scalers", v.value()) {
+                    Ok(s) => {
+                        out.insert(k.value().to_string(), s);
+                    }
+                    Err(e) => {
+                        tracing::error!(scaler = k.value(), error = %e, "skipping unreadable scaler state")
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// What the receiver returned for the group's last delivery (a Slack `channel:ts`).
     pub fn handle(&self, group_id: &str) -> Result<Option<String>, StoreError> {
         self.with_db(false, |db| {
@@ -439,6 +471,10 @@ impl Store {
                 let mut groups = tx.open_table(GROUPS)?;
                 for (id, g) in &w.groups {
                     groups.insert(id.as_str(), g.as_slice())?;
+                }
+                let mut scalers = tx.open_table(SCALERS)?;
+                for (name, r) in &w.scalers {
+                    scalers.insert(name.as_str(), r.as_slice())?;
                 }
                 let mut outbox = tx.open_table(OUTBOX)?;
                 let mut meta = tx.open_table(META)?;
@@ -611,6 +647,7 @@ mod tests {
             flapping: false,
             previous: None,
             created_at: 0,
+            scaling: None,
         }
     }
 

@@ -9,7 +9,10 @@ mod notification;
 mod secret;
 
 pub use matcher::{MatchOp, Matcher, Silence};
-pub use notification::{AlertStatus, AlertSummary, GroupStatus, Notification, fingerprint};
+pub use notification::{
+    AlertStatus, AlertSummary, GroupStatus, Notification, ScalingMetrics, ScalingRequest,
+    fingerprint,
+};
 pub use secret::Secret;
 
 use std::fmt;

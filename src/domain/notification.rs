@@ -61,6 +61,49 @@ pub struct Notification {
     pub previous: Option<String>,
     /// Milliseconds since the epoch.
     pub created_at: i64,
+    /// Set for a scaling recommendation (no alerts): what the webhook receiver sends instead of the
+    /// alert group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<ScalingRequest>,
+}
+
+/// A scaling recommendation as an autoscaler's webhook receives it (DESIGN.md §5 "Scaling"): POSTed as
+/// JSON, signed like every webhook, `idempotency_key` also in the `Idempotency-Key` header.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScalingRequest {
+    /// The payload's version: 1.
+    pub version: u32,
+    pub scaler: String,
+    pub cluster: String,
+    pub vhost: String,
+    pub queue: String,
+    pub current: u32,
+    pub desired: u32,
+    pub min: u32,
+    pub max: u32,
+    /// `up` or `down`.
+    pub direction: String,
+    /// What drove it, with the numbers.
+    pub reason: String,
+    pub metrics: ScalingMetrics,
+    /// Increases with every recommendation of this scaler, across restarts: an autoscaler applies a
+    /// recommendation only if its sequence is above the last one it applied.
+    pub sequence: u64,
+    pub idempotency_key: String,
+    /// RFC 3339, when the recommendation was made.
+    pub timestamp: String,
+}
+
+/// The figures behind a scaling recommendation; a rate rabbitwatch does not know is `null`, not 0.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScalingMetrics {
+    pub publish_rate: Option<f64>,
+    pub consume_rate: Option<f64>,
+    pub messages_ready: u64,
+    /// The per-consumer rate used: configured, or learned as consume_rate / consumers.
+    pub per_consumer_rate: f64,
+    /// `configured` or `learned`.
+    pub per_consumer_rate_source: String,
 }
 
 impl GroupStatus {
@@ -110,6 +153,32 @@ impl Notification {
             flapping,
             previous: None,
             created_at: now,
+            scaling: None,
+        }
+    }
+
+    /// A scaling recommendation for `receiver` (a webhook). Its group is the scaler, so a
+    /// scaler's recommendations are delivered one after another, in order.
+    pub fn scaling(receiver: &str, request: ScalingRequest, now: i64) -> Notification {
+        let labels = BTreeMap::from([
+            ("scaler".to_string(), request.scaler.clone()),
+            ("cluster".to_string(), request.cluster.clone()),
+            ("vhost".to_string(), request.vhost.clone()),
+            ("queue".to_string(), request.queue.clone()),
+        ]);
+        Notification {
+            receiver: receiver.to_string(),
+            group_key: format!("scaler:{}", request.scaler),
+            status: GroupStatus::Firing,
+            group_labels: labels.clone(),
+            common_labels: labels,
+            common_annotations: BTreeMap::new(),
+            alerts: Vec::new(),
+            idempotency_key: request.idempotency_key.clone(),
+            flapping: false,
+            previous: None,
+            created_at: now,
+            scaling: Some(request),
         }
     }
 }

@@ -129,6 +129,7 @@ mod tests {
             flapping: false,
             previous: None,
             created_at: 1,
+            scaling: None,
         }
     }
 

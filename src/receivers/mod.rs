@@ -162,6 +162,14 @@ impl Receiver {
     /// Sends one notification. Never retries: the error says whether the outbox should.
     pub async fn deliver(&self, n: &Notification) -> Result<Delivered, DeliveryError> {
         match self {
+            // Config validation sends scaling recommendations to webhooks only; should one reach a
+            // chat or mail receiver anyway, it is a dead letter, visible, not an empty message.
+            Receiver::Slack(_) | Receiver::Email(_) if n.scaling.is_some() => {
+                Err(DeliveryError::Permanent {
+                    reason: Reason::InvalidRequest,
+                    message: "scaling recommendations go to webhook receivers only".into(),
+                })
+            }
             Receiver::Slack(r) => r.deliver(n).await,
             Receiver::Email(r) => r.deliver(n).await,
             Receiver::Webhook(r) => r.deliver(n).await,
@@ -441,6 +449,47 @@ mod tests {
     use reqwest::StatusCode;
     use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 
+    #[tokio::test]
+    async fn a_scaling_recommendation_is_never_posted_to_a_chat_channel() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let slack = SlackReceiver::new(
+            "ops",
+            SlackConfig {
+                // Nothing listens there: the receiver must refuse before trying.
+                webhook_url: Some(reqwest::Url::parse("http://127.0.0.1:9/hook").unwrap()),
+                ..SlackConfig::default()
+            },
+            reqwest::Client::new(),
+        )
+        .unwrap();
+        let request = crate::domain::ScalingRequest {
+            version: 1,
+            scaler: "w".into(),
+            cluster: "c".into(),
+            vhost: "/".into(),
+            queue: "q".into(),
+            current: 1,
+            desired: 3,
+            min: 1,
+            max: 5,
+            direction: "up".into(),
+            reason: "test".into(),
+            metrics: crate::domain::ScalingMetrics {
+                publish_rate: Some(30.0),
+                consume_rate: Some(10.0),
+                messages_ready: 0,
+                per_consumer_rate: 10.0,
+                per_consumer_rate_source: "configured".into(),
+            },
+            sequence: 1,
+            idempotency_key: "scaler:w:1".into(),
+            timestamp: String::new(),
+        };
+        let n = Notification::scaling("ops", request, 0);
+        let e = Receiver::Slack(slack).deliver(&n).await.unwrap_err();
+        assert!(!e.is_retriable(), "a dead letter at once, not retries: {e}");
+    }
+
     fn with_retry_after(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, HeaderValue::from_str(value).unwrap());
@@ -556,6 +605,7 @@ mod tests {
             flapping: false,
             previous: None,
             created_at: 0,
+            scaling: None,
         };
         assert_eq!(headline(&n), "[FIRING:1] QueueBacklogGrowing on local");
         n.status = GroupStatus::Resolved;

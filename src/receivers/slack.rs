@@ -908,6 +908,7 @@ mod tests {
             flapping: false,
             previous: None,
             created_at: 1_700_000_000_000,
+            scaling: None,
         }
     }
 

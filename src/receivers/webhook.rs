@@ -197,7 +197,12 @@ impl WebhookReceiver {
     }
 
     pub async fn deliver(&self, n: &Notification) -> Result<Delivered, DeliveryError> {
-        let body = render_payload(n);
+        // A scaling recommendation is its own payload (DESIGN.md §5); an alert group is
+        // Alertmanager-shaped. Both are signed and carry the Idempotency-Key.
+        let body = match &n.scaling {
+            Some(request) => serde_json::to_vec(request).unwrap_or_default(),
+            None => render_payload(n),
+        };
         let mut request = self
             .http
             .post(self.cfg.url.clone())
@@ -259,6 +264,7 @@ mod tests {
             flapping: false,
             previous: None,
             created_at: 1_700_000_060_000,
+            scaling: None,
         }
     }
 

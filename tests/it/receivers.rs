@@ -94,6 +94,7 @@ fn notification(queue: &str, status: GroupStatus) -> Notification {
         flapping: false,
         previous: None,
         created_at: 1_700_000_000_000,
+        scaling: None,
     }
 }
 
