@@ -222,17 +222,7 @@ pub async fn status(daemon: &Daemon, watch: bool, interval: Duration) -> anyhow:
     let client = client()?;
     let url = format!("{}/api/v1/queues", daemon.base);
     loop {
-        let body: QueuesBody = client
-            .get(&url)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .with_context(|| {
-                format!("cannot reach the daemon at {url}; is `rabbitwatch run` running?")
-            })?
-            .json()
-            .await
-            .with_context(|| format!("unexpected answer from {url}"))?;
+        let body: QueuesBody = get_json(&client, &url).await?;
         let mut table = table::render_table(body.queues);
         table.push_str(&table::render_scalers(&scalers(&client, daemon).await?));
         if watch {
@@ -266,16 +256,26 @@ async fn scalers(
         scalers: Vec<table::ScalerRow>,
     }
     let url = format!("{}/api/v1/scalers", daemon.base);
-    let body: Body = client
-        .get(&url)
+    let body: Body = get_json(client, &url).await?;
+    Ok(body.scalers)
+}
+
+/// GETs `url` from the daemon and reads its JSON answer.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    url: &str,
+) -> anyhow::Result<T> {
+    client
+        .get(url)
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
-        .with_context(|| format!("cannot reach the daemon at {url}"))?
+        .with_context(|| {
+            format!("cannot reach the daemon at {url}; is `rabbitwatch run` running?")
+        })?
         .json()
         .await
-        .with_context(|| format!("unexpected answer from {url}"))?;
-    Ok(body.scalers)
+        .with_context(|| format!("unexpected answer from {url}"))
 }
 
 /// What `rabbitwatch silence` asks of the daemon.
@@ -341,14 +341,7 @@ pub async fn deadletters_list(daemon: &Daemon) -> anyhow::Result<ExitCode> {
     let mut out = Out::stdout();
     let client = client()?;
     let url = format!("{}/api/v1/deadletters", daemon.base);
-    let body: crate::http::DeadLettersBody = client
-        .get(&url)
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .with_context(|| format!("cannot reach the daemon at {url}"))?
-        .json()
-        .await?;
+    let body: crate::http::DeadLettersBody = get_json(&client, &url).await?;
     if body.dead_letters.is_empty() {
         writeln!(out, "no dead letters")?;
     }
