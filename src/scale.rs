@@ -896,7 +896,8 @@ fn compute(cfg: &ScalerConfig, obs: &Observed) -> Result<Computed, Hold> {
     let drain_secs = cfg.target_drain_time.as_secs_f64();
     let drain = q.messages_ready as f64 / drain_secs;
     let need = (inflow + drain) / pcr;
-    let ceil = (need - CEIL_SLACK).ceil().max(0.0);
+    // `abs`: the ceiling of a hair below zero is -0, which would read "needs -0".
+    let ceil = (need - CEIL_SLACK).ceil().max(0.0).abs();
     // Zero only when nothing arrives (measured, not estimated), nothing waits and nothing is in
     // flight: the last consumer is never taken away from work, nor on a guess.
     let may_be_zero = inflow_source == InflowSource::Measured
@@ -1764,6 +1765,9 @@ mod tests {
 
     #[test]
     fn recommendations_say_what_drove_them() {
+        // Nothing arriving and nothing waiting: "needs 0", never "needs -0".
+        let idle = decide(&cfg(), &queue(1, 0, 0.0), &mut History::default(), at(0));
+        assert!(!format!("{idle:?}").contains("needs -0"), "{idle:?}");
         let mut h = History::default();
         let Decision::Recommend(r) = decide(&cfg(), &queue(3, 1200, 32.0), &mut h, at(0)) else {
             panic!("an up");

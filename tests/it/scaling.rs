@@ -299,3 +299,193 @@ scalers:
         .count();
     assert_eq!(accepted, 1, "delivered once");
 }
+
+/// An example program (`examples/NAME.rs`), built by `cargo build --examples` (scripts/test does).
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/it-… → target/<profile>/examples/NAME
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>")
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --examples` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn autoscaler_status(client: &reqwest::Client, url: &str) -> Result<Value, String> {
+    let response = client
+        .get(format!("{url}/status"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    response.json().await.map_err(|e| e.to_string())
+}
+
+/// The queue's ready messages as the daemon last saw them.
+async fn ready(daemon: &Daemon, vhost: &str, queue: &str) -> Result<u64, String> {
+    let (_, body) = daemon
+        .get_json(&format!("/api/v1/queues?vhost={vhost}"))
+        .await?;
+    body["queues"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["queue"] == queue))
+        .and_then(|r| r["messages_ready"].as_u64())
+        .ok_or_else(|| format!("no {queue} yet: {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_autoscaler_driven_by_rabbitwatch_drains_the_backlog_and_returns_to_min() {
+    let vhost = TestVhost::create().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = dir.path().join("hmac.txt");
+    std::fs::write(&secret, "loop-s3cret\n").expect("writing the secret");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _autoscaler = Process(
+        std::process::Command::new(example("autoscaler"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--amqp", &vhost.amqp_url(), "--queue", "work"])
+            .args(["--rate", "10", "--min", "1"])
+            .arg("--hmac-secret-file")
+            .arg(&secret)
+            .spawn()
+            .expect("starting the reference autoscaler"),
+    );
+    let client = crate::util::http_client();
+    eventually(
+        Duration::from_secs(20),
+        "the autoscaler up with 1 consumer",
+        async || {
+            let s = autoscaler_status(&client, &url).await?;
+            (s["consumers"] == 1).then_some(()).ok_or(format!("{s}"))
+        },
+    )
+    .await;
+
+    // It answers like a real one: a body whose signature does not verify is refused, nothing applied.
+    let forged = client
+        .post(format!("{url}/scale"))
+        .header("X-Rabbitwatch-Signature", "sha256=00")
+        .body(r#"{"queue":"work","desired":10,"sequence":99}"#)
+        .send()
+        .await
+        .expect("posting a forged recommendation");
+    assert_eq!(forged.status().as_u16(), 401);
+
+    let tuning = Tuning {
+        poll_interval: "1s",
+        window: "20s",
+        ..Tuning::default()
+    };
+    let config = config_for(vhost.name(), free_port(), &tuning)
+        + &format!(
+            r#"receivers:
+  - name: autoscaler
+    webhook: {{ url: "{url}/scale", hmac_secret_file: "{secret}" }}
+route: {{ receiver: autoscaler }}
+scalers:
+  - name: work-workers
+    cluster: local
+    vhost: "{vhost}"
+    queue: work
+    per_consumer_rate: 10
+    target_drain_time: 20s
+    min: 1
+    max: 10
+    scale_down_stabilization: 15s
+    cooldown: 10s
+    receiver: autoscaler
+"#,
+            secret = secret.display(),
+            vhost = vhost.name()
+        );
+    let daemon = Daemon::start(&config).await;
+    let started = std::time::Instant::now();
+    let publisher = publish_at_rate(&vhost.amqp_url(), "work", 60).await;
+
+    // 60/s in, 10/s per consumer: rabbitwatch asks for at least 6, the autoscaler starts them.
+    eventually(
+        Duration::from_secs(60),
+        "at least 6 consumers running",
+        async || {
+            let s = autoscaler_status(&client, &url).await?;
+            (s["consumers"].as_u64() >= Some(6))
+                .then_some(())
+                .ok_or(format!("{s}"))
+        },
+    )
+    .await;
+    let scaled_up = started.elapsed();
+    // The backlog built up meanwhile drains within target_drain_time + 2 polls + the stabilisation.
+    eventually(
+        Duration::from_secs(20 + 2 + 15 + 10),
+        "the backlog drained",
+        async || {
+            let n = ready(&daemon, vhost.name(), "work").await?;
+            (n < 60).then_some(()).ok_or(format!("{n} ready"))
+        },
+    )
+    .await;
+    let drained = started.elapsed();
+    publisher.stop().await;
+
+    // Nothing published: after the window forgets the rate and the stabilisation has passed, back to min.
+    eventually(Duration::from_secs(120), "back to 1 consumer", async || {
+        let s = autoscaler_status(&client, &url).await?;
+        (s["consumers"] == 1).then_some(()).ok_or(format!("{s}"))
+    })
+    .await;
+    let total = started.elapsed();
+    let s = autoscaler_status(&client, &url).await.expect("status");
+    eprintln!(
+        "closed loop: scaled up after {scaled_up:?}, drained after {drained:?}, back to min after {total:?}: {s}"
+    );
+    // No flapping: a cooldown of 10 s allows at most one recommendation per direction per 10 s, and
+    // a loop that settles makes far fewer. Every one was signed right (the forged one is the refusal).
+    let calls = s["applied"].as_u64().unwrap_or(0) + s["superseded"].as_u64().unwrap_or(0);
+    let bound = 2 * (total.as_secs() / 10 + 1);
+    assert!(calls >= 2, "at least one up and one down: {s}");
+    assert!(
+        calls <= bound,
+        "{calls} webhook calls in {total:?} (bound {bound}): {s}"
+    );
+    assert_eq!(s["refused"], 1, "only the forged request was refused: {s}");
+
+    // A late delivery of an old recommendation (a retry overtaken by newer ones) is not applied.
+    let stale = br#"{"queue":"work","desired":9,"sequence":1,"direction":"up"}"#;
+    let mut mac = <Hmac<Sha256>>::new_from_slice(b"loop-s3cret").expect("key");
+    mac.update(stale);
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let answer: Value = client
+        .post(format!("{url}/scale"))
+        .header("X-Rabbitwatch-Signature", signature)
+        .body(stale.to_vec())
+        .send()
+        .await
+        .expect("posting a stale recommendation")
+        .json()
+        .await
+        .expect("a JSON answer");
+    assert_eq!(answer["applied"], false, "{answer}");
+    let s = autoscaler_status(&client, &url).await.expect("status");
+    assert_eq!(
+        s["consumers"], 1,
+        "the stale recommendation changed nothing: {s}"
+    );
+}
