@@ -9,9 +9,10 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use crate::util::{
-    Daemon, TestVhost, Tuning, config_for, consume_at_rate, eventually, find, free_port,
-    publish_at_rate, run_cli,
+    CLUSTER, Daemon, TestVhost, Tuning, cluster_yaml, config_for, config_with_clusters,
+    consume_at_rate, eventually, find, free_port, publish_at_rate, publish_n, run_cli,
 };
+use crate::util_faults::{Fault as FaultKind, FaultyApi, On};
 use crate::util_slack::{FakeHttp, Lasting, Mode};
 
 fn scaler<'a>(body: &'a Value, name: &str) -> Result<&'a Value, String> {
@@ -434,7 +435,8 @@ scalers:
     let scaled_up = started.elapsed();
     // The backlog built up meanwhile drains within target_drain_time + 2 polls + the stabilisation.
     eventually(
-        Duration::from_secs(20 + 2 + 15 + 10),
+        // target_drain_time + 2 polls + scale_down_stabilization.
+        Duration::from_secs(20 + 2 + 15),
         "the backlog drained",
         async || {
             let n = ready(&daemon, vhost.name(), "work").await?;
@@ -488,4 +490,165 @@ scalers:
         s["consumers"], 1,
         "the stale recommendation changed nothing: {s}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bursty_queue_its_consumers_absorb_gets_no_recommendation() {
+    // 150 messages every 10 s (15/s on average, 150/s for an instant) and two consumers at 10/s each:
+    // the backlog comes and goes, the consumers keep up. An instantaneous rate would scale up at
+    // every burst; rabbitwatch judges the window and holds.
+    let vhost = TestVhost::create().await;
+    let tuning = Tuning {
+        poll_interval: "1s",
+        window: "20s",
+        ..Tuning::default()
+    };
+    let config = config_for(vhost.name(), free_port(), &tuning)
+        + &format!(
+            r#"scalers:
+  - {{ name: bursty, cluster: local, vhost: "{vhost}", queue: bursts, per_consumer_rate: 10, max: 20, scale_down_stabilization: 15s, mode: shadow }}
+"#,
+            vhost = vhost.name()
+        );
+    let daemon = Daemon::start(&config).await;
+    let amqp = vhost.amqp_url();
+    let first = consume_at_rate(&amqp, "bursts", 10).await;
+    let second = consume_at_rate(&amqp, "bursts", 10).await;
+    let bursts = {
+        let amqp = amqp.clone();
+        tokio::spawn(async move {
+            for _ in 0..7 {
+                publish_n(&amqp, "bursts", 150).await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        })
+    };
+    // Until the window is full the scaler holds for insufficient data; then it must keep holding.
+    let mut holds = std::collections::BTreeMap::<String, u32>::new();
+    let mut max_ready = 0;
+    let until = std::time::Instant::now() + Duration::from_secs(65);
+    while std::time::Instant::now() < until {
+        let (_, body) = daemon.get_json("/api/v1/scalers").await.expect("scalers");
+        let s = scaler(&body, "bursty").expect("scaler").clone();
+        assert!(
+            s["last_recommendation"].is_null(),
+            "a burst the consumers absorb must not be scaled for: {s}"
+        );
+        if let Some(reason) = s["last_decision"]["reason"].as_str() {
+            *holds.entry(reason.to_owned()).or_default() += 1;
+        }
+        if let Ok(n) = ready(&daemon, vhost.name(), "bursts").await {
+            max_ready = max_ready.max(n);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bursts.await.expect("bursts");
+    first.stop().await;
+    second.stop().await;
+    // The broker samples depths every 5 s, so the peaks are mostly missed; some backlog is seen.
+    assert!(
+        max_ready >= 20,
+        "the bursts did build a backlog (max {max_ready} ready)"
+    );
+    assert!(
+        holds.get("within_tolerance").is_some_and(|n| *n >= 10),
+        "the scaler decided (held within tolerance) once its window was full: {holds:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_sends_nothing_until_it_is_back() {
+    let vhost = TestVhost::create().await;
+    let api = FaultyApi::start().await;
+    let autoscaler = FakeHttp::start().await;
+    let tuning = Tuning {
+        poll_interval: "1s",
+        window: "20s",
+        ..Tuning::default()
+    };
+    let config = config_with_clusters(
+        free_port(),
+        &tuning,
+        &[cluster_yaml(CLUSTER, &api.url(), vhost.name(), &tuning)],
+    ) + &format!(
+        r#"receivers:
+  - name: autoscaler
+    webhook: {{ url: "{url}" }}
+route: {{ receiver: autoscaler }}
+scalers:
+  - {{ name: w, cluster: local, vhost: "{vhost}", queue: orders, per_consumer_rate: 10, max: 20, cooldown: 1s, receiver: autoscaler }}
+"#,
+        url = autoscaler.url("/scale"),
+        vhost = vhost.name()
+    );
+    let daemon = Daemon::start(&config).await;
+    let amqp = vhost.amqp_url();
+    let consumer = consume_at_rate(&amqp, "orders", 10).await;
+    let publisher = publish_at_rate(&amqp, "orders", 60).await;
+    eventually(
+        Duration::from_secs(60),
+        "a first recommendation delivered",
+        async || {
+            (autoscaler
+                .requests_to("/scale")
+                .iter()
+                .any(|r| r.accepted()))
+            .then_some(())
+            .ok_or("none yet".to_owned())
+        },
+    )
+    .await;
+
+    // The management API goes away while the queue keeps growing: hold, say why, send nothing.
+    api.fail(On::path("/api"), FaultKind::Status(503));
+    let held = eventually(
+        Duration::from_secs(20),
+        "a hold for the unreachable cluster",
+        async || {
+            let (_, body) = daemon.get_json("/api/v1/scalers").await?;
+            let s = scaler(&body, "w")?.clone();
+            (s["last_decision"]["reason"] == "cluster_unreachable")
+                .then_some(s.clone())
+                .ok_or(format!("{s}"))
+        },
+    )
+    .await;
+    assert!(
+        held["desired"].is_null(),
+        "no desired count while unknown: {held}"
+    );
+    let sent_before = autoscaler.requests_to("/scale").len();
+    tokio::time::sleep(Duration::from_secs(8)).await; // a stretch of time, not a condition
+    let samples = daemon.metrics().await.expect("metrics");
+    assert_eq!(
+        find(
+            &samples,
+            "rabbitwatch_scaler_desired_consumers",
+            &[("scaler", "w")]
+        ),
+        None,
+        "the desired gauge is absent, not 0, while the cluster is unreachable"
+    );
+    assert_eq!(
+        autoscaler.requests_to("/scale").len(),
+        sent_before,
+        "nothing sent while the cluster was unreachable"
+    );
+
+    // Back: figures again, decisions again.
+    api.heal();
+    eventually(
+        Duration::from_secs(30),
+        "decisions on fresh figures again",
+        async || {
+            let (_, body) = daemon.get_json("/api/v1/scalers").await?;
+            let s = scaler(&body, "w")?.clone();
+            (s["desired"].as_u64().is_some())
+                .then_some(())
+                .ok_or(format!("{s}"))
+        },
+    )
+    .await;
+    publisher.stop().await;
+    consumer.stop().await;
 }
