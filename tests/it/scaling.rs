@@ -12,6 +12,7 @@ use crate::util::{
     CLUSTER, Daemon, TestVhost, Tuning, cluster_yaml, config_for, config_with_clusters,
     consume_at_rate, eventually, find, free_port, publish_at_rate, publish_n, run_cli,
 };
+use crate::util_broker::PrivateBroker;
 use crate::util_faults::{Fault as FaultKind, FaultyApi, On};
 use crate::util_slack::{FakeHttp, Lasting, Mode};
 
@@ -651,4 +652,65 @@ scalers:
     .await;
     publisher.stop().await;
     consumer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_without_message_statistics_holds_with_its_reason() {
+    // A node that keeps no message rates (`management.rates_mode = none`): depths only. A scaler that
+    // must learn the per-consumer rate has nothing to learn it from: it holds and says so, exports no
+    // desired count and sends nothing; never a 0.
+    let broker = PrivateBroker::start_with("management.rates_mode = none").await;
+    broker.declare_durable_queue("orders").await;
+    broker.publish_persistent("orders", 50).await;
+    let autoscaler = FakeHttp::start().await;
+    let tuning = Tuning {
+        poll_interval: "1s",
+        window: "20s",
+        ..Tuning::default()
+    };
+    let config = config_with_clusters(
+        free_port(),
+        &tuning,
+        &[cluster_yaml(
+            CLUSTER,
+            &broker.management_url(),
+            "/",
+            &tuning,
+        )],
+    ) + &format!(
+        r#"receivers:
+  - name: autoscaler
+    webhook: {{ url: "{url}" }}
+route: {{ receiver: autoscaler }}
+scalers:
+  - {{ name: learned, cluster: local, vhost: /, queue: orders, max: 20, receiver: autoscaler }}
+"#,
+        url = autoscaler.url("/scale")
+    );
+    let daemon = Daemon::start(&config).await;
+    let held = eventually(Duration::from_secs(60), "a depth-only hold", async || {
+        let (_, body) = daemon.get_json("/api/v1/scalers").await?;
+        let s = scaler(&body, "learned")?.clone();
+        (s["last_decision"]["reason"] == "depth_only_needs_per_consumer_rate")
+            .then_some(s.clone())
+            .ok_or(format!("{s}"))
+    })
+    .await;
+    assert!(held["desired"].is_null(), "{held}");
+    assert!(
+        held["last_decision"]["detail"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "the hold says why in words: {held}"
+    );
+    let samples = daemon.metrics().await.expect("metrics");
+    assert_eq!(
+        find(
+            &samples,
+            "rabbitwatch_scaler_desired_consumers",
+            &[("scaler", "learned")]
+        ),
+        None
+    );
+    assert!(autoscaler.requests().is_empty(), "nothing sent");
 }

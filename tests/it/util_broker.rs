@@ -53,6 +53,12 @@ pub struct PrivateBroker {
 impl PrivateBroker {
     /// Boots a node with the management plugin and returns once its API answers.
     pub async fn start() -> PrivateBroker {
+        PrivateBroker::start_with("").await
+    }
+
+    /// Like `start`, with `extra` appended to the node's `rabbitmq.conf` (e.g.
+    /// `management.rates_mode = none`).
+    pub async fn start_with(extra: &str) -> PrivateBroker {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let started = Instant::now();
         let node = format!(
@@ -65,7 +71,7 @@ impl PrivateBroker {
             .tempdir()
             .expect("creating the private broker's temp dir");
         let [amqp_port, management_port, dist_port] = free_ports();
-        write_files(dir.path(), amqp_port, management_port);
+        write_files(dir.path(), amqp_port, management_port, extra);
 
         let mut command = Command::new("sh");
         command
@@ -342,7 +348,7 @@ fn node_env(dir: &Path, node: &str) -> Vec<(&'static str, std::ffi::OsString)> {
     ]
 }
 
-fn write_files(dir: &Path, amqp_port: u16, management_port: u16) {
+fn write_files(dir: &Path, amqp_port: u16, management_port: u16, extra: &str) {
     let write = |name: &str, contents: &str| {
         std::fs::write(dir.join(name), contents)
             .unwrap_or_else(|e| panic!("writing the private broker's {name}: {e}"));
@@ -368,7 +374,7 @@ fn write_files(dir: &Path, amqp_port: u16, management_port: u16) {
         &format!(
             "listeners.tcp.local = 127.0.0.1:{amqp_port}\n\
              management.tcp.ip = 127.0.0.1\n\
-             management.tcp.port = {management_port}\n"
+             management.tcp.port = {management_port}\n{extra}\n"
         ),
     );
     write("enabled_plugins", "[rabbitmq_management].\n");
