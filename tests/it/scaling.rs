@@ -16,6 +16,13 @@ use crate::util_broker::PrivateBroker;
 use crate::util_faults::{Fault as FaultKind, FaultyApi, On};
 use crate::util_slack::{FakeHttp, Lasting, Mode};
 
+/// 1 s polls and a 20 s window: scalers decide on a full window within seconds.
+const TUNING: Tuning = Tuning {
+    poll_interval: "1s",
+    window: "20s",
+    page_size: 500,
+};
+
 fn scaler<'a>(body: &'a Value, name: &str) -> Result<&'a Value, String> {
     body["scalers"]
         .as_array()
@@ -29,11 +36,7 @@ fn scaler<'a>(body: &'a Value, name: &str) -> Result<&'a Value, String> {
 async fn a_queue_fed_faster_than_drained_gets_a_shadow_scale_up_and_nothing_is_sent() {
     let vhost = TestVhost::create().await;
     let autoscaler = FakeHttp::start().await;
-    let tuning = Tuning {
-        poll_interval: "1s",
-        window: "20s",
-        ..Tuning::default()
-    };
+    let tuning = TUNING;
     let config = config_for(vhost.name(), free_port(), &tuning)
         + &format!(
             r#"receivers:
@@ -187,11 +190,7 @@ async fn an_active_scaler_posts_a_signed_recommendation_through_the_outbox_and_k
         &[(Mode::Status(503, "starting up"), Lasting::Times(2))],
         Mode::Ok,
     );
-    let tuning = Tuning {
-        poll_interval: "1s",
-        window: "20s",
-        ..Tuning::default()
-    };
+    let tuning = TUNING;
     let config = config_for(vhost.name(), free_port(), &tuning)
         + &format!(
             r#"receivers:
@@ -390,11 +389,7 @@ async fn the_reference_autoscaler_driven_by_rabbitwatch_drains_the_backlog_and_r
         .expect("posting a forged recommendation");
     assert_eq!(forged.status().as_u16(), 401);
 
-    let tuning = Tuning {
-        poll_interval: "1s",
-        window: "20s",
-        ..Tuning::default()
-    };
+    let tuning = TUNING;
     let config = config_for(vhost.name(), free_port(), &tuning)
         + &format!(
             r#"receivers:
@@ -499,11 +494,7 @@ async fn a_bursty_queue_its_consumers_absorb_gets_no_recommendation() {
     // the backlog comes and goes, the consumers keep up. An instantaneous rate would scale up at
     // every burst; rabbitwatch judges the window and holds.
     let vhost = TestVhost::create().await;
-    let tuning = Tuning {
-        poll_interval: "1s",
-        window: "20s",
-        ..Tuning::default()
-    };
+    let tuning = TUNING;
     let config = config_for(vhost.name(), free_port(), &tuning)
         + &format!(
             r#"scalers:
@@ -562,11 +553,7 @@ async fn an_unreachable_cluster_sends_nothing_until_it_is_back() {
     let vhost = TestVhost::create().await;
     let api = FaultyApi::start().await;
     let autoscaler = FakeHttp::start().await;
-    let tuning = Tuning {
-        poll_interval: "1s",
-        window: "20s",
-        ..Tuning::default()
-    };
+    let tuning = TUNING;
     let config = config_with_clusters(
         free_port(),
         &tuning,
@@ -663,11 +650,7 @@ async fn a_queue_without_message_statistics_holds_with_its_reason() {
     broker.declare_durable_queue("orders").await;
     broker.publish_persistent("orders", 50).await;
     let autoscaler = FakeHttp::start().await;
-    let tuning = Tuning {
-        poll_interval: "1s",
-        window: "20s",
-        ..Tuning::default()
-    };
+    let tuning = TUNING;
     let config = config_with_clusters(
         free_port(),
         &tuning,
