@@ -605,7 +605,11 @@ scalers:
         held["desired"].is_null(),
         "no desired count while unknown: {held}"
     );
-    let sent_before = autoscaler.requests_to("/scale").len();
+    // What was recommended before the outage may still be on its way; nothing newer may follow.
+    let last_before = held["last_recommendation"]["sequence"]
+        .as_u64()
+        .expect("a recommendation before the outage");
+    let ups_before = held["recommendations_up"].as_u64();
     tokio::time::sleep(Duration::from_secs(8)).await; // a stretch of time, not a condition
     let samples = daemon.metrics().await.expect("metrics");
     assert_eq!(
@@ -617,10 +621,25 @@ scalers:
         None,
         "the desired gauge is absent, not 0, while the cluster is unreachable"
     );
+    let (_, body) = daemon.get_json("/api/v1/scalers").await.expect("scalers");
+    let during = scaler(&body, "w").expect("scaler").clone();
     assert_eq!(
-        autoscaler.requests_to("/scale").len(),
-        sent_before,
-        "nothing sent while the cluster was unreachable"
+        during["last_decision"]["reason"], "cluster_unreachable",
+        "{during}"
+    );
+    assert_eq!(
+        during["recommendations_up"].as_u64(),
+        ups_before,
+        "no recommendation while the cluster was unreachable: {during}"
+    );
+    let newest_sent = autoscaler
+        .requests_to("/scale")
+        .iter()
+        .filter_map(|r| r.json()["sequence"].as_u64())
+        .max();
+    assert!(
+        newest_sent <= Some(last_before),
+        "nothing newer than sequence {last_before} sent while the cluster was unreachable: {newest_sent:?}"
     );
 
     // Back: figures again, decisions again.
