@@ -89,6 +89,8 @@ pub struct QueueHealth {
     /// Age in seconds of the oldest message; a lower bound when it predates the window.
     pub oldest_message_age: Option<f64>,
     pub status: Status,
+    /// Seconds the window's samples cover, first to last: how much history the rates stand on.
+    pub window_span: f64,
 }
 
 pub fn analyze(w: &Window, latest: Latest, params: &Params, now: Timestamp) -> QueueHealth {
@@ -130,6 +132,7 @@ pub fn analyze(w: &Window, latest: Latest, params: &Params, now: Timestamp) -> Q
         drain_eta: drain_eta(last.messages, publish_rate, consume_rate, backlog_growth),
         oldest_message_age: oldest_message_age(w, latest.head_message_timestamp, now),
         status: status(w, latest, params),
+        window_span: last.at.secs_since(w.first().at),
     }
 }
 

@@ -335,7 +335,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         wakes.clone(),
         commit_delay,
     )?);
-    let scaling = Arc::new(Scaling::new(config.scalers.clone(), &store)?);
+    let scaling = Arc::new(Scaling::new(
+        config.scalers.clone(),
+        config.analysis.window,
+        &store,
+    )?);
     let reload_status = Arc::new(ReloadStatus::new(now));
     let reloader: Arc<dyn Fn() -> Result<String, String> + Send + Sync> = {
         let (path, engine, status) = (config.source.clone(), engine.clone(), reload_status.clone());

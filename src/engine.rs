@@ -453,6 +453,8 @@ impl Engine {
 /// stabilisation window and the recommendation `sequence` survive a restart.
 pub struct Scaling {
     scalers: Vec<ScalerConfig>,
+    /// `analysis.window`: decisions wait for rates that stand on this much history.
+    window: Duration,
     state: Mutex<Vec<ScalerState>>,
     published: ArcSwap<Vec<ScalerStatus>>,
 }
@@ -502,7 +504,11 @@ const SCALER_FLUSH_MS: i64 = 60_000;
 
 impl Scaling {
     /// Resumes each scaler from the store.
-    pub fn new(scalers: Vec<ScalerConfig>, store: &Store) -> Result<Self, StoreError> {
+    pub fn new(
+        scalers: Vec<ScalerConfig>,
+        window: Duration,
+        store: &Store,
+    ) -> Result<Self, StoreError> {
         let mut stored: BTreeMap<String, ScalerRecord> = store.load_scalers()?;
         let state: Vec<ScalerState> = scalers
             .iter()
@@ -517,6 +523,7 @@ impl Scaling {
             .map(|(c, st)| status(c, st, None))
             .collect();
         Ok(Scaling {
+            window,
             state: Mutex::new(state),
             published: ArcSwap::from_pointee(published),
             scalers,
@@ -540,7 +547,7 @@ impl Scaling {
             if cfg.cluster != view.name {
                 continue;
             }
-            let observed = Observed::from_view(view, &cfg.vhost, &cfg.queue, now);
+            let observed = Observed::from_view(view, &cfg.vhost, &cfg.queue, self.window, now);
             let st = &mut state[i];
             let decision = decide(cfg, &observed, &mut st.record.history, now);
             let mut persist = now.0 - st.persisted_at >= SCALER_FLUSH_MS;

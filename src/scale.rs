@@ -250,6 +250,9 @@ pub struct Observed {
     pub stats_mode: StatsMode,
     /// The cluster's poll interval: cycles further apart than three of these are a gap in the history.
     pub poll_interval: Duration,
+    /// The analysis window (`analysis.window`): a decision waits until the queue's rates stand on
+    /// that much history (less two polls), so a burst in a young window is not read as the rate.
+    pub window: Duration,
     /// `None`: the queue is not in the latest listing.
     pub queue: Option<QueueObserved>,
 }
@@ -266,6 +269,8 @@ pub struct QueueObserved {
     /// Slope of the depth over the window; what depth-only mode estimates the inflow from.
     pub backlog_growth: Option<f64>,
     pub status: Status,
+    /// Seconds of history the rates stand on.
+    pub window_span: f64,
 }
 
 impl QueueObserved {
@@ -292,6 +297,7 @@ impl QueueObserved {
             consume_rate: h.consume_rate,
             backlog_growth: h.backlog_growth,
             status: h.status,
+            window_span: h.window_span,
         }
     }
 }
@@ -299,7 +305,13 @@ impl QueueObserved {
 impl Observed {
     /// The scaler's queue as the cluster's latest view shows it. A linear search of the listing:
     /// fine for a handful of scalers; the wiring can index the view if there are many.
-    pub fn from_view(view: &ClusterView, vhost: &str, queue: &str, now: Timestamp) -> Self {
+    pub fn from_view(
+        view: &ClusterView,
+        vhost: &str,
+        queue: &str,
+        window: Duration,
+        now: Timestamp,
+    ) -> Self {
         let cluster = if view.last_attempt.is_none() {
             ClusterState::NotScrapedYet
         } else if !view.up {
@@ -318,6 +330,7 @@ impl Observed {
             cluster,
             stats_mode: view.stats_mode,
             poll_interval: view.poll_interval,
+            window,
             queue,
         }
     }
@@ -818,6 +831,21 @@ fn compute(cfg: &ScalerConfig, obs: &Observed) -> Result<Computed, Hold> {
                 .into(),
         );
     }
+    // Rates over a few seconds are nearly instantaneous: one burst would read as the rate. Decide on
+    // a window's worth of history (less two polls, the sampling slack), as the alerts do.
+    let needed = obs
+        .window
+        .saturating_sub(obs.poll_interval * 2)
+        .as_secs_f64();
+    if q.window_span < needed {
+        return unknown(
+            HoldReason::InsufficientData,
+            format!(
+                "the queue's rates stand on {:.0}s of history; a scaling decision waits for {needed:.0}s (analysis.window less two polls)",
+                q.window_span
+            ),
+        );
+    }
     let rate_unknown = |what: &str| {
         unknown(
             HoldReason::RateUnknown,
@@ -982,6 +1010,8 @@ mod tests {
     use HoldReason as R;
 
     const POLL: Duration = Duration::from_secs(10);
+    /// The analysis window of the table's queues (the default `analysis.window`).
+    const WINDOW: Duration = Duration::from_secs(300);
 
     /// DESIGN.md §3's example: 10/s per consumer, a backlog gone within 2m, 1..=20 consumers, 10%
     /// tolerance, 5m stabilisation, 1m cooldown.
@@ -1021,6 +1051,7 @@ mod tests {
             cluster: ClusterState::Fresh,
             stats_mode: StatsMode::Full,
             poll_interval: POLL,
+            window: WINDOW,
             queue: Some(QueueObserved {
                 consumers,
                 messages_ready: ready,
@@ -1029,6 +1060,7 @@ mod tests {
                 consume_rate: Some(publish.min(consumers as f64 * 10.0)),
                 backlog_growth: Some(0.0),
                 status: Status::Ok,
+                window_span: WINDOW.as_secs_f64(),
             }),
         }
     }
@@ -1150,6 +1182,13 @@ mod tests {
                 with(queue(3, 1200, 32.0), |q| {
                     q.status = Status::InsufficientData
                 }),
+                Want::Hold(R::InsufficientData),
+                None,
+            ),
+            (
+                "9b rates over a few seconds of history: one burst is not a rate",
+                cfg(),
+                with(queue(3, 1200, 150.0), |q| q.window_span = 8.0),
                 Want::Hold(R::InsufficientData),
                 None,
             ),
@@ -1631,6 +1670,7 @@ mod tests {
                 cluster: ClusterState::Fresh,
                 stats_mode: StatsMode::Full,
                 poll_interval: poll,
+                window: Duration::from_millis(self.params.window_ms as u64),
                 queue: Some(QueueObserved::from_health(consumers, ready, 0, &health)),
             }
         }
@@ -1943,7 +1983,7 @@ mod tests {
         };
         let mut view = ClusterView::new("local", POLL);
         let observe =
-            |view: &ClusterView, now| Observed::from_view(view, "shop", "orders", at(now));
+            |view: &ClusterView, now| Observed::from_view(view, "shop", "orders", WINDOW, at(now));
         assert_eq!(observe(&view, 0).cluster, ClusterState::NotScrapedYet);
         view.last_attempt = Some(at(0));
         assert_eq!(observe(&view, 0).cluster, ClusterState::Unreachable);
@@ -1967,15 +2007,16 @@ mod tests {
                 consume_rate: Some(30.0),
                 backlog_growth: Some(2.0),
                 status: Status::Growing,
+                window_span: 0.0,
             })
         );
         assert_eq!(observe(&view, 32).cluster, ClusterState::Stale);
         assert_eq!(
-            Observed::from_view(&view, "shop", "other", at(10)).queue,
+            Observed::from_view(&view, "shop", "other", WINDOW, at(10)).queue,
             None
         );
         assert_eq!(
-            Observed::from_view(&view, "/", "orders", at(10)).queue,
+            Observed::from_view(&view, "/", "orders", WINDOW, at(10)).queue,
             None
         );
     }
