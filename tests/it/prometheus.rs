@@ -177,9 +177,10 @@ async fn promtool_finds_nothing_wrong_with_live_metrics() {
     let _publisher = publish_at_rate(&vhost.amqp_url(), "lint.q", 10).await;
     let _consumer = consume_at_rate(&vhost.amqp_url(), "lint.q", 5).await;
     // Lint an exposition that has every family populated, rates included.
+    // The scaler's desired count appears once its queue's rates stand on a whole window (30 s here).
     let text = eventually(
-        Duration::from_secs(30),
-        "queue rates in /metrics",
+        Duration::from_secs(60),
+        "queue rates and the scaler's desired count in /metrics",
         async || {
             let text = daemon.metrics_text().await?;
             if text.contains("rabbitwatch_queue_publish_rate{")
