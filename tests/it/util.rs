@@ -384,6 +384,12 @@ pub async fn publish_at_rate(amqp_url: &str, queue: &str, per_second: u32) -> Tr
 
 /// Declares `queue` and consumes from it with prefetch 1, acking at a steady `per_second`.
 pub async fn consume_at_rate(amqp_url: &str, queue: &str, per_second: u32) -> Traffic {
+    paced_consumer(amqp_url, queue, per_second, false).await
+}
+
+/// A consumer with prefetch 1 that settles one delivery per tick at `per_second`: acks it, or rejects
+/// it with `requeue` (the broker redelivers it). Counts the deliveries settled.
+async fn paced_consumer(amqp_url: &str, queue: &str, per_second: u32, requeue: bool) -> Traffic {
     let (connection, channel) = connect(amqp_url).await;
     declare_on(&channel, queue).await;
     channel
@@ -392,9 +398,10 @@ pub async fn consume_at_rate(amqp_url: &str, queue: &str, per_second: u32) -> Tr
         .unwrap_or_else(|e| panic!("setting prefetch 1: {e}"));
     let (consumer, mut deliveries) = subscribe(&channel, queue).await;
     let queue = queue.to_owned();
+    let what = if requeue { "requeueing from" } else { "of" };
     Traffic::spawn(
-        format!("consumer of {queue:?} at {per_second}/s"),
-        move |mut stopped, acked| async move {
+        format!("consumer {what} {queue:?} at {per_second}/s"),
+        move |mut stopped, settled| async move {
             let _subscription = consumer;
             let mut pacer = pacer(per_second);
             loop {
@@ -409,11 +416,18 @@ pub async fn consume_at_rate(amqp_url: &str, queue: &str, per_second: u32) -> Tr
                     _ = &mut stopped => break,
                     _ = pacer.tick() => {}
                 }
-                delivery
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .map_err(|e| format!("acking on {queue:?}: {e}"))?;
-                acked.fetch_add(1, Ordering::Relaxed);
+                if requeue {
+                    delivery
+                        .reject(lapin::options::BasicRejectOptions { requeue: true })
+                        .await
+                        .map_err(|e| format!("rejecting on {queue:?}: {e}"))?;
+                } else {
+                    delivery
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .map_err(|e| format!("acking on {queue:?}: {e}"))?;
+                }
+                settled.fetch_add(1, Ordering::Relaxed);
             }
             close(&connection).await;
             Ok(())
@@ -572,32 +586,7 @@ impl Daemon {
         files: &[(&str, &str)],
         env: &[(&str, &str)],
     ) -> Daemon {
-        let listen = regex::Regex::new(r"(?m)^\s+listen:\s*(\S+)\s*$")
-            .expect("a valid regex")
-            .captures(config_yaml)
-            .map(|found| found[1].to_owned())
-            .expect("the config sets server.listen");
-        let dir = tempfile::Builder::new()
-            .prefix("rabbitwatch-it-")
-            .tempdir()
-            .expect("creating the daemon's temp dir");
-        std::fs::write(dir.path().join(CONFIG_FILE), config_yaml).expect("writing the config");
-        for (name, contents) in files {
-            std::fs::write(dir.path().join(name), contents)
-                .unwrap_or_else(|e| panic!("writing {name} beside the config: {e}"));
-        }
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        let child = spawn_daemon(dir.path(), &env);
-        let mut daemon = Daemon {
-            child,
-            dir,
-            base_url: format!("http://{listen}"),
-            http: http_client(),
-            env,
-        };
+        let mut daemon = Daemon::spawn_with_env(config_yaml, files, env);
         daemon.wait_until_healthy(Duration::from_secs(60)).await;
         daemon
     }
@@ -999,42 +988,7 @@ mod parser_tests {
 /// a steady `per_second`: a consumer that cannot handle its messages and puts them straight back, so
 /// the broker redelivers them (a hot requeue loop). Counts the rejections.
 pub async fn requeue_at_rate(amqp_url: &str, queue: &str, per_second: u32) -> Traffic {
-    let (connection, channel) = connect(amqp_url).await;
-    declare_on(&channel, queue).await;
-    channel
-        .basic_qos(1, BasicQosOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("setting prefetch 1: {e}"));
-    let (consumer, mut deliveries) = subscribe(&channel, queue).await;
-    let queue = queue.to_owned();
-    Traffic::spawn(
-        format!("consumer requeueing from {queue:?} at {per_second}/s"),
-        move |mut stopped, rejected| async move {
-            let _subscription = consumer;
-            let mut pacer = pacer(per_second);
-            loop {
-                let delivery = tokio::select! {
-                    _ = &mut stopped => break,
-                    delivery = deliveries.recv() => delivery,
-                };
-                let Some(delivery) = next_message(delivery, &queue)? else {
-                    break;
-                };
-                tokio::select! {
-                    _ = &mut stopped => break,
-                    _ = pacer.tick() => {}
-                }
-                let requeue = lapin::options::BasicRejectOptions { requeue: true };
-                delivery
-                    .reject(requeue)
-                    .await
-                    .map_err(|e| format!("rejecting on {queue:?}: {e}"))?;
-                rejected.fetch_add(1, Ordering::Relaxed);
-            }
-            close(&connection).await;
-            Ok(())
-        },
-    )
+    paced_consumer(amqp_url, queue, per_second, true).await
 }
 
 impl Daemon {
@@ -1061,6 +1015,11 @@ impl Daemon {
     /// `/healthz`: for tests about what the daemon does while it is still starting. `until_healthy`
     /// then waits for it.
     pub fn spawn_with_files(config_yaml: &str, files: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn_with_env(config_yaml, files, &[])
+    }
+
+    /// Writes the config and `files` into a temp dir of their own and spawns the daemon there.
+    fn spawn_with_env(config_yaml: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> Daemon {
         let listen = regex::Regex::new(r"(?m)^\s+listen:\s*(\S+)\s*$")
             .expect("a valid regex")
             .captures(config_yaml)
@@ -1075,13 +1034,17 @@ impl Daemon {
             std::fs::write(dir.path().join(name), contents)
                 .unwrap_or_else(|e| panic!("writing {name} beside the config: {e}"));
         }
-        let child = spawn_daemon(dir.path(), &[]);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let child = spawn_daemon(dir.path(), &env);
         Daemon {
             child,
             dir,
             base_url: format!("http://{listen}"),
             http: http_client(),
-            env: Vec::new(),
+            env,
         }
     }
 
