@@ -17,6 +17,7 @@ use crate::fault::Fault;
 use crate::http::{HttpState, router};
 use crate::liveness::{Beat, EXIT_STUCK, Liveness, Verdict};
 use crate::outbox::{self, Pacer, ReceiverStats, Stats};
+use crate::probe::Probe;
 use crate::receivers::{
     EmailReceiver, InvalidReceiver, LogReceiver, Reason, Receiver, SlackReceiver, WebhookReceiver,
 };
@@ -31,6 +32,7 @@ async fn startup_checks(
     config: &Config,
     scrapers: &[Scraper],
     receivers: &[Receiver],
+    probes: &[Arc<Probe>],
 ) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     let mut clusters_failed = 0;
@@ -51,6 +53,23 @@ async fn startup_checks(
                 warn!(cluster = %name, error = %e, "start-up check failed");
                 failed.push(format!("cluster {name}: {e}{hint}"));
                 clusters_failed += 1;
+            }
+        }
+    }
+    // A canary's target is checked like a cluster: connect, open a channel, find its queue.
+    let checks = probes.iter().cloned().map(|p| async move {
+        let result = crate::probe::check(&p.config).await;
+        (p, result)
+    });
+    for (p, result) in futures_join(checks).await {
+        let c = &p.config;
+        match result {
+            Ok(()) => {
+                info!(cluster = %c.cluster, vhost = %c.vhost, probe = %c.name, "probe start-up check passed")
+            }
+            Err(e) => {
+                warn!(cluster = %c.cluster, vhost = %c.vhost, probe = %c.name, error = %e, "probe start-up check failed");
+                failed.push(format!("cluster {}: {e}", c.cluster));
             }
         }
     }
@@ -283,6 +302,20 @@ async fn probe_store(store: Arc<Store>) {
     }
 }
 
+/// Runs the futures concurrently; their outputs in order.
+async fn futures_join<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("start-up check task"));
+    }
+    out
+}
+
 /// How often the dispatcher runs its timers (group_wait, group_interval, repeat_interval).
 const DISPATCH_TICK: Duration = Duration::from_secs(1);
 
@@ -314,7 +347,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let receivers = receivers(&config)?;
 
-    startup_checks(&config, &scrapers, &receivers).await?;
+    let probes: Vec<Arc<Probe>> = config.probes.iter().cloned().map(Probe::new).collect();
+
+    startup_checks(&config, &scrapers, &receivers, &probes).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -355,6 +390,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map(|c| Beat::new(format!("poll:{}", c.name), c.poll_interval, now))
         .collect();
     let dispatcher_beat = Beat::new("dispatcher", DISPATCH_TICK, now);
+    let probe_beats: Vec<Arc<Beat>> = probes
+        .iter()
+        .map(|p| {
+            let c = &p.config;
+            Beat::new(format!("probe:{}/{}", c.cluster, c.name), c.interval, now)
+        })
+        .collect();
     let worker_beats: Vec<Arc<Beat>> = receivers
         .iter()
         .map(|r| {
@@ -367,6 +409,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .iter()
             .chain([&dispatcher_beat])
             .chain(&worker_beats)
+            .chain(&probe_beats)
             .cloned()
             .collect(),
         grace: config.watchdog.grace,
@@ -393,6 +436,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         reload: reloader.clone(),
         reload_status: reload_status.clone(),
         scaling: scaling.clone(),
+        probes: Arc::new(probes.clone()),
     };
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
@@ -434,6 +478,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .context("cannot start the watchdog thread")?;
     }
     loops.push(tokio::spawn(probe_store(store.clone())));
+    for (p, beat) in probes.iter().zip(probe_beats) {
+        loops.push(tokio::spawn(crate::probe::run(p.clone(), beat)));
+    }
     if let Some(hb) = config.heartbeat.clone() {
         loops.push(tokio::spawn(heartbeat(hb, liveness.clone())));
     }
@@ -452,15 +499,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }));
     loops.extend(scrapers.into_iter().zip(&handles).zip(poll_beats).map(
         |((scraper, handle), beat)| {
-            tokio::spawn(poll_loop(
-                handle.clone(),
+            tokio::spawn(poll_loop(PollLoop {
+                handle: handle.clone(),
                 beat,
                 scraper,
                 params,
-                engine.clone(),
-                scaling.clone(),
+                engine: engine.clone(),
+                scaling: scaling.clone(),
+                probes: probes
+                    .iter()
+                    .filter(|p| p.config.cluster == handle.name)
+                    .cloned()
+                    .collect(),
                 fault,
-            ))
+            }))
         },
     ));
 
@@ -590,15 +642,30 @@ fn log_cycle_event(event: CycleEvent) {
 
 /// One cluster's loop: scrape, fold into history, publish the view. Cycles never overlap: a cycle
 /// longer than the interval makes the loop skip (and count) the ticks it overran.
-async fn poll_loop(
+/// One cluster's poll loop and everything its cycles feed.
+struct PollLoop {
     handle: Arc<ClusterHandle>,
     beat: Arc<Beat>,
     scraper: Scraper,
     params: Params,
     engine: Arc<Engine>,
     scaling: Arc<Scaling>,
+    /// The cluster's canaries: each cycle's view carries their latest samples.
+    probes: Vec<Arc<Probe>>,
     fault: Fault,
-) {
+}
+
+async fn poll_loop(l: PollLoop) {
+    let PollLoop {
+        handle,
+        beat,
+        scraper,
+        params,
+        engine,
+        scaling,
+        probes,
+        fault,
+    } = l;
     let cfg = scraper.config().clone();
     let poll = cfg.poll_interval;
     let mut tracker = Tracker::new(&cfg.name, params);
@@ -631,9 +698,12 @@ async fn poll_loop(
             let elapsed = started.elapsed();
             let now = Timestamp::now();
             let prev = handle.view.load_full();
-            let (view, events) = tracker.next_view(&prev, result, elapsed, now);
+            let (mut view, events) = tracker.next_view(&prev, result, elapsed, now);
             for event in events {
                 log_cycle_event(event);
+            }
+            if !probes.is_empty() {
+                view.probes = Arc::new(probes.iter().map(|p| (*p.sample()).clone()).collect());
             }
             let skipped = (view.skipped_total - prev.skipped_total) as u32;
             let view = Arc::new(view);

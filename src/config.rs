@@ -17,6 +17,7 @@ use crate::alerts::dispatch::Route;
 use crate::alerts::mute::InhibitRule;
 use crate::domain::{Matcher, Secret};
 use crate::outbox::Policy;
+use crate::probe::{ClusterDefaults, ProbeConfig, RawProbeConfig};
 use crate::receivers::{
     EmailConfig, LogConfig, RawEmailConfig, RawLogConfig, RawSlackConfig, RawWebhookConfig,
     SlackConfig, WebhookConfig,
@@ -63,6 +64,8 @@ pub struct Config {
     pub watchdog: Watchdog,
     /// `scalers:` — desired consumer counts (`scale`), sent to a webhook (`active`) or only exported.
     pub scalers: Vec<ScalerConfig>,
+    /// Every cluster's `probe:` entries: the AMQP canaries.
+    pub probes: Vec<ProbeConfig>,
 }
 
 /// `watchdog:` — how long the daemon's own loops may go without progress (see `liveness`).
@@ -252,6 +255,8 @@ struct RawCluster {
     max_queues: Option<Spanned<usize>>,
     max_response_size: Option<S>,
     cycle_timeout: Option<S>,
+    #[serde(default)]
+    probe: Vec<RawProbeConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -416,8 +421,10 @@ impl Validator<'_> {
             self.error_at(&raw.clusters, "clusters: at least one cluster is required");
         }
         let mut clusters: Vec<ClusterConfig> = Vec::new();
+        let mut probes: Vec<ProbeConfig> = Vec::new();
         for rc in &raw.clusters.value {
             let c = self.cluster(rc, watchdog.grace);
+            self.probes(rc, &c, &mut probes);
             if clusters.iter().any(|o| o.name == c.name) {
                 self.error_at(&rc.name, format!("duplicate cluster name {:?}", c.name));
             }
@@ -511,6 +518,36 @@ impl Validator<'_> {
             heartbeat,
             watchdog,
             scalers,
+            probes,
+        }
+    }
+
+    /// A cluster's `probe:` entries; a probe is known by its cluster, vhost and name.
+    fn probes(&mut self, rc: &RawCluster, c: &ClusterConfig, out: &mut Vec<ProbeConfig>) {
+        let defaults = ClusterDefaults {
+            cluster: &c.name,
+            management_url: &c.url,
+            username: &c.username,
+            password: &c.password,
+            ca_pem: c.tls.ca_pem.as_deref(),
+        };
+        for rp in &rc.probe {
+            let Some(p) = rp.validate(self, &defaults) else {
+                continue;
+            };
+            if out
+                .iter()
+                .any(|o| (&o.cluster, &o.vhost, &o.name) == (&p.cluster, &p.vhost, &p.name))
+            {
+                self.error_at(
+                    rp.name.as_ref().unwrap_or(&rp.vhost),
+                    format!(
+                        "duplicate probe {:?} in vhost {:?} of cluster {:?}: give each a distinct name",
+                        p.name, p.vhost, p.cluster
+                    ),
+                );
+            }
+            out.push(p);
         }
     }
 
@@ -962,6 +999,7 @@ impl Config {
             .into_iter()
             .partition(|c| shard.owns(&c.name));
         self.clusters = mine;
+        self.probes.retain(|p| shard.owns(&p.cluster));
         others.into_iter().map(|c| c.name).collect()
     }
 }

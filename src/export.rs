@@ -10,9 +10,10 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use crate::alerts::State;
-use crate::domain::{StatsMode, Timestamp};
+use crate::domain::{Histogram, StatsMode, Timestamp};
 use crate::engine::{Published, ReloadStatus, ScalerStatus};
-use crate::outbox::{LATENCY_BUCKETS, Stats};
+use crate::outbox::Stats;
+use crate::probe::Probe;
 use crate::snapshot::NodeSample;
 use crate::view::{ClusterView, QueueView, escape_label_value};
 
@@ -29,6 +30,20 @@ impl Out {
 
     fn sample(&mut self, name: &str, labels: &str, value: f64) {
         push_sample(&mut self.buf, name, labels, value);
+    }
+
+    /// One histogram's `_bucket`, `_sum` and `_count` samples (the family line is the caller's).
+    fn histogram(&mut self, family: &str, labels: &str, h: &Histogram) {
+        let bucket = format!("{family}_bucket");
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut le = String::new();
+        for (bound, count) in h.buckets() {
+            le.clear();
+            push_f64(&mut le, bound);
+            self.sample(&bucket, &format!("{labels}{sep}le=\"{le}\""), count as f64);
+        }
+        self.sample(&format!("{family}_sum"), labels, h.sum());
+        self.sample(&format!("{family}_count"), labels, h.count() as f64);
     }
 }
 
@@ -253,6 +268,8 @@ pub struct Extras<'a> {
     pub process: Option<&'a crate::process::Usage>,
     /// The `scalers:` entries and what each decided last.
     pub scalers: &'a [ScalerStatus],
+    /// The canaries (`probe:` entries).
+    pub probes: &'a [Arc<Probe>],
 }
 
 /// Pieces of about this size are handed to the HTTP layer while the rest is still being rendered: the
@@ -271,6 +288,7 @@ fn without_extras<R>(f: impl FnOnce(&Extras<'_>) -> R) -> R {
         store_writable: None,
         process: None,
         scalers: &[],
+        probes: &[],
     })
 }
 
@@ -450,6 +468,7 @@ pub fn render_chunked(
 
     render_alerting(&mut o, extras);
     render_scalers(&mut o, extras.scalers);
+    render_probes(&mut o, extras.probes);
     if let Some(p) = extras.process {
         render_process(&mut o, p);
     }
@@ -584,26 +603,63 @@ fn render_alerting(o: &mut Out, x: &Extras<'_>) {
         "Time from a notification entering the outbox to its delivery.",
     );
     for (name, st) in x.receivers {
-        let r = label("receiver", name);
-        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+        o.histogram(
+            "rabbitwatch_notification_latency_seconds",
+            &label("receiver", name),
+            &st.latency,
+        );
+    }
+}
+
+/// The canaries, labelled `cluster, vhost, probe`: up (absent before the first round trip ended),
+/// the round-trip latency of the successful ones, and the failed ones by error.
+fn render_probes(o: &mut Out, probes: &[Arc<Probe>]) {
+    if probes.is_empty() {
+        return;
+    }
+    let labels: Vec<String> = probes
+        .iter()
+        .map(|p| {
+            let c = &p.config;
+            format!(
+                "{},{},{}",
+                label("cluster", &c.cluster),
+                label("vhost", &c.vhost),
+                label("probe", &c.name)
+            )
+        })
+        .collect();
+    o.family(
+        "rabbitwatch_probe_up",
+        "gauge",
+        "1 when the canary's last round trip (publish, confirm, delivery) succeeded, 0 when it failed; absent before the first.",
+    );
+    for (p, l) in probes.iter().zip(&labels) {
+        if let Some(ok) = p.sample().ok {
+            o.sample("rabbitwatch_probe_up", l, if ok { 1.0 } else { 0.0 });
+        }
+    }
+    o.family(
+        "rabbitwatch_probe_latency_seconds",
+        "histogram",
+        "Publish to delivery of the canary's successful round trips.",
+    );
+    for (p, l) in probes.iter().zip(&labels) {
+        o.histogram("rabbitwatch_probe_latency_seconds", l, &p.latency);
+    }
+    o.family(
+        "rabbitwatch_probe_failures_total",
+        "counter",
+        "Failed canary round trips by error (connect, auth, blocked, unroutable, nack, timeout).",
+    );
+    for (p, l) in probes.iter().zip(&labels) {
+        for (e, n) in p.failures_total() {
             o.sample(
-                "rabbitwatch_notification_latency_seconds_bucket",
-                &format!("{r},le=\"{le}\""),
-                st.latency_buckets[i].load(Relaxed) as f64,
+                "rabbitwatch_probe_failures_total",
+                &format!("{l},{}", label("error", e.as_str())),
+                n as f64,
             );
         }
-        let count = st.latency_buckets[10].load(Relaxed) as f64;
-        o.sample(
-            "rabbitwatch_notification_latency_seconds_bucket",
-            &format!("{r},le=\"+Inf\""),
-            count,
-        );
-        o.sample(
-            "rabbitwatch_notification_latency_seconds_sum",
-            &r,
-            st.latency_sum_ms.load(Relaxed) as f64 / 1000.0,
-        );
-        o.sample("rabbitwatch_notification_latency_seconds_count", &r, count);
     }
 }
 

@@ -21,6 +21,7 @@ use crate::engine::{Engine, ReloadStatus, ScalerStatus, Scaling, SilenceError};
 use crate::export;
 use crate::liveness::{Liveness, Verdict};
 use crate::outbox::Stats;
+use crate::probe::Probe;
 use crate::store::DeadLetter;
 use crate::view::{ClusterHandle, ClusterView, LastError};
 
@@ -39,6 +40,8 @@ pub struct HttpState {
     pub reload: Arc<dyn Fn() -> Result<String, String> + Send + Sync>,
     pub reload_status: Arc<ReloadStatus>,
     pub scaling: Arc<Scaling>,
+    /// The canaries (`probe:` entries) of every cluster.
+    pub probes: Arc<Vec<Arc<Probe>>>,
 }
 
 impl HttpState {
@@ -86,6 +89,7 @@ async fn metrics(State(st): State<HttpState>) -> Response {
     let stats = st.stats.clone();
     let reload_status = st.reload_status.clone();
     let scalers = st.scaling.statuses();
+    let probes = st.probes.clone();
     // Rendering 100k queues takes a while: it runs on a blocking thread and sends the text in pieces
     // while it goes, a few pieces ahead of the client at most, so memory stays at a few pieces.
     let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(4);
@@ -99,6 +103,7 @@ async fn metrics(State(st): State<HttpState>) -> Response {
             store_writable: Some(store_writable),
             process: Some(&usage),
             scalers: &scalers,
+            probes: &probes,
         };
         let sent = export::render_chunked(
             &views,
@@ -286,6 +291,56 @@ struct ClusterStatus {
     queues_stats_pending: usize,
     nodes: usize,
     scrape_errors: std::collections::BTreeMap<crate::scrape::ScrapeReason, u64>,
+    probes: Vec<ProbeStatus>,
+}
+
+/// One canary in `/api/v1/status`: what it proves, how its last round trip went, its totals.
+#[derive(Serialize)]
+struct ProbeStatus {
+    name: String,
+    vhost: String,
+    /// `scheme://user@host:port` (never the password).
+    endpoint: String,
+    exchange: String,
+    routing_key: String,
+    queue: String,
+    interval_seconds: f64,
+    timeout_seconds: f64,
+    /// Null until the first round trip ended.
+    ok: Option<bool>,
+    latency_seconds: Option<f64>,
+    consecutive_failures: u64,
+    error: Option<&'static str>,
+    detail: String,
+    last_round_trip: Option<f64>,
+    last_success: Option<f64>,
+    round_trips_ok: u64,
+    failures_total: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl ProbeStatus {
+    fn of(p: &Probe) -> Self {
+        let (c, s) = (&p.config, p.sample());
+        ProbeStatus {
+            name: c.name.clone(),
+            vhost: c.vhost.clone(),
+            endpoint: c.endpoint.clone(),
+            exchange: c.exchange.clone(),
+            routing_key: c.routing_key.clone(),
+            queue: c.queue.clone(),
+            interval_seconds: c.interval.as_secs_f64(),
+            timeout_seconds: c.timeout.as_secs_f64(),
+            ok: s.ok,
+            latency_seconds: s.latency,
+            consecutive_failures: s.failures,
+            error: s.error.map(|e| e.as_str()),
+            detail: s.detail.clone(),
+            last_round_trip: s.at.map(Timestamp::as_secs_f64),
+            last_success: s.last_success.map(Timestamp::as_secs_f64),
+            round_trips_ok: p.latency.count(),
+            failures_total: p.failures_total().map(|(e, n)| (e.as_str(), n)).collect(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -312,6 +367,12 @@ async fn status(State(st): State<HttpState>) -> Json<StatusBody> {
             queues_stats_pending: v.stats_pending,
             nodes: v.nodes.len(),
             scrape_errors: v.errors_total.clone(),
+            probes: st
+                .probes
+                .iter()
+                .filter(|p| p.config.cluster == v.name)
+                .map(|p| ProbeStatus::of(p))
+                .collect(),
         })
         .collect();
     Json(StatusBody {

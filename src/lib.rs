@@ -21,6 +21,7 @@ pub mod http;
 mod layering;
 pub mod liveness;
 pub mod outbox;
+pub mod probe;
 pub mod process;
 pub mod receivers;
 pub mod rules;

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::alerts::dispatch::group_id;
-use crate::domain::Timestamp;
+use crate::domain::{Histogram, Timestamp};
 use crate::fault::Fault;
 use crate::liveness::Beat;
 use crate::receivers::Receiver;
@@ -110,27 +110,23 @@ pub async fn on_disk<T: Send + 'static>(
 pub const LATENCY_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
 
 /// Counters of one receiver, read by `/metrics`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ReceiverStats {
     pub delivered: AtomicU64,
     pub retried: AtomicU64,
     pub dead_lettered: AtomicU64,
-    /// Cumulative histogram counts per `LATENCY_BUCKETS`, then +Inf.
-    pub latency_buckets: [AtomicU64; 11],
-    /// Sum of latencies in milliseconds.
-    pub latency_sum_ms: AtomicU64,
+    /// Outbox entry → delivery, over `LATENCY_BUCKETS`.
+    pub latency: Histogram,
 }
 
-impl ReceiverStats {
-    fn observe_latency(&self, secs: f64) {
-        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
+impl Default for ReceiverStats {
+    fn default() -> Self {
+        ReceiverStats {
+            delivered: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            latency: Histogram::new(&LATENCY_BUCKETS),
         }
-        self.latency_buckets[10].fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_ms
-            .fetch_add((secs * 1000.0) as u64, Ordering::Relaxed);
     }
 }
 
@@ -297,7 +293,7 @@ async fn deliver_due(pass: &Pass<'_>) -> Result<Option<i64>, StoreError> {
                 on_disk(store, move |s| s.delivered(id, Some((&gid, handle)))).await?;
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
                 let latency = (Timestamp::now().0 - entry.enqueued_at) as f64 / 1000.0;
-                stats.observe_latency(latency);
+                stats.latency.observe(latency);
                 info!(receiver = receiver.name(), correlation_id, idempotency_key = %n.idempotency_key, status = ?n.status, alerts = n.alerts.len(), attempts = entry.attempts + 1, "notification delivered");
             }
             Err(err) => {

@@ -277,9 +277,135 @@ impl Window {
     }
 }
 
+/// Why a canary round trip failed (`probe_error`; DESIGN.md §5 "Canary").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProbeError {
+    /// The connection could not be opened or was closed: refused, reset, the vhost refusing
+    /// connections, the node stopping.
+    Connect,
+    /// The broker refused the credentials or the user's permissions in the vhost.
+    Auth,
+    /// The broker blocked the connection's publishes (a memory or disk alarm).
+    Blocked,
+    /// The message reached no queue (`basic.return` of a mandatory publish), or the exchange or
+    /// queue named in the probe does not exist.
+    Unroutable,
+    /// The broker refused to take responsibility for the message (a publisher-confirm nack).
+    Nack,
+    /// Published, but not confirmed or not delivered back within the probe's `timeout`.
+    Timeout,
+}
+
+impl ProbeError {
+    pub const ALL: [ProbeError; 6] = [
+        ProbeError::Connect,
+        ProbeError::Auth,
+        ProbeError::Blocked,
+        ProbeError::Unroutable,
+        ProbeError::Nack,
+        ProbeError::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeError::Connect => "connect",
+            ProbeError::Auth => "auth",
+            ProbeError::Blocked => "blocked",
+            ProbeError::Unroutable => "unroutable",
+            ProbeError::Nack => "nack",
+            ProbeError::Timeout => "timeout",
+        }
+    }
+}
+
+/// What one canary (a `probe:` entry) found by its last round trip: judged by `scope: probe` rules.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeSample {
+    pub name: String,
+    pub vhost: String,
+    /// The last round trip succeeded; `None` until the first one ended.
+    pub ok: Option<bool>,
+    /// Seconds from publish to delivery of the last round trip, when it succeeded.
+    pub latency: Option<f64>,
+    /// Consecutive failed round trips.
+    pub failures: u64,
+    /// Why the last round trip failed; `None` when it succeeded.
+    pub error: Option<ProbeError>,
+    /// The failure in words (the broker's reply text, or what timed out); empty when ok.
+    pub detail: String,
+    /// When the last round trip ended.
+    pub at: Option<Timestamp>,
+    /// When a round trip last succeeded.
+    pub last_success: Option<Timestamp>,
+}
+
+impl ProbeSample {
+    pub fn new(name: &str, vhost: &str) -> Self {
+        ProbeSample {
+            name: name.to_string(),
+            vhost: vhost.to_string(),
+            ok: None,
+            latency: None,
+            failures: 0,
+            error: None,
+            detail: String::new(),
+            at: None,
+            last_success: None,
+        }
+    }
+
+    /// The sample after a round trip that ended at `at`: `Ok(latency)` or the failure and its detail.
+    pub fn after(&self, at: Timestamp, outcome: Result<f64, (ProbeError, String)>) -> Self {
+        let mut next = self.clone();
+        next.at = Some(at);
+        match outcome {
+            Ok(latency) => {
+                next.ok = Some(true);
+                next.latency = Some(latency);
+                next.failures = 0;
+                next.error = None;
+                next.detail.clear();
+                next.last_success = Some(at);
+            }
+            Err((error, detail)) => {
+                next.ok = Some(false);
+                next.latency = None;
+                next.failures += 1;
+                next.error = Some(error);
+                next.detail = detail;
+            }
+        }
+        next
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_counts_consecutive_failures_and_a_success_clears_them() {
+        let s = ProbeSample::new("canary", "/");
+        assert_eq!(s.ok, None, "unknown before the first round trip");
+        let s = s.after(Timestamp(1_000), Ok(0.004));
+        assert_eq!((s.ok, s.latency, s.failures), (Some(true), Some(0.004), 0));
+        let s = s.after(
+            Timestamp(2_000),
+            Err((ProbeError::Timeout, "no delivery in 5s".into())),
+        );
+        let s = s.after(
+            Timestamp(3_000),
+            Err((ProbeError::Connect, "refused".into())),
+        );
+        assert_eq!((s.ok, s.latency, s.failures), (Some(false), None, 2));
+        assert_eq!(
+            (s.error, s.detail.as_str()),
+            (Some(ProbeError::Connect), "refused")
+        );
+        assert_eq!(s.last_success, Some(Timestamp(1_000)));
+        let s = s.after(Timestamp(4_000), Ok(0.002));
+        assert_eq!((s.failures, s.error, s.detail.as_str()), (0, None, ""));
+    }
 
     fn c(publish: u64, ack: u64) -> Option<Counters> {
         Some(Counters {

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::analysis::{self, Latest, Params, QueueHealth};
 use crate::domain::{QueueKey, StatsMode, Timestamp};
 use crate::scrape::{ScrapeError, ScrapeReason};
-use crate::snapshot::{NodeSample, QueueSample, Snapshot, Window};
+use crate::snapshot::{NodeSample, ProbeSample, QueueSample, Snapshot, Window};
 
 #[derive(Debug)]
 pub struct QueueView {
@@ -51,6 +51,8 @@ pub struct ClusterView {
     pub stats_pending: usize,
     pub errors_total: BTreeMap<ScrapeReason, u64>,
     pub skipped_total: u64,
+    /// The cluster's canaries as their last round trips left them (`probe`), whatever the scrape did.
+    pub probes: Arc<Vec<ProbeSample>>,
 }
 
 impl ClusterView {
@@ -71,6 +73,7 @@ impl ClusterView {
             stats_pending: 0,
             errors_total: BTreeMap::new(),
             skipped_total: 0,
+            probes: Arc::default(),
         }
     }
 
@@ -371,6 +374,7 @@ impl Tracker {
                     stats_pending: snap.stats_pending,
                     errors_total: prev.errors_total.clone(),
                     skipped_total,
+                    probes: prev.probes.clone(),
                 }
             }
             Err(e) => {

@@ -4,10 +4,12 @@
 //! matchers, silences, secrets and the notifications receivers are handed. It must never do I/O or
 //! depend on another module of this crate, so every layer can use it (see `layering`).
 
+mod histogram;
 mod matcher;
 mod notification;
 mod secret;
 
+pub use histogram::Histogram;
 pub use matcher::{MatchOp, Matcher, Silence};
 pub use notification::{
     AlertStatus, AlertSummary, GroupStatus, Notification, ScalingMetrics, ScalingRequest,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use super::expr::{Env, FieldId, Scope, Value, field};
 use super::{Mode, RuleSet, SelectOn};
 use crate::domain::Timestamp;
-use crate::snapshot::NodeSample;
+use crate::snapshot::{NodeSample, ProbeSample};
 use crate::view::{ClusterView, QueueView};
 
 /// One rule's verdict on one entity.
@@ -134,12 +134,39 @@ impl Env for ClusterEnv<'_> {
     }
 }
 
+struct ProbeEnv<'a> {
+    cluster: &'a str,
+    p: &'a ProbeSample,
+}
+
+impl Env for ProbeEnv<'_> {
+    fn get(&self, f: FieldId) -> Option<Value<'_>> {
+        use field::probe as p;
+        let s = self.p;
+        // Before its first round trip a canary knows nothing: every field but its names is unknown.
+        let done = s.ok.is_some();
+        match f {
+            p::PROBE_OK => s.ok.map(Value::Bool),
+            p::PROBE_LATENCY => s.latency.map(Value::Num),
+            p::PROBE_FAILURES if done => Some(Value::Num(s.failures as f64)),
+            p::PROBE_ERROR if done => Some(Value::Str(Cow::Borrowed(
+                s.error.map_or("", |e| e.as_str()),
+            ))),
+            p::CLUSTER => Some(Value::Str(Cow::Borrowed(self.cluster))),
+            p::VHOST => Some(Value::Str(Cow::Borrowed(&s.vhost))),
+            p::PROBE => Some(Value::Str(Cow::Borrowed(&s.name))),
+            _ => None,
+        }
+    }
+}
+
 /// Evaluates every active or shadow rule against one cluster.
 pub fn evaluate(rules: &RuleSet, view: &ClusterView, now: Timestamp) -> Evaluation {
     let mut eval = Evaluation {
         cluster: view.name.clone(),
         outcomes: Vec::new(),
-        judged: vec![Scope::Cluster],
+        // A canary's verdict stands on its own round trips, scrape or no scrape.
+        judged: vec![Scope::Cluster, Scope::Probe],
     };
     let fresh = view.up && view.is_fresh(now);
     if fresh {
@@ -221,8 +248,37 @@ pub fn evaluate(rules: &RuleSet, view: &ClusterView, now: Timestamp) -> Evaluati
                         .push(outcome(rules, i, &env, labels, holds, values));
                 }
             }
-            // Probe rules need the canary (not built yet); queue/node rules wait for fresh data.
-            Scope::Queue | Scope::Node | Scope::Probe => {}
+            Scope::Probe => {
+                for p in view.probes.iter() {
+                    if !selected(SelectOn::Vhost, &p.vhost) || !selected(SelectOn::Probe, &p.name) {
+                        continue;
+                    }
+                    let env = ProbeEnv {
+                        cluster: &view.name,
+                        p,
+                    };
+                    if let Some(holds) = verdict(rules, i, &env) {
+                        let labels = labels(
+                            rules,
+                            i,
+                            &[
+                                ("cluster", &view.name),
+                                ("vhost", &p.vhost),
+                                ("probe", &p.name),
+                            ],
+                        );
+                        let mut values =
+                            BTreeMap::from([("probe_failures".to_string(), p.failures as f64)]);
+                        if let Some(l) = p.latency {
+                            values.insert("probe_latency".to_string(), l);
+                        }
+                        eval.outcomes
+                            .push(outcome(rules, i, &env, labels, holds, values));
+                    }
+                }
+            }
+            // Queue and node rules wait for fresh data.
+            Scope::Queue | Scope::Node => {}
         }
     }
     eval

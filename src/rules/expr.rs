@@ -225,8 +225,11 @@ pub mod field {
         probe, Probe, [
         PROBE_OK = "probe_ok": Bool,
         PROBE_LATENCY = "probe_latency": Number,
+        PROBE_FAILURES = "probe_failures": Number,
+        PROBE_ERROR = "probe_error": String,
         CLUSTER = "cluster": String,
         VHOST = "vhost": String,
+        PROBE = "probe": String,
     ]);
 }
 
@@ -2362,7 +2365,7 @@ mod tests {
         assert_eq!(field::queue::IS_DEAD_LETTER_TARGET.ty(), Type::Bool);
         assert_eq!(field::node::NODE.name(), "node");
         assert_eq!(field::cluster::STATS_MODE.ty(), Type::String);
-        assert_eq!(field::probe::VHOST.index(), 3);
+        assert_eq!(field::probe::VHOST.index(), 5);
         assert_ne!(field::queue::CLUSTER, field::node::CLUSTER);
     }
 

@@ -269,6 +269,7 @@ impl Compiler<'_> {
                 ("vhost", Scope::Queue | Scope::Probe) => SelectOn::Vhost,
                 ("queue", Scope::Queue) => SelectOn::Queue,
                 ("node", Scope::Node) => SelectOn::Node,
+                ("probe", Scope::Probe) => SelectOn::Probe,
                 _ => {
                     self.error_at(
                         re,
@@ -278,7 +279,7 @@ impl Compiler<'_> {
                             match scope {
                                 Scope::Queue => ", vhost, queue",
                                 Scope::Node => ", node",
-                                Scope::Probe => ", vhost",
+                                Scope::Probe => ", vhost, probe",
                                 Scope::Cluster => "",
                             }
                         ),
@@ -398,7 +399,7 @@ pub fn identity_labels(scope: Scope) -> &'static [&'static str] {
         Scope::Queue => &["alertname", "scope", "cluster", "vhost", "queue"],
         Scope::Node => &["alertname", "scope", "cluster", "node"],
         Scope::Cluster => &["alertname", "scope", "cluster"],
-        Scope::Probe => &["alertname", "scope", "cluster", "vhost"],
+        Scope::Probe => &["alertname", "scope", "cluster", "vhost", "probe"],
     }
 }
 

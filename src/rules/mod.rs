@@ -65,6 +65,7 @@ pub enum SelectOn {
     Vhost,
     Queue,
     Node,
+    Probe,
 }
 
 impl SelectOn {
@@ -74,6 +75,7 @@ impl SelectOn {
             SelectOn::Vhost => "vhost",
             SelectOn::Queue => "queue",
             SelectOn::Node => "node",
+            SelectOn::Probe => "probe",
         }
     }
 }
