@@ -297,6 +297,14 @@ impl Probe {
 
 type Failure = (ProbeError, String);
 
+/// Opening a connection and its channel may take this long even when `timeout` (the round trip's
+/// limit) is shorter: a handshake is several round trips of its own.
+const MIN_SETUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn setup_timeout(cfg: &ProbeConfig) -> Duration {
+    cfg.timeout.max(MIN_SETUP_TIMEOUT)
+}
+
 /// First reconnect delay after a failed connection; each failure multiplies it by 3.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -355,8 +363,9 @@ pub async fn run(probe: Arc<Probe>, beat: Arc<Beat>) {
                     }
                     Err(f) => {
                         session = None;
-                        let jitter = backoff.mul_f64(0.1 * (fastrand::f64() - 0.5));
-                        retry = Some((Instant::now() + backoff + jitter, f.clone()));
+                        // ±5%, so many daemons do not reconnect in step.
+                        let wait = backoff.mul_f64(0.95 + 0.1 * fastrand::f64());
+                        retry = Some((Instant::now() + wait, f.clone()));
                         backoff = (backoff * 3).min(backoff_cap(cfg.interval));
                         Err(f)
                     }
@@ -427,13 +436,13 @@ impl Session {
             let runtime = lapin::runtime::default_runtime()?;
             Connection::connect_with_config(cfg.url.expose(), props, tls, runtime).await
         };
-        let conn = match tokio::time::timeout(cfg.timeout, connect).await {
+        let conn = match tokio::time::timeout(setup_timeout(cfg), connect).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(classify(&e, "connecting")),
             Err(_) => {
                 return Err((
                     ProbeError::Connect,
-                    format!("no connection within {}", fmt(cfg.timeout)),
+                    format!("no connection within {}", fmt(setup_timeout(cfg))),
                 ));
             }
         };
@@ -457,7 +466,7 @@ impl Session {
     }
 
     /// Opens the channel (confirms on), declares the probe's own queue if it is missing and the
-    /// default exchange is used, and starts consuming. Within `timeout`.
+    /// default exchange is used, and starts consuming. Within `setup_timeout`.
     async fn ensure_channel(&mut self, cfg: &ProbeConfig) -> Result<(), Failure> {
         if self
             .channel
@@ -537,7 +546,7 @@ impl Session {
                 deliveries,
             })
         };
-        match tokio::time::timeout(cfg.timeout, setup).await {
+        match tokio::time::timeout(setup_timeout(cfg), setup).await {
             Ok(Ok(open)) => {
                 self.channel = Some(open);
                 Ok(())
@@ -549,7 +558,7 @@ impl Session {
                 } else {
                     ProbeError::Timeout
                 },
-                format!("channel not ready within {}", fmt(cfg.timeout)),
+                format!("channel not ready within {}", fmt(setup_timeout(cfg))),
             )),
         }
     }
