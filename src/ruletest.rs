@@ -1,29 +1,42 @@
 //! `rabbitwatch test rules FILE…`: rule unit tests over synthetic series, like `promtool test rules`.
 //!
-//! A test file names rule files, gives each entity (a queue, node or cluster) a series per field in a
-//! compact notation (`0+10x30` is 0, 10, …, 300; `5x3` is 5 5 5 5; `_x2` is two unknowns), and lists
-//! the alerts expected to be firing at given times. Rules are evaluated every `interval` through the
-//! same state machine the daemon uses, so `for`, `keep_firing_for` and `clear` behave as in production.
+//! A test file names rule files, gives each entity (a queue, node, cluster or canary probe) a series per
+//! field in a compact notation (`0+10x30` is 0, 10, …, 300; `5x3` is 5 5 5 5; `_x2` is two unknowns),
+//! and lists the alerts expected to be firing at given times. Rules are evaluated every `interval`
+//! through the same state machine the daemon uses, so `for`, `keep_firing_for` and `clear` behave as in
+//! production. A mistake in a test file is reported at its `file:line:col`, like one in a rule file.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_saphyr::Spanned;
 
 use crate::alerts::{AlertTable, FlapPolicy, State};
 use crate::domain::{Diagnostic, Timestamp};
 use crate::rules::eval::{Evaluation, evaluate_entity};
-use crate::rules::expr::{Env, FieldId, Scope, Type, Value};
+use crate::rules::expr::{Env, FieldId, Scope, Type, Value, suggest};
+use crate::rules::load::identity_labels;
 use crate::rules::{RuleSet, load_files};
+use crate::yaml::Diagnostics;
+
+/// A string of the test file with where it is.
+type S = Spanned<String>;
+
+/// The names of one entity (`{ cluster: prod, vhost: /, queue: orders }`), each key with where it is.
+type Names = Spanned<HashMap<S, String>>;
+
+/// Rules are evaluated this often unless the file or the test says otherwise.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TestFile {
-    rule_files: Vec<String>,
+    rule_files: Vec<S>,
     #[serde(default)]
-    evaluation_interval: Option<String>,
+    evaluation_interval: Option<S>,
     tests: Vec<TestCase>,
 }
 
@@ -32,25 +45,28 @@ struct TestFile {
 struct TestCase {
     #[serde(default)]
     name: String,
-    interval: Option<String>,
-    input_series: Vec<InputSeries>,
+    interval: Option<S>,
+    input_series: Vec<Spanned<InputSeries>>,
     alert_rule_test: Vec<AlertTest>,
 }
 
+/// One entity's series: exactly one of `queue`, `node`, `cluster`, `probe` names it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InputSeries {
-    queue: Option<BTreeMap<String, String>>,
-    node: Option<BTreeMap<String, String>>,
-    cluster: Option<BTreeMap<String, String>>,
-    values: BTreeMap<String, String>,
+    queue: Option<Names>,
+    node: Option<Names>,
+    cluster: Option<Names>,
+    probe: Option<Names>,
+    /// Field name → its series; both with where they are.
+    values: HashMap<S, S>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AlertTest {
-    eval_time: String,
-    alertname: String,
+    eval_time: S,
+    alertname: S,
     #[serde(default)]
     exp_alerts: Vec<ExpAlert>,
 }
@@ -73,8 +89,27 @@ enum Series {
 
 struct Entity {
     scope: Scope,
+    /// `cluster` and the scope's names, in `identity_labels` order.
     identity: Vec<(String, String)>,
-    fields: std::collections::HashMap<FieldId, Series>,
+    fields: HashMap<FieldId, Series>,
+}
+
+impl Entity {
+    fn cluster(&self) -> &str {
+        self.identity
+            .iter()
+            .find(|(k, _)| k == "cluster")
+            .map_or("", |(_, v)| v.as_str())
+    }
+}
+
+/// A test case found free of mistakes, ready to run.
+struct Case<'a> {
+    name: String,
+    interval: Duration,
+    entities: Vec<Entity>,
+    /// The expectations, in time order.
+    checks: Vec<(Duration, &'a AlertTest)>,
 }
 
 struct StepEnv<'a> {
@@ -152,10 +187,6 @@ pub fn expand_series(text: &str) -> Result<Vec<Option<f64>>, String> {
     Ok(out)
 }
 
-fn duration(s: &str, what: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("{what}: invalid duration {s:?} ({e})"))
-}
-
 /// Outcome of one test file: failures as readable text.
 pub struct FileReport {
     pub file: PathBuf,
@@ -163,126 +194,274 @@ pub struct FileReport {
     pub failures: Vec<String>,
 }
 
+/// Runs every test of the file at `path`. A mistake in the file (or in a rule file it names) is not a
+/// test result: every one is reported at its `file:line:col` and no test runs.
 pub fn run_file(path: &Path) -> Result<FileReport, Vec<Diagnostic>> {
-    let diag = |message: String| {
+    let text = crate::yaml::read_text_limited(path, crate::yaml::MAX_YAML_BYTES).map_err(|e| {
         vec![Diagnostic {
             file: path.to_path_buf(),
             line: 1,
             col: 1,
-            message,
+            message: format!("cannot read: {e}"),
         }]
-    };
-    let text = crate::yaml::read_text_limited(path, crate::yaml::MAX_YAML_BYTES)
-        .map_err(|e| diag(format!("cannot read: {e}")))?;
+    })?;
     let file: TestFile = crate::yaml::parse(path, &text)?;
+    let mut diags = Diagnostics::new(path);
     let base = path.parent().unwrap_or(Path::new("."));
-    let patterns: Vec<(String, Option<Diagnostic>)> =
-        file.rule_files.iter().map(|p| (p.clone(), None)).collect();
-    let rules = load_files(&patterns, base)?;
-    let default_interval = duration(
-        file.evaluation_interval.as_deref().unwrap_or("10s"),
-        "evaluation_interval",
-    )
-    .map_err(diag)?;
+    let patterns: Vec<(String, Option<Diagnostic>)> = file
+        .rule_files
+        .iter()
+        .map(|p| {
+            let (line, col) = crate::yaml::position(&p.referenced);
+            let at = Diagnostic {
+                file: path.to_path_buf(),
+                line,
+                col,
+                message: String::new(),
+            };
+            (p.value.clone(), Some(at))
+        })
+        .collect();
+    // Without the rules, alert names cannot be checked; the rule files' mistakes are reported instead.
+    let rules = match load_files(&patterns, base) {
+        Ok(rules) => Some(rules),
+        Err(found) => {
+            diags.extend(found);
+            None
+        }
+    };
+    let alertnames: Option<BTreeSet<&str>> = rules
+        .as_ref()
+        .map(|r| r.rules.iter().map(|rule| rule.alert.as_str()).collect());
+    let default_interval = match &file.evaluation_interval {
+        Some(s) => interval(&mut diags, s, "evaluation_interval").unwrap_or(DEFAULT_INTERVAL),
+        None => DEFAULT_INTERVAL,
+    };
+    let cases: Vec<Case> = file
+        .tests
+        .iter()
+        .enumerate()
+        .filter_map(|(i, case)| {
+            check_case(&mut diags, alertnames.as_ref(), case, i, default_interval)
+        })
+        .collect();
+    let cases = diags.finish(cases)?;
+    let rules = rules.unwrap_or_default();
     let mut report = FileReport {
         file: path.to_path_buf(),
         passed: 0,
         failures: Vec::new(),
     };
-    for (i, case) in file.tests.iter().enumerate() {
-        let name = if case.name.is_empty() {
-            format!("test #{}", i + 1)
+    for case in &cases {
+        let fails = run_case(&rules, case);
+        if fails.is_empty() {
+            report.passed += 1;
         } else {
-            case.name.clone()
-        };
-        match run_case(&rules, case, default_interval) {
-            Ok(fails) if fails.is_empty() => report.passed += 1,
-            Ok(fails) => report
+            let name = &case.name;
+            report
                 .failures
-                .extend(fails.into_iter().map(|f| format!("{name}: {f}"))),
-            Err(e) => report.failures.push(format!("{name}: {e}")),
+                .extend(fails.into_iter().map(|f| format!("{name}: {f}")));
         }
     }
     Ok(report)
 }
 
-fn entities(case: &TestCase) -> Result<Vec<Entity>, String> {
-    let mut out = Vec::new();
-    for s in &case.input_series {
-        let (scope, ids, required): (Scope, &BTreeMap<String, String>, &[&str]) =
-            match (&s.queue, &s.node, &s.cluster) {
-                (Some(q), None, None) => (Scope::Queue, q, &["cluster", "vhost", "queue"]),
-                (None, Some(n), None) => (Scope::Node, n, &["cluster", "node"]),
-                (None, None, Some(c)) => (Scope::Cluster, c, &["cluster"]),
-                _ => {
-                    return Err(
-                        "each input series names exactly one of queue, node, cluster".into(),
-                    );
-                }
-            };
-        let mut identity = Vec::new();
-        for key in required {
-            let v = ids
-                .get(*key)
-                .ok_or_else(|| format!("a {} series needs `{key}`", scope.as_str()))?;
-            identity.push((key.to_string(), v.clone()));
+fn duration(diags: &mut Diagnostics, s: &S, what: &str) -> Option<Duration> {
+    match humantime::parse_duration(s.value.trim()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            diags.error_at(s, format!("{what}: invalid duration {:?} ({e})", s.value));
+            None
         }
-        let mut fields = std::collections::HashMap::new();
-        for (name, text) in &s.values {
-            let f = scope.field(name).ok_or_else(|| {
-                format!(
-                    "unknown {} field {name:?}; valid: {}",
-                    scope.as_str(),
-                    scope
-                        .fields()
-                        .iter()
-                        .map(|(n, _)| *n)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })?;
-            let series = if f.ty() == Type::String {
-                Series::Str(text.clone())
-            } else {
-                Series::Num(expand_series(text).map_err(|e| format!("{name}: {e}"))?)
-            };
-            fields.insert(f, series);
-        }
-        out.push(Entity {
-            scope,
-            identity,
-            fields,
-        });
     }
-    Ok(out)
 }
 
-fn run_case(
-    rules: &RuleSet,
-    case: &TestCase,
-    default_interval: Duration,
-) -> Result<Vec<String>, String> {
-    let interval = match &case.interval {
-        Some(s) => duration(s, "interval")?,
-        None => default_interval,
-    };
-    if interval.is_zero() {
-        return Err("interval must be positive".into());
+/// An evaluation interval: a duration of at least a millisecond (the steps are counted in those).
+fn interval(diags: &mut Diagnostics, s: &S, what: &str) -> Option<Duration> {
+    let d = duration(diags, s, what)?;
+    if d < Duration::from_millis(1) {
+        diags.error_at(s, format!("{what} must be at least 1ms, not {:?}", s.value));
+        return None;
     }
-    let entities = entities(case)?;
-    let mut checks: Vec<(Duration, &AlertTest)> = case
-        .alert_rule_test
-        .iter()
-        .map(|t| Ok((duration(&t.eval_time, "eval_time")?, t)))
-        .collect::<Result<_, String>>()?;
-    checks.sort_by_key(|(t, _)| *t);
-    let end = checks.last().map_or(Duration::ZERO, |(t, _)| *t);
-    let clusters: Vec<String> = {
-        let mut c: Vec<String> = entities.iter().map(|e| e.identity[0].1.clone()).collect();
-        c.sort();
-        c.dedup();
-        c
+    Some(d)
+}
+
+/// Checks one test case, reporting each mistake at its place; `None` when there was one.
+fn check_case<'a>(
+    diags: &mut Diagnostics,
+    alertnames: Option<&BTreeSet<&str>>,
+    case: &'a TestCase,
+    index: usize,
+    default_interval: Duration,
+) -> Option<Case<'a>> {
+    let before = diags.len();
+    let name = if case.name.is_empty() {
+        format!("test #{}", index + 1)
+    } else {
+        case.name.clone()
     };
+    let every = match &case.interval {
+        Some(s) => interval(diags, s, "interval"),
+        None => Some(default_interval),
+    };
+    let entities: Vec<Entity> = case
+        .input_series
+        .iter()
+        .filter_map(|s| entity(diags, s))
+        .collect();
+    let mut checks = Vec::new();
+    for test in &case.alert_rule_test {
+        let at = duration(diags, &test.eval_time, "eval_time");
+        let wanted = test.alertname.value.as_str();
+        if let Some(known) = alertnames.filter(|known| !known.contains(wanted)) {
+            let hint = suggest(wanted, known.iter().copied())
+                .map(|s| format!("; did you mean {s}?"))
+                .unwrap_or_default();
+            diags.error_at(
+                &test.alertname,
+                format!("no rule of the rule files is named {wanted:?}{hint}"),
+            );
+        }
+        if let Some(at) = at {
+            checks.push((at, test));
+        }
+    }
+    checks.sort_by_key(|(t, _)| *t);
+    (diags.len() == before).then(|| Case {
+        name,
+        interval: every.unwrap_or(default_interval),
+        entities,
+        checks,
+    })
+}
+
+/// One input series as an entity: named by exactly one of `queue:`, `node:`, `cluster:`, `probe:`
+/// with the scope's identity labels, and only fields of that scope in `values`.
+fn entity(diags: &mut Diagnostics, series: &Spanned<InputSeries>) -> Option<Entity> {
+    let s = &series.value;
+    let named: Vec<(Scope, &Names)> = [
+        (Scope::Queue, &s.queue),
+        (Scope::Node, &s.node),
+        (Scope::Cluster, &s.cluster),
+        (Scope::Probe, &s.probe),
+    ]
+    .into_iter()
+    .filter_map(|(scope, names)| Some((scope, names.as_ref()?)))
+    .collect();
+    let [(scope, names)] = named[..] else {
+        diags.error_at(
+            series,
+            "each input series names exactly one of queue, node, cluster, probe",
+        );
+        return None;
+    };
+    let before = diags.len();
+    // The alert's identity labels without alertname and scope: cluster and the scope's names.
+    let required: Vec<&str> = identity_labels(scope)
+        .iter()
+        .copied()
+        .filter(|k| !matches!(*k, "alertname" | "scope"))
+        .collect();
+    let mut identity = Vec::new();
+    for key in &required {
+        match names.value.iter().find(|(k, _)| k.value == *key) {
+            Some((_, v)) => identity.push((key.to_string(), v.clone())),
+            None => diags.error_at(
+                names,
+                format!("a {scope} series needs `{key}` ({})", required.join(", ")),
+            ),
+        }
+    }
+    for key in names.value.keys() {
+        if !required.contains(&key.value.as_str()) {
+            diags.error_at(
+                key,
+                format!(
+                    "unknown key `{}` naming a {scope} series; expected {}",
+                    key.value,
+                    required.join(", ")
+                ),
+            );
+        }
+    }
+    let mut fields = HashMap::new();
+    for (name, text) in &s.values {
+        if let Some((f, series)) = field_series(diags, scope, &required, name, text) {
+            fields.insert(f, series);
+        }
+    }
+    (diags.len() == before).then_some(Entity {
+        scope,
+        identity,
+        fields,
+    })
+}
+
+/// The series of field `key` of `scope`: numbers and booleans in series notation (booleans `0`/`1`),
+/// strings as given. A wrong name is reported at the key, a wrong series at the value.
+fn field_series(
+    diags: &mut Diagnostics,
+    scope: Scope,
+    identity: &[&str],
+    key: &S,
+    text: &S,
+) -> Option<(FieldId, Series)> {
+    let name = key.value.as_str();
+    let valid = || {
+        scope
+            .fields()
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| !identity.contains(n))
+    };
+    if identity.contains(&name) {
+        diags.error_at(
+            key,
+            format!("`{name}` names the series: give it under `{scope}:`, not in `values`"),
+        );
+        return None;
+    }
+    let Some(f) = scope.field(name) else {
+        let hint = suggest(name, valid())
+            .map(|s| format!("did you mean {s}? "))
+            .unwrap_or_default();
+        diags.error_at(
+            key,
+            format!(
+                "unknown {scope} field {name:?}; {hint}valid: {}",
+                valid().collect::<Vec<_>>().join(", ")
+            ),
+        );
+        return None;
+    };
+    if f.ty() == Type::String {
+        return Some((f, Series::Str(text.value.clone())));
+    }
+    let values = match expand_series(&text.value) {
+        Ok(values) => values,
+        Err(e) => {
+            diags.error_at(text, format!("{name}: {e}"));
+            return None;
+        }
+    };
+    if f.ty() == Type::Bool
+        && let Some(x) = values.iter().flatten().find(|x| **x != 0.0 && **x != 1.0)
+    {
+        diags.error_at(
+            text,
+            format!("{name} is a boolean: its values are 0 or 1 (or _ for unknown), not {x}"),
+        );
+        return None;
+    }
+    Some((f, Series::Num(values)))
+}
+
+fn run_case(rules: &RuleSet, case: &Case) -> Vec<String> {
+    let interval = case.interval;
+    let entities = &case.entities;
+    let checks = &case.checks;
+    let end = checks.last().map_or(Duration::ZERO, |(t, _)| *t);
+    let clusters: BTreeSet<&str> = entities.iter().map(Entity::cluster).collect();
     let mut table = AlertTable::default();
     let mut ids = 0u64;
     let mut new_id = || {
@@ -296,11 +475,11 @@ fn run_case(
         let now = Timestamp((step as u128 * interval.as_millis()) as i64);
         for cluster in &clusters {
             let mut eval = Evaluation {
-                cluster: cluster.clone(),
+                cluster: cluster.to_string(),
                 outcomes: Vec::new(),
-                judged: vec![Scope::Queue, Scope::Node, Scope::Cluster],
+                judged: Scope::ALL.to_vec(),
             };
-            for e in entities.iter().filter(|e| &e.identity[0].1 == cluster) {
+            for e in entities.iter().filter(|e| e.cluster() == *cluster) {
                 let env = StepEnv { entity: e, step };
                 let identity: Vec<(&str, &str)> = e
                     .identity
@@ -324,14 +503,14 @@ fn run_case(
             next_check += 1;
         }
     }
-    Ok(failures)
+    failures
 }
 
 fn compare(table: &AlertTable, test: &AlertTest, at: Duration) -> Vec<String> {
     let firing: Vec<_> = table
         .alerts
         .values()
-        .filter(|a| a.alertname == test.alertname && a.state == State::Firing)
+        .filter(|a| a.alertname == test.alertname.value && a.state == State::Firing)
         .collect();
     let show = |labels: &BTreeMap<String, String>| {
         let parts: Vec<String> = labels
@@ -358,7 +537,7 @@ fn compare(table: &AlertTable, test: &AlertTest, at: Duration) -> Vec<String> {
                         failures.push(format!(
                             "at {} alert {} {}: annotation {k}\n    expected: {want:?}\n         got: {got:?}",
                             humantime::format_duration(at),
-                            test.alertname,
+                            test.alertname.value,
                             show(&a.labels)
                         ));
                     }
@@ -367,7 +546,7 @@ fn compare(table: &AlertTable, test: &AlertTest, at: Duration) -> Vec<String> {
             None => failures.push(format!(
                 "at {} expected {} firing with labels {}\n    firing: [{}]",
                 humantime::format_duration(at),
-                test.alertname,
+                test.alertname.value,
                 show(&exp.exp_labels),
                 firing
                     .iter()
@@ -381,7 +560,7 @@ fn compare(table: &AlertTable, test: &AlertTest, at: Duration) -> Vec<String> {
         failures.push(format!(
             "at {} unexpected {} firing with labels {}",
             humantime::format_duration(at),
-            test.alertname,
+            test.alertname.value,
             show(&a.labels)
         ));
     }
@@ -465,5 +644,102 @@ tests:
             "{}",
             r.failures[0]
         );
+    }
+
+    const PROBE_RULES: &str = "groups:\n  - name: g\n    rules:\n      - alert: Canary\n        scope: probe\n        expr: not probe_ok\n        for: 30s\n        labels: { severity: critical }\n        annotations:\n          summary: \"{{ probe }} in {{ vhost }}: {{ probe_error }} x{{ probe_failures }}\"\n";
+
+    #[test]
+    fn a_probe_series_fires_a_probe_rule_after_for() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "rules.yaml", PROBE_RULES);
+        let test = write(
+            dir.path(),
+            "t.yaml",
+            r#"rule_files: [rules.yaml]
+evaluation_interval: 10s
+tests:
+  - name: fails for 30s
+    input_series:
+      - probe: { cluster: c, vhost: /, probe: canary }
+        values: { probe_ok: "1 0x4 1", probe_failures: "0 1+1x4 0", probe_latency: "0.004 _x4 0.003", probe_error: timeout }
+      - probe: { cluster: c, vhost: shop, probe: healthy }
+        values: { probe_ok: "1x7", probe_latency: "0.002x7" }
+    alert_rule_test:
+      - { eval_time: 30s, alertname: Canary, exp_alerts: [] }
+      - eval_time: 40s
+        alertname: Canary
+        exp_alerts:
+          - exp_labels: { cluster: c, vhost: /, probe: canary, severity: critical }
+            exp_annotations: { summary: "canary in /: timeout x4" }
+      - { eval_time: 60s, alertname: Canary, exp_alerts: [] }
+"#,
+        );
+        let r = run_file(&test).unwrap();
+        assert_eq!((r.passed, r.failures.len()), (1, 0), "{:?}", r.failures);
+
+        // The same series without `for` elapsing: the expectation fails, naming the probe.
+        let early = write(
+            dir.path(),
+            "early.yaml",
+            r#"rule_files: [rules.yaml]
+tests:
+  - input_series:
+      - probe: { cluster: c, vhost: /, probe: canary }
+        values: { probe_ok: "1 0x5" }
+    alert_rule_test:
+      - eval_time: 20s
+        alertname: Canary
+        exp_alerts: [ { exp_labels: { probe: canary } } ]
+"#,
+        );
+        let r = run_file(&early).unwrap();
+        assert_eq!(r.passed, 0);
+        assert!(
+            r.failures.len() == 1
+                && r.failures[0]
+                    .contains("at 20s expected Canary firing with labels {probe=\"canary\"}"),
+            "{:?}",
+            r.failures
+        );
+    }
+
+    #[test]
+    fn mistakes_in_a_probe_series_are_reported_where_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "rules.yaml", PROBE_RULES);
+        let test = write(
+            dir.path(),
+            "t.yaml",
+            r#"rule_files: [rules.yaml]
+tests:
+  - input_series:
+      - probe: { cluster: c, vhost: /, name: canary }
+        values: { probe_latncy: "1x3", probe_ok: "2", probe: p }
+      - queue: { cluster: c, vhost: /, queue: q }
+        probe: { cluster: c, vhost: /, probe: p }
+        values: {}
+    alert_rule_test:
+      - { eval_time: 10s, alertname: Canry, exp_alerts: [] }
+"#,
+        );
+        let Err(diags) = run_file(&test) else {
+            panic!("a file with mistakes ran");
+        };
+        let found: Vec<String> = diags
+            .iter()
+            .map(|d| format!("{}:{}: {}", d.line, d.col, d.message))
+            .collect();
+        let expected = [
+            "4:16: a probe series needs `probe` (cluster, vhost, probe)",
+            "4:40: unknown key `name` naming a probe series; expected cluster, vhost, probe",
+            "5:19: unknown probe field \"probe_latncy\"; did you mean probe_latency? \
+             valid: probe_ok, probe_latency, probe_failures, probe_error",
+            "5:50: probe_ok is a boolean: its values are 0 or 1 (or _ for unknown), not 2",
+            "5:55: `probe` names the series: give it under `probe:`, not in `values`",
+            "6:9: each input series names exactly one of queue, node, cluster, probe",
+            "10:38: no rule of the rule files is named \"Canry\"; did you mean Canary?",
+        ];
+        assert_eq!(found, expected);
+        assert!(diags.iter().all(|d| d.file == test));
     }
 }

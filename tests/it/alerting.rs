@@ -962,6 +962,7 @@ fn test_rules_cli_passes_the_default_pack_and_fails_a_wrong_expectation_readably
             "test",
             "rules",
             "rules/tests/broker.yaml",
+            "rules/tests/canary.yaml",
             "rules/tests/queue-health.yaml",
         ],
         root,
