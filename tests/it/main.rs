@@ -8,6 +8,7 @@ mod defaults;
 mod faults;
 mod muting;
 mod pipeline;
+mod probe;
 mod prometheus;
 mod receivers;
 mod resilience;

@@ -12,6 +12,8 @@ use crate::util::{
 const TOKEN: &str = "api-token-5ecret-1b2c";
 const HOOK_SECRET: &str = "T00000000/B00000000/5ecretWebhookPath9";
 const HMAC: &str = "hmac-5ecret-77aa";
+/// The canary's AMQP password (wrong on purpose, so its refusal is in the outputs too).
+const AMQP_PASSWORD: &str = "Amqp-5ecret-pw-31";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_appear_in_logs_metrics_api_or_errors() {
@@ -19,7 +21,11 @@ async fn secrets_never_appear_in_logs_metrics_api_or_errors() {
     let tuning = Tuning::default();
     // The second cluster's password is wrong on purpose: its 401 must not echo anything secret.
     let clusters = [
-        cluster_yaml("good", MANAGEMENT_URL, vhost.name(), &tuning),
+        cluster_yaml("good", MANAGEMENT_URL, vhost.name(), &tuning)
+            + &format!(
+                "    probe:\n      - {{ vhost: {}, amqp_url_file: amqp.txt, interval: 500ms, timeout: 500ms }}\n",
+                vhost.name()
+            ),
         cluster_yaml("wrongpw", MANAGEMENT_URL, vhost.name(), &tuning)
             .replace("password: guest", "password: Wr0ng-5ecret-pw"),
     ];
@@ -48,6 +54,13 @@ outbox: {{ max_backoff: 1s }}
             ("rules.yaml", rules),
             ("token.txt", TOKEN),
             ("hmac.txt", HMAC),
+            (
+                "amqp.txt",
+                &format!(
+                    "amqp://guest:{AMQP_PASSWORD}@127.0.0.1:5672/{}",
+                    crate::util::encode(vhost.name())
+                ),
+            ),
         ],
     )
     .await;
@@ -66,10 +79,14 @@ outbox: {{ max_backoff: 1s }}
                     &[("receiver", r), ("outcome", "retried")],
                 )
             };
-            (retried("slack").unwrap_or(0.0) >= 2.0 && retried("hook").unwrap_or(0.0) >= 2.0)
+            let refused =
+                crate::util::find(&m, "rabbitwatch_probe_failures_total", &[("error", "auth")]);
+            (retried("slack").unwrap_or(0.0) >= 2.0
+                && retried("hook").unwrap_or(0.0) >= 2.0
+                && refused.unwrap_or(0.0) >= 2.0)
                 .then_some(())
                 .ok_or(format!(
-                    "slack={:?} hook={:?}",
+                    "slack={:?} hook={:?} canary refused={refused:?}",
                     retried("slack"),
                     retried("hook")
                 ))
@@ -135,6 +152,7 @@ outbox: {{ max_backoff: 1s }}
         "5ecretWebhookPath9",
         HMAC,
         "Wr0ng-5ecret-pw",
+        AMQP_PASSWORD,
     ] {
         for (name, text) in &outputs {
             assert!(!text.contains(secret), "{name} leaks {secret:?}:\n{text}");

@@ -46,11 +46,11 @@ pub fn http_client() -> reqwest::Client {
         .expect("building an HTTP client")
 }
 
-fn encode(segment: &str) -> String {
+pub fn encode(segment: &str) -> String {
     utf8_percent_encode(segment, NON_ALPHANUMERIC).to_string()
 }
 
-async fn management(
+pub async fn management(
     client: &reqwest::Client,
     method: Method,
     path: &str,
@@ -76,6 +76,22 @@ async fn management(
 
 // ---------------------------------------------------------------------------------------------------
 // A vhost of one's own
+
+/// `GET` on the shared broker's management API, as JSON.
+pub async fn management_get(path: &str) -> Result<serde_json::Value, String> {
+    let response = http_client()
+        .get(format!("{MANAGEMENT_URL}{path}"))
+        .basic_auth(USERNAME, Some(PASSWORD))
+        .send()
+        .await
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        return Err(format!("GET {path}: {status}: {text}"));
+    }
+    serde_json::from_str(&text).map_err(|e| format!("GET {path}: {e}: {text}"))
+}
 
 /// A uniquely named vhost that only this test uses; deleted, with everything in it, when dropped.
 pub struct TestVhost {

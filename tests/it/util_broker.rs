@@ -169,7 +169,8 @@ impl PrivateBroker {
         self.ctl(&["start_app"]).await;
     }
 
-    async fn ctl(&self, args: &[&str]) {
+    /// `rabbitmqctl -n NODE ARGS…`; panics unless it succeeds.
+    pub async fn ctl(&self, args: &[&str]) {
         let mut command = tokio::process::Command::new(Path::new(RABBITMQ_BIN).join("rabbitmqctl"));
         command
             .arg("-n")
