@@ -225,6 +225,7 @@ pub async fn status(daemon: &Daemon, watch: bool, interval: Duration) -> anyhow:
         let body: QueuesBody = get_json(&client, &url).await?;
         let mut table = table::render_table(body.queues);
         table.push_str(&table::render_scalers(&scalers(&client, daemon).await?));
+        table.push_str(&table::render_probes(&probes(&client, daemon).await?));
         if watch {
             if redraw {
                 // Clear the screen and home the cursor, like `watch`.
@@ -258,6 +259,33 @@ async fn scalers(
     let url = format!("{}/api/v1/scalers", daemon.base);
     let body: Body = get_json(client, &url).await?;
     Ok(body.scalers)
+}
+
+/// Every cluster's canaries (`GET /api/v1/status`), each with its cluster's name.
+async fn probes(client: &reqwest::Client, daemon: &Daemon) -> anyhow::Result<Vec<table::ProbeRow>> {
+    #[derive(serde::Deserialize)]
+    struct Cluster {
+        name: String,
+        #[serde(default)]
+        probes: Vec<table::ProbeRow>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        clusters: Vec<Cluster>,
+    }
+    let url = format!("{}/api/v1/status", daemon.base);
+    let body: Body = get_json(client, &url).await?;
+    Ok(body
+        .clusters
+        .into_iter()
+        .flat_map(|c| {
+            let cluster = c.name;
+            c.probes.into_iter().map(move |mut p| {
+                p.cluster = cluster.clone();
+                p
+            })
+        })
+        .collect())
 }
 
 /// GETs `url` from the daemon and reads its JSON answer.

@@ -185,9 +185,103 @@ pub fn render_scalers(rows: &[ScalerRow]) -> String {
     format!("\n{}", layout(&SCALER_HEADERS, &cells, 4..=5))
 }
 
+/// One canary as `/api/v1/status` shows it under its cluster.
+#[derive(Debug, serde::Deserialize)]
+pub struct ProbeRow {
+    #[serde(default)]
+    pub cluster: String,
+    pub name: String,
+    pub vhost: String,
+    pub ok: Option<bool>,
+    pub latency_seconds: Option<f64>,
+    pub consecutive_failures: u64,
+    pub error: Option<String>,
+    pub detail: String,
+}
+
+const PROBE_HEADERS: [&str; 6] = [
+    "CANARY",
+    "CLUSTER",
+    "VHOST",
+    "STATE",
+    "LATENCY",
+    "LAST ERROR",
+];
+
+/// The canaries below the queues: whether the last round trip made it, how fast, and if not, why.
+/// Empty without canaries.
+pub fn render_probes(rows: &[ProbeRow]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            let state = match r.ok {
+                None => "starting".to_string(),
+                Some(true) => "ok".to_string(),
+                Some(false) => format!(
+                    "{} ({}x)",
+                    r.error.as_deref().unwrap_or("failing"),
+                    r.consecutive_failures
+                ),
+            };
+            [
+                terminal_safe(&r.name),
+                terminal_safe(&r.cluster),
+                terminal_safe(&r.vhost),
+                state,
+                r.latency_seconds
+                    .map_or_else(|| "-".to_string(), |l| format!("{:.1}ms", l * 1e3)),
+                terminal_safe(&r.detail),
+            ]
+        })
+        .collect();
+    format!("\n{}", layout(&PROBE_HEADERS, &cells, 4..=4))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canaries_show_why_they_fail_and_unknown_latency_is_a_dash() {
+        let row =
+            |name: &str, ok: Option<bool>, latency: Option<f64>, error: Option<&str>| ProbeRow {
+                cluster: "main".into(),
+                name: name.into(),
+                vhost: "/".into(),
+                ok,
+                latency_seconds: latency,
+                consecutive_failures: if ok == Some(false) { 3 } else { 0 },
+                error: error.map(str::to_string),
+                detail: if ok == Some(false) {
+                    "NO_ROUTE\x1b[2J".into()
+                } else {
+                    String::new()
+                },
+            };
+        let text = render_probes(&[
+            row("orders", Some(true), Some(0.0021), None),
+            row("billing", Some(false), None, Some("unroutable")),
+            row("new", None, None, None),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[2].contains("ok") && lines[2].contains("2.1ms"),
+            "{text}"
+        );
+        assert!(
+            lines[3].contains("unroutable (3x)") && lines[3].contains(" - "),
+            "{text}"
+        );
+        assert!(
+            !text.contains('\x1b'),
+            "escapes are not interpreted: {text:?}"
+        );
+        assert!(lines[4].contains("starting"), "{text}");
+        assert_eq!(render_probes(&[]), "");
+    }
 
     fn row(queue: &str, status: &str, growth: f64) -> QueueRow {
         QueueRow {

@@ -386,3 +386,94 @@ fn queue_values(q: &QueueView) -> BTreeMap<String, f64> {
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::rules::load::parse_file;
+    use crate::snapshot::ProbeError;
+
+    fn rules(expr: &str, select: &str) -> RuleSet {
+        let text = format!(
+            "groups:\n  - name: t\n    rules:\n      - alert: Canary\n        scope: probe\n{select}        expr: {expr}\n        annotations: {{ summary: \"{{{{ probe }}}} {{{{ probe_error }}}}\" }}\n"
+        );
+        RuleSet {
+            rules: parse_file(Path::new("r.yaml"), &text)
+                .expect("compiles")
+                .rules,
+        }
+    }
+
+    fn view(probes: Vec<ProbeSample>) -> ClusterView {
+        let mut v = ClusterView::new("main", Duration::from_secs(10));
+        v.probes = Arc::new(probes);
+        v
+    }
+
+    fn failed(name: &str, times: u64, error: ProbeError) -> ProbeSample {
+        let mut s = ProbeSample::new(name, "/");
+        for i in 0..times {
+            s = s.after(Timestamp(i as i64), Err((error, "why".into())));
+        }
+        s
+    }
+
+    #[test]
+    fn probe_rules_judge_each_canary_even_when_the_scrape_failed() {
+        let r = rules("not probe_ok and probe_failures >= 2", "");
+        // `view` never scraped: down, and still every probe is judged.
+        let v = view(vec![
+            failed("orders", 2, ProbeError::Unroutable),
+            failed("billing", 1, ProbeError::Timeout),
+            ProbeSample::new("fresh", "/").after(Timestamp(0), Ok(0.002)),
+        ]);
+        let eval = evaluate(&r, &v, Timestamp(10_000));
+        assert!(eval.judged.contains(&Scope::Probe));
+        assert_eq!(eval.outcomes.len(), 1, "{:?}", eval.outcomes);
+        let o = &eval.outcomes[0];
+        assert_eq!(o.labels["probe"], "orders");
+        assert_eq!(o.labels["vhost"], "/");
+        assert_eq!(o.labels["scope"], "probe");
+        assert_eq!(o.annotations["summary"], "orders unroutable");
+        assert_eq!(o.values["probe_failures"], 2.0);
+    }
+
+    #[test]
+    fn a_canary_before_its_first_round_trip_knows_nothing() {
+        let v = view(vec![ProbeSample::new("new", "/")]);
+        for expr in [
+            "not probe_ok",
+            "probe_failures == 0",
+            "probe_error == \"\"",
+            "probe_latency < 1",
+        ] {
+            let eval = evaluate(&rules(expr, ""), &v, Timestamp(0));
+            assert!(eval.outcomes.is_empty(), "{expr} held on nothing measured");
+        }
+        let named = evaluate(&rules("probe == \"new\"", ""), &v, Timestamp(0));
+        assert_eq!(named.outcomes.len(), 1, "names are known from the start");
+    }
+
+    #[test]
+    fn probe_rules_select_by_vhost_and_probe_name() {
+        let v = view(vec![
+            failed("orders", 1, ProbeError::Connect),
+            failed("billing", 1, ProbeError::Connect),
+        ]);
+        let eval = evaluate(
+            &rules("not probe_ok", "        select: { probe: \"bill.*\" }\n"),
+            &v,
+            Timestamp(0),
+        );
+        let names: Vec<&str> = eval
+            .outcomes
+            .iter()
+            .map(|o| o.labels["probe"].as_str())
+            .collect();
+        assert_eq!(names, ["billing"]);
+    }
+}
