@@ -332,13 +332,9 @@ pub async fn run(probe: Arc<Probe>, beat: Arc<Beat>) {
         every.tick().await;
         beat.mark(Timestamp::now());
         let outcome = match &retry {
-            Some((not_before, (e, detail))) if Instant::now() < *not_before => Err((
-                *e,
-                format!(
-                    "{detail} (reconnecting in {:.0?})",
-                    not_before.saturating_duration_since(Instant::now())
-                ),
-            )),
+            // Waiting to reconnect: the round trip fails as the last attempt did (the same detail,
+            // so the failure is logged once, not every tick).
+            Some((not_before, failure)) if Instant::now() < *not_before => Err(failure.clone()),
             _ => {
                 let result = match session.as_mut() {
                     Some(s) if s.conn.status().connected() => Ok(()),
@@ -365,6 +361,8 @@ pub async fn run(probe: Arc<Probe>, beat: Arc<Beat>) {
                         session = None;
                         // ±5%, so many daemons do not reconnect in step.
                         let wait = backoff.mul_f64(0.95 + 0.1 * fastrand::f64());
+                        tracing::debug!(cluster = %cfg.cluster, probe = %cfg.name,
+                            reconnect_in_ms = wait.as_millis() as u64, "canary reconnects after a backoff");
                         retry = Some((Instant::now() + wait, f.clone()));
                         backoff = (backoff * 3).min(backoff_cap(cfg.interval));
                         Err(f)
@@ -501,12 +499,14 @@ impl Session {
                         "x-expires".into(),
                         AMQPValue::LongLongInt(queue_expiry(cfg).as_millis() as i64),
                     );
+                    // Durable: RabbitMQ 4 deprecates (4.3 refuses) transient non-exclusive queues;
+                    // `x-expires` removes it all the same once no canary uses it.
+                    let durable = QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    };
                     channel
-                        .queue_declare(
-                            cfg.queue.as_str().into(),
-                            QueueDeclareOptions::default(),
-                            args,
-                        )
+                        .queue_declare(cfg.queue.as_str().into(), durable, args)
                         .await?;
                     info!(cluster = %cfg.cluster, vhost = %cfg.vhost, queue = %cfg.queue,
                         expires_s = queue_expiry(cfg).as_secs(), "declared the canary's queue");
@@ -697,13 +697,16 @@ fn is_not_found(e: &lapin::Error) -> bool {
     matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if p.get_id() == 404)
 }
 
-/// A lapin error as a probe error: refused credentials or permissions → `auth`; a missing exchange
-/// or queue → `unroutable`; anything else about the connection → `connect`.
+/// A lapin error as a probe error: refused credentials or vhost access → `auth`; a missing exchange
+/// or queue → `unroutable`; anything else about the connection (a connection limit too) → `connect`.
 fn classify(e: &lapin::Error, doing: &str) -> Failure {
     let kind = match e.kind() {
         lapin::ErrorKind::ProtocolError(p) => match p.get_id() {
             403 => ProbeError::Auth,
             404 => ProbeError::Unroutable,
+            // NOT_ALLOWED: a user without access to the vhost (permissions: `auth`), or the vhost's
+            // or user's connection limit reached (the vhost refuses connections: `connect`).
+            530 if !p.get_message().as_str().contains("limit") => ProbeError::Auth,
             _ => ProbeError::Connect,
         },
         _ => ProbeError::Connect,

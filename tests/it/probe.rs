@@ -222,7 +222,10 @@ async fn a_healthy_canary_round_trips_and_declares_only_its_own_expiring_queue()
         q["arguments"]["x-expires"], 10_000,
         "3 × (interval + timeout), at least 10 s: {q}"
     );
-    assert_eq!(q["durable"], false, "{q}");
+    assert_eq!(
+        q["durable"], true,
+        "RabbitMQ 4 refuses transient shared queues: {q}"
+    );
     assert!(pages(&fake).is_empty(), "{:?}", pages(&fake));
 }
 

@@ -6,8 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::util::{
-    CLUSTER, Daemon, TestVhost, Tuning, config_for, consume_at_rate, eventually, free_port,
-    http_client, publish_at_rate,
+    CLUSTER, Daemon, MANAGEMENT_URL, TestVhost, Tuning, cluster_yaml, config_for,
+    config_with_clusters, consume_at_rate, eventually, free_port, http_client, publish_at_rate,
 };
 
 /// A Prometheus server of the test's own: free port, temp storage, killed on drop.
@@ -118,8 +118,15 @@ async fn prometheus_runs_every_dashboard_query_against_the_daemon() {
     let vhost = TestVhost::create().await;
     let port = free_port();
     let queue = "dash.orders";
-    // A shadow scaler on the queue, so the scaler panel's series exist too.
-    let config = config_for(vhost.name(), port, &Tuning::default())
+    // A shadow scaler on the queue, so the scaler panel's series exist too, and a canary in the
+    // test's vhost, so the canary panels' series do.
+    let cluster = cluster_yaml(CLUSTER, MANAGEMENT_URL, vhost.name(), &Tuning::default())
+        + &format!(
+            "    probe:\n      - {{ vhost: \"{}\", amqp_url: \"{}\", interval: 1s }}\n",
+            vhost.name(),
+            vhost.amqp_url()
+        );
+    let config = config_with_clusters(port, &Tuning::default(), &[cluster])
         + &scaler_yaml("dash", vhost.name(), queue);
     let daemon = Daemon::start(&config).await;
     let _publisher = publish_at_rate(&vhost.amqp_url(), queue, 20).await;
