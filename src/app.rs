@@ -19,7 +19,8 @@ use crate::liveness::{Beat, EXIT_STUCK, Liveness, Verdict};
 use crate::outbox::{self, Pacer, ReceiverStats, Stats};
 use crate::probe::Probe;
 use crate::receivers::{
-    EmailReceiver, InvalidReceiver, LogReceiver, Reason, Receiver, SlackReceiver, WebhookReceiver,
+    AlertmanagerReceiver, EmailReceiver, InvalidReceiver, LogReceiver, Reason, Receiver,
+    SlackReceiver, WebhookReceiver,
 };
 use crate::scrape::{ScrapeReason, Scraper};
 use crate::store::Store;
@@ -230,6 +231,14 @@ pub fn alerting(config: &Config) -> Alerting {
                 .iter()
                 .map(|r| (r.name.clone(), r.send_resolved))
                 .collect(),
+            per_alert: config
+                .receivers
+                .iter()
+                .filter_map(|r| match &r.kind {
+                    ReceiverKind::Alertmanager(c) => Some((r.name.clone(), c.resend_interval)),
+                    _ => None,
+                })
+                .collect(),
         }),
         inhibit: config.inhibit.clone(),
     }
@@ -262,6 +271,12 @@ pub fn build_receivers(config: &Config) -> Result<Vec<Receiver>, Vec<InvalidRece
                 http.clone(),
             ))),
             ReceiverKind::Log(c) => Ok(Receiver::Log(LogReceiver::new(name, c.clone()))),
+            ReceiverKind::Alertmanager(c) => AlertmanagerReceiver::new(name, c.clone())
+                .map(Receiver::Alertmanager)
+                .map_err(|message| InvalidReceiver {
+                    receiver: name.clone(),
+                    message,
+                }),
         };
         match built {
             Ok(r) => ok.push(r),

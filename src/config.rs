@@ -19,8 +19,8 @@ use crate::domain::{Matcher, Secret};
 use crate::outbox::Policy;
 use crate::probe::{ClusterDefaults, ProbeConfig, RawProbeConfig};
 use crate::receivers::{
-    EmailConfig, LogConfig, RawEmailConfig, RawLogConfig, RawSlackConfig, RawWebhookConfig,
-    SlackConfig, WebhookConfig,
+    AlertmanagerConfig, EmailConfig, LogConfig, RawAlertmanagerConfig, RawEmailConfig,
+    RawLogConfig, RawSlackConfig, RawWebhookConfig, SlackConfig, WebhookConfig,
 };
 use crate::rules::RuleSet;
 use crate::scale::{RawScalerConfig, ScalerConfig};
@@ -111,6 +111,7 @@ pub enum ReceiverKind {
     Email(EmailConfig),
     Webhook(WebhookConfig),
     Log(LogConfig),
+    Alertmanager(AlertmanagerConfig),
 }
 
 #[derive(Clone, Debug)]
@@ -199,6 +200,7 @@ struct RawReceiver {
     email: Option<RawEmailConfig>,
     webhook: Option<RawWebhookConfig>,
     log: Option<RawLogConfig>,
+    alertmanager: Option<RawAlertmanagerConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -443,10 +445,11 @@ impl Validator<'_> {
             clusters.push(c);
         }
         let rules = self.rules(&raw.rules);
+        let generator = format!("http://{}/api/v1/alerts", server.listen);
         let receivers: Vec<ReceiverConfig> = raw
             .receivers
             .iter()
-            .filter_map(|r| self.receiver(r))
+            .filter_map(|r| self.receiver(r, &generator))
             .collect();
         for (i, r) in raw.receivers.iter().enumerate() {
             if raw.receivers[..i]
@@ -630,18 +633,28 @@ impl Validator<'_> {
         }
     }
 
-    fn receiver(&mut self, r: &RawReceiver) -> Option<ReceiverConfig> {
+    /// `generator`: the daemon's own alert list, where Alertmanager's `generatorURL` points.
+    fn receiver(&mut self, r: &RawReceiver, generator: &str) -> Option<ReceiverConfig> {
         let name = self.string(&r.name);
         // Each receiver checks its own settings, reporting through the same collector.
-        let kind = match (&r.slack, &r.email, &r.webhook, &r.log) {
-            (Some(raw), None, None, None) => ReceiverKind::Slack(raw.validate(self, &r.name)?),
-            (None, Some(raw), None, None) => ReceiverKind::Email(raw.validate(self)?),
-            (None, None, Some(raw), None) => ReceiverKind::Webhook(raw.validate(self)?),
-            (None, None, None, Some(raw)) => ReceiverKind::Log(raw.validate(self)),
+        let kind = match (&r.slack, &r.email, &r.webhook, &r.log, &r.alertmanager) {
+            (Some(raw), None, None, None, None) => {
+                ReceiverKind::Slack(raw.validate(self, &r.name)?)
+            }
+            (None, Some(raw), None, None, None) => ReceiverKind::Email(raw.validate(self)?),
+            (None, None, Some(raw), None, None) => ReceiverKind::Webhook(raw.validate(self)?),
+            (None, None, None, Some(raw), None) => ReceiverKind::Log(raw.validate(self)),
+            (None, None, None, None, Some(raw)) => {
+                if raw.has_no_urls() {
+                    self.error_at(&r.name, "alertmanager.urls needs at least one URL (every peer of the Alertmanager cluster)");
+                    return None;
+                }
+                ReceiverKind::Alertmanager(raw.validate(self, generator)?)
+            }
             _ => {
                 self.error_at(
                     &r.name,
-                    format!("receiver {name:?} needs exactly one of slack, email, webhook, log"),
+                    format!("receiver {name:?} needs exactly one of slack, email, webhook, log, alertmanager"),
                 );
                 return None;
             }
@@ -650,13 +663,13 @@ impl Validator<'_> {
             Some(v) if v.value => {
                 let checkable = match &kind {
                     ReceiverKind::Slack(c) => c.bot_token.is_some(),
-                    ReceiverKind::Email(_) => true,
+                    ReceiverKind::Email(_) | ReceiverKind::Alertmanager(_) => true,
                     ReceiverKind::Webhook(_) | ReceiverKind::Log(_) => false,
                 };
                 if !checkable {
                     self.error_at(
                         v,
-                        "verify_on_start is supported for slack with bot_token_file (auth.test) and email (SMTP connect + EHLO); a webhook cannot be checked without sending something",
+                        "verify_on_start is supported for slack with bot_token_file (auth.test), email (SMTP connect + EHLO) and alertmanager (/-/ready); a webhook cannot be checked without sending something",
                     );
                 }
                 true
@@ -1028,6 +1041,41 @@ mod tests {
     }
 
     const MINIMAL: &str = "clusters:\n  - name: local\n    url: http://127.0.0.1:15672\n    username: guest\n    password: ${RW_PASSWORD}\n";
+
+    #[test]
+    fn an_alertmanager_receiver_gets_its_defaults_and_its_mistakes_are_located() {
+        let c = parse_str(&format!(
+            "{MINIMAL}receivers:\n  - name: am\n    alertmanager: {{ urls: [http://am1:9093, http://am2:9093] }}\nroute: {{ receiver: am }}\n"
+        ))
+        .unwrap();
+        let ReceiverKind::Alertmanager(am) = &c.receivers[0].kind else {
+            panic!("{:?}", c.receivers[0].kind)
+        };
+        assert_eq!(am.urls.len(), 2);
+        assert_eq!(am.resend_interval, Duration::from_secs(60));
+        assert_eq!(
+            am.generator_url,
+            format!("http://{DEFAULT_LISTEN}/api/v1/alerts")
+        );
+        let errs = errors(&format!(
+            "{MINIMAL}receivers:\n  - name: a\n    alertmanager: {{ urls: [] }}\n  - name: b\n    alertmanager: {{ urls: [\"am:9093\"], resend_interval: 0s }}\nroute: {{ receiver: a }}\n"
+        ));
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        assert!(
+            errs[0].contains(":7:11:")
+                && errs[0].contains("alertmanager.urls needs at least one URL"),
+            "{errs:#?}"
+        );
+        assert!(
+            errs[1].contains(":10:28:")
+                && errs[1].contains("alertmanager.urls is not an http(s) URL"),
+            "{errs:#?}"
+        );
+        assert!(
+            errs[2].contains(":10:57:") && errs[2].contains("resend_interval must be at least 1s"),
+            "{errs:#?}"
+        );
+    }
 
     #[test]
     fn minimal_config_gets_defaults() {

@@ -92,6 +92,17 @@ impl Route {
 pub struct Dispatch {
     pub root: Route,
     pub send_resolved: BTreeMap<String, bool>,
+    /// Receivers that take alerts one by one (Alertmanager, which groups by itself), with their
+    /// resend interval: each alert is its own group, a change is sent at once and a firing alert
+    /// is re-sent every interval, whatever the route's `group_*` and `repeat_interval` say.
+    pub per_alert: BTreeMap<String, Duration>,
+}
+
+/// A group's timings: the route's, or for a per-alert receiver none but the resend interval.
+struct Timings {
+    group_wait: Duration,
+    group_interval: Duration,
+    repeat_interval: Duration,
 }
 
 /// A group state to store and, unless the receiver wants nothing (a resolve with
@@ -106,7 +117,7 @@ pub struct Flush {
 struct Group<'a> {
     receiver: &'a str,
     key: String,
-    route: &'a Route,
+    timings: Timings,
     labels: BTreeMap<String, String>,
     alerts: Vec<&'a Alert>,
 }
@@ -137,19 +148,38 @@ pub fn plan(
             continue;
         }
         for (path, route) in d.root.select(&a.labels) {
-            let labels: BTreeMap<String, String> = route
-                .group_by
-                .iter()
-                .filter_map(|k| a.labels.get(k).map(|v| (k.clone(), v.clone())))
-                .collect();
-            let key = format!("{path}:{}", render_labels(&labels));
+            let resend = d.per_alert.get(&route.receiver).copied();
+            let labels: BTreeMap<String, String> = match resend {
+                Some(_) => a.labels.clone(),
+                None => route
+                    .group_by
+                    .iter()
+                    .filter_map(|k| a.labels.get(k).map(|v| (k.clone(), v.clone())))
+                    .collect(),
+            };
+            let key = match resend {
+                Some(_) => format!("{path}:{}", a.fingerprint),
+                None => format!("{path}:{}", render_labels(&labels)),
+            };
+            let timings = match resend {
+                Some(every) => Timings {
+                    group_wait: Duration::ZERO,
+                    group_interval: Duration::ZERO,
+                    repeat_interval: every,
+                },
+                None => Timings {
+                    group_wait: route.group_wait,
+                    group_interval: route.group_interval,
+                    repeat_interval: route.repeat_interval,
+                },
+            };
             let id = group_id(&route.receiver, &key);
             by_key
                 .entry(id)
                 .or_insert_with(|| Group {
                     receiver: &route.receiver,
                     key,
-                    route,
+                    timings,
                     labels,
                     alerts: Vec::new(),
                 })
@@ -186,10 +216,10 @@ pub fn plan(
             }
         }
         let due = match (changed_at, prev.last_sent_at) {
-            (Some(at), None) => now - at >= g.route.group_wait.as_millis() as i64,
-            (Some(_), Some(last)) => now - last >= g.route.group_interval.as_millis() as i64,
+            (Some(at), None) => now - at >= g.timings.group_wait.as_millis() as i64,
+            (Some(_), Some(last)) => now - last >= g.timings.group_interval.as_millis() as i64,
             (None, Some(last)) => {
-                any_firing && now - last >= g.route.repeat_interval.as_millis() as i64
+                any_firing && now - last >= g.timings.repeat_interval.as_millis() as i64
             }
             (None, None) => false,
         };
@@ -334,7 +364,51 @@ mod tests {
         Dispatch {
             root: route(group_wait),
             send_resolved: BTreeMap::new(),
+            per_alert: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn a_per_alert_receiver_gets_each_alert_at_once_re_sent_every_interval_and_resolved_once() {
+        // The route groups by alertname with a 10 s group_wait; Alertmanager's receiver ignores both.
+        let mut d = dispatch(10);
+        d.root.group_by = vec!["alertname".into()];
+        d.per_alert.insert("slack".into(), Duration::from_secs(60));
+        let mut groups = BTreeMap::new();
+        let none = HashSet::new();
+        let t = table(vec![
+            alert("q1", "warning", State::Firing, 0),
+            alert("q2", "warning", State::Firing, 0),
+        ]);
+        let f = plan(&d, &t, &groups, &none, 1);
+        assert_eq!(f.len(), 2, "one notification per alert, without group_wait");
+        for flush in &f {
+            let n = flush.notification.as_ref().expect("sent");
+            assert_eq!(n.alerts.len(), 1);
+            assert_eq!(n.group_labels, n.alerts[0].labels, "the alert's own labels");
+        }
+        apply(&mut groups, &f);
+        assert!(
+            plan(&d, &t, &groups, &none, 59_000).is_empty(),
+            "nothing changed"
+        );
+        let again = plan(&d, &t, &groups, &none, 60_001);
+        assert_eq!(
+            again.len(),
+            2,
+            "firing alerts are re-sent every resend_interval"
+        );
+        apply(&mut groups, &again);
+        let t = table(vec![
+            alert("q1", "warning", State::Resolved, 70_000),
+            alert("q2", "warning", State::Firing, 0),
+        ]);
+        let resolved = plan(&d, &t, &groups, &none, 70_000);
+        assert_eq!(resolved.len(), 1, "the resolve goes at once: {resolved:?}");
+        let n = resolved[0].notification.as_ref().expect("sent");
+        assert_eq!(n.status, GroupStatus::Resolved);
+        apply(&mut groups, &resolved);
+        assert!(plan(&d, &t, &groups, &none, 75_000).is_empty(), "and once");
     }
 
     fn apply(groups: &mut BTreeMap<String, GroupState>, flushes: &[Flush]) {

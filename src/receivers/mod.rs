@@ -101,11 +101,13 @@ impl DeliveryError {
 // ---------------------------------------------------------------------------------------------------
 // The receivers, and the one type the outbox holds them by
 
+pub mod alertmanager;
 pub mod email;
 pub mod log;
 pub mod slack;
 pub mod webhook;
 
+pub use alertmanager::{AlertmanagerConfig, AlertmanagerReceiver, RawAlertmanagerConfig};
 pub use email::{EmailConfig, EmailReceiver, RawEmailConfig};
 pub use log::{LogConfig, LogReceiver, RawLogConfig};
 pub use slack::{RawSlackConfig, SlackConfig, SlackReceiver};
@@ -136,6 +138,7 @@ pub enum Receiver {
     Email(EmailReceiver),
     Webhook(WebhookReceiver),
     Log(LogReceiver),
+    Alertmanager(AlertmanagerReceiver),
 }
 
 impl Receiver {
@@ -146,6 +149,7 @@ impl Receiver {
             Receiver::Email(r) => r.name(),
             Receiver::Webhook(r) => r.name(),
             Receiver::Log(r) => r.name(),
+            Receiver::Alertmanager(r) => r.name(),
         }
     }
 
@@ -156,6 +160,7 @@ impl Receiver {
             Receiver::Email(_) => "email",
             Receiver::Webhook(_) => "webhook",
             Receiver::Log(_) => "log",
+            Receiver::Alertmanager(_) => "alertmanager",
         }
     }
 
@@ -164,7 +169,9 @@ impl Receiver {
         match self {
             // Config validation sends scaling recommendations to webhooks only; should one reach a
             // chat or mail receiver anyway, it is a dead letter, visible, not an empty message.
-            Receiver::Slack(_) | Receiver::Email(_) if n.scaling.is_some() => {
+            Receiver::Slack(_) | Receiver::Email(_) | Receiver::Alertmanager(_)
+                if n.scaling.is_some() =>
+            {
                 Err(DeliveryError::Permanent {
                     reason: Reason::InvalidRequest,
                     message: "scaling recommendations go to webhook receivers only".into(),
@@ -174,6 +181,7 @@ impl Receiver {
             Receiver::Email(r) => r.deliver(n).await,
             Receiver::Webhook(r) => r.deliver(n).await,
             Receiver::Log(r) => r.deliver(n).await,
+            Receiver::Alertmanager(r) => r.deliver(n).await,
         }
     }
 
@@ -183,6 +191,7 @@ impl Receiver {
         match self {
             Receiver::Email(r) => r.verify().await,
             Receiver::Slack(r) => r.verify().await,
+            Receiver::Alertmanager(r) => r.verify().await,
             Receiver::Webhook(_) | Receiver::Log(_) => Ok(()),
         }
     }
@@ -196,6 +205,7 @@ impl Receiver {
             Receiver::Email(_) => email::SEND_BUDGET,
             Receiver::Webhook(r) => r.timeout() + Duration::from_secs(1),
             Receiver::Log(_) => Duration::from_secs(1),
+            Receiver::Alertmanager(r) => r.attempt_budget(),
         }
     }
 
@@ -204,7 +214,10 @@ impl Receiver {
     pub fn pace(&self) -> Option<(String, Duration)> {
         match self {
             Receiver::Slack(r) => Some((r.pacing_key(), slack::MIN_INTERVAL)),
-            Receiver::Email(_) | Receiver::Webhook(_) | Receiver::Log(_) => None,
+            Receiver::Email(_)
+            | Receiver::Webhook(_)
+            | Receiver::Log(_)
+            | Receiver::Alertmanager(_) => None,
         }
     }
 }
