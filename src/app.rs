@@ -385,6 +385,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         wakes.clone(),
         commit_delay,
     )?);
+    let watched: Vec<String> = config.clusters.iter().map(|c| c.name.clone()).collect();
+    engine.retire_clusters(&watched, Timestamp::now());
     let scaling = Arc::new(Scaling::new(
         config.scalers.clone(),
         config.analysis.window,

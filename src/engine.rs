@@ -35,8 +35,10 @@ use crate::store::{CycleWrite, OutboxEntry, Store, StoreError, record};
 use crate::view::ClusterView;
 
 /// Alert fields whose change must reach the store at once; the rest (values, last_held) is flushed
-/// every `FULL_FLUSH_MS` so 10k firing alerts do not rewrite the database every poll.
-type Persisted = (State, bool, String, Option<i64>);
+/// every `FULL_FLUSH_MS` so 10k firing alerts do not rewrite the database every poll. `last_held` of an
+/// alert no longer held (kept by `keep_firing_for`) stops moving, and is written once when it stops, so
+/// a restart keeps the window exactly; `active_since` of a pending alert is written with it.
+type Persisted = (State, bool, String, Option<i64>, Option<i64>);
 
 const FULL_FLUSH_MS: i64 = 60_000;
 
@@ -181,7 +183,13 @@ fn write_loop(
 }
 
 fn persisted(a: &Alert) -> Persisted {
-    (a.state, a.flapping, a.correlation_id.clone(), a.fired_at)
+    (
+        a.state,
+        a.flapping,
+        a.correlation_id.clone(),
+        a.fired_at,
+        a.unheld.then_some(a.last_held),
+    )
 }
 
 impl Engine {
@@ -259,6 +267,20 @@ impl Engine {
 
     pub fn alerts(&self) -> Arc<Published> {
         self.published.load_full()
+    }
+
+    /// Resolves the alerts of clusters this daemon no longer watches (run at start, after the config
+    /// and `--shard` decided which clusters are this daemon's), each with the reason.
+    pub fn retire_clusters(&self, watched: &[String], now: Timestamp) {
+        let mut inner = self.inner.lock().expect("engine lock");
+        let retired = inner.table.retire_clusters(watched, now, self.flap);
+        for t in &retired {
+            if let Some(a) = inner.table.get(t.fingerprint()) {
+                info!(alertname = %a.alertname, cluster = %a.cluster, correlation_id = %a.correlation_id,
+                    "alert resolved: its cluster is no longer watched by this daemon (removed from the config, or moved to another shard)");
+            }
+        }
+        self.commit(&mut inner, now);
     }
 
     /// Swaps in new rules, routes and inhibitions (a reload); alerts of removed rules resolve.

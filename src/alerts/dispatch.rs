@@ -348,6 +348,7 @@ mod tests {
             flips: VecDeque::new(),
             flapping: false,
             sequence: 0,
+            unheld: false,
         }
     }
 

@@ -60,6 +60,10 @@ pub struct Alert {
     pub flapping: bool,
     /// Notifications sent for this incident so far; part of the idempotency key.
     pub sequence: u32,
+    /// The last evaluation of its cluster did not hold it: a firing alert kept by `keep_firing_for`
+    /// (its `last_held` no longer moves, and must reach the store, so a restart keeps the window).
+    #[serde(default)]
+    pub unheld: bool,
 }
 
 mod scope_name {
@@ -173,6 +177,7 @@ impl AlertTable {
                         flips,
                         flapping,
                         sequence: 0,
+                        unheld: false,
                     };
                     self.alerts.insert(fp.clone(), alert);
                     if rule.for_.is_zero() {
@@ -193,6 +198,7 @@ impl AlertTable {
                     // Held, or has a `clear` that does not hold yet: still firing.
                     let a = self.alerts.get_mut(&fp).expect("present");
                     a.last_held = now;
+                    a.unheld = false;
                     a.annotations.clone_from(&o.annotations);
                     a.values.clone_from(&o.values);
                     a.mode = rule.mode;
@@ -223,7 +229,9 @@ impl AlertTable {
                 (State::Pending, _) => {
                     self.alerts.remove(&fp);
                 }
-                (State::Firing, Some(keep)) if now - a.last_held < keep.as_millis() as i64 => {}
+                (State::Firing, Some(keep)) if now - a.last_held < keep.as_millis() as i64 => {
+                    self.alerts.get_mut(&fp).expect("present").unheld = true;
+                }
                 (State::Firing, _) => self.resolve(&fp, now, flap, &mut out),
                 (State::Resolved, _) => {}
             }
@@ -275,6 +283,38 @@ impl AlertTable {
             } else {
                 self.resolve(&fp, now.0, flap, &mut out);
             }
+        }
+        out
+    }
+
+    /// Resolves every unresolved alert of a cluster this daemon no longer watches (removed from the
+    /// config, or moved to another shard): nothing would ever judge it again. Each resolve carries
+    /// the reason as the annotation `resolved_reason`; pending ones are dropped.
+    pub fn retire_clusters(
+        &mut self,
+        watched: &[String],
+        now: Timestamp,
+        flap: FlapPolicy,
+    ) -> Vec<Transition> {
+        let gone: Vec<String> = self
+            .alerts
+            .values()
+            .filter(|a| a.state != State::Resolved && !watched.contains(&a.cluster))
+            .map(|a| a.fingerprint.clone())
+            .collect();
+        let mut out = Vec::new();
+        for fp in gone {
+            let a = self.alerts.get_mut(&fp).expect("present");
+            if a.state == State::Pending {
+                self.alerts.remove(&fp);
+                continue;
+            }
+            let reason = format!(
+                "cluster {:?} is no longer watched by this daemon (removed from the config, or moved to another shard)",
+                a.cluster
+            );
+            a.annotations.insert("resolved_reason".to_string(), reason);
+            self.resolve(&fp, now.0, flap, &mut out);
         }
         out
     }
@@ -416,6 +456,42 @@ mod tests {
         fn alert(&self) -> &Alert {
             self.table.alerts.values().next().unwrap()
         }
+    }
+
+    #[test]
+    fn alerts_of_a_cluster_no_longer_watched_resolve_once_with_the_reason() {
+        let mut r = Run::new("");
+        r.at(0, Some(true));
+        assert_eq!(r.state(), Some(State::Firing));
+        let kept = r
+            .table
+            .retire_clusters(&["c".into()], Timestamp(5_000), FlapPolicy::default());
+        assert!(kept.is_empty(), "a watched cluster keeps its alerts");
+        let t = r
+            .table
+            .retire_clusters(&["other".into()], Timestamp(5_000), FlapPolicy::default());
+        assert!(matches!(t.as_slice(), [Transition::Resolved(_)]), "{t:?}");
+        assert_eq!(r.state(), Some(State::Resolved));
+        assert!(
+            r.alert().annotations["resolved_reason"].contains("cluster \"c\" is no longer watched")
+        );
+        let again =
+            r.table
+                .retire_clusters(&["other".into()], Timestamp(6_000), FlapPolicy::default());
+        assert!(again.is_empty(), "once");
+    }
+
+    #[test]
+    fn an_alert_kept_by_keep_firing_for_is_marked_unheld_until_it_holds_again() {
+        let mut r = Run::new("        keep_firing_for: 60s\n");
+        r.at(0, Some(true));
+        assert!(!r.alert().unheld);
+        r.at(10, None);
+        assert_eq!(r.state(), Some(State::Firing));
+        assert!(r.alert().unheld, "kept firing, not held");
+        assert_eq!(r.alert().last_held, 0);
+        r.at(20, Some(true));
+        assert!(!r.alert().unheld);
     }
 
     #[test]

@@ -95,6 +95,7 @@ mod tests {
             flips: VecDeque::new(),
             flapping: false,
             sequence: 0,
+            unheld: false,
         }
     }
 

@@ -4,6 +4,7 @@
 mod alerting;
 mod broker_outage;
 mod cli;
+mod continuity;
 mod defaults;
 mod faults;
 mod ha;
