@@ -77,8 +77,9 @@ pub struct Latest {
     pub activity: Activity,
 }
 
-/// When a queue last saw a publish, a delivery (or get) or an ack, as far as its unbroken history
-/// tells: the time of the first sample whose counters had moved since the one before. Kept by the
+/// When a queue last saw a publish, a delivery (or get) or an ack, or its depth rose (a dead-lettered
+/// message arriving counts as no publish), as far as its unbroken history tells: the time of the
+/// first sample that had moved since the one before. Kept by the
 /// caller across samples (one timestamp per queue), so it reaches back past the analysis window to
 /// the start of the queue's history: its first sample, or the last counter reset.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -99,9 +100,12 @@ impl Activity {
                     return self;
                 };
                 let (c, p) = (now.counters, before.counters);
+                // Dead-lettered messages arrive without counting as publishes (RabbitMQ 3.10): a
+                // rise in depth is an arrival too.
                 if c.publish != p.publish
                     || c.delivered != p.delivered
                     || c.consumed() != p.consumed()
+                    || now.messages > before.messages
                 {
                     Activity { last: Some(now.at) }
                 } else {
@@ -646,11 +650,16 @@ mod tests {
         );
     }
 
-    /// Samples (seconds, messages, published, consumed), pushed one by one as the tracker does, the
-    /// activity folded after each; `None` counters rows stand for depth-only samples.
+    /// Samples (seconds, (published, consumed)), pushed one by one as the tracker does, the activity
+    /// folded after each; `None` counters stand for depth-only samples. Depth stays 0 unless
+    /// `idle_after_depths` gives it.
     type Row = (i64, Option<(u64, u64)>);
 
     fn idle_after(rows: &[Row], window_ms: i64, now: i64) -> Option<f64> {
+        idle_after_depths(rows, &vec![0; rows.len()], window_ms, now)
+    }
+
+    fn idle_after_depths(rows: &[Row], depths: &[u64], window_ms: i64, now: i64) -> Option<f64> {
         let c = |pc: Option<(u64, u64)>| {
             pc.map(|(p, k)| Counters {
                 publish: p,
@@ -661,10 +670,10 @@ mod tests {
             })
         };
         let (t, pc) = rows[0];
-        let mut w = Window::new(at(t), 0, c(pc));
+        let mut w = Window::new(at(t), depths[0], c(pc));
         let mut activity = Activity::default();
-        for &(t, pc) in &rows[1..] {
-            let push = w.push(at(t), 0, c(pc), window_ms);
+        for (&(t, pc), &depth) in rows[1..].iter().zip(&depths[1..]) {
+            let push = w.push(at(t), depth, c(pc), window_ms);
             activity = activity.after_push(&w, push);
         }
         let latest = Latest {
@@ -737,5 +746,21 @@ mod tests {
         for (name, rows, now, want) in cases {
             assert_eq!(idle_after(&rows, 20_000, now), want, "case {name}");
         }
+    }
+
+    #[test]
+    fn dead_letters_arriving_count_as_activity_though_no_counter_moves() {
+        let rows = [
+            (0, Some((0, 0))),
+            (10, Some((0, 0))),
+            (20, Some((0, 0))),
+            (30, Some((0, 0))),
+        ];
+        assert_eq!(
+            idle_after_depths(&rows, &[0, 5, 9, 9], 60_000, 30),
+            Some(10.0)
+        );
+        // A fall in depth alone (messages expiring) is not an arrival.
+        assert_eq!(idle_after_depths(&rows, &[9, 9, 5, 0], 60_000, 30), None);
     }
 }
