@@ -407,6 +407,12 @@ pub struct QueueRow {
     pub drain_eta_seconds: Option<f64>,
     pub oldest_message_age_seconds: Option<f64>,
     pub status: String,
+    /// Seconds since the queue's counters last moved; null when unknown (docs/analysis.md).
+    #[serde(default)]
+    pub idle_for_seconds: Option<f64>,
+    /// Some queue dead-letters into this one; null when the topology could not be read.
+    #[serde(default)]
+    pub dead_letter_target: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -458,6 +464,8 @@ async fn queues(State(st): State<HttpState>, Query(f): Query<QueueFilter>) -> Re
                 drain_eta_seconds: h.drain_eta.filter(|e| e.is_finite()),
                 oldest_message_age_seconds: h.oldest_message_age,
                 status: h.status.as_str().to_string(),
+                idle_for_seconds: h.idle_for,
+                dead_letter_target: q.dead_letter_target,
             });
         }
     }
