@@ -17,6 +17,7 @@ mod secrets;
 mod sharding;
 mod startup;
 mod tls;
+mod topology;
 mod util;
 mod util_broker;
 mod util_faults;
