@@ -1,7 +1,8 @@
 //! Dead-letter targets from the real broker's topology: the default pack's `DeadLetterQueueReceiving`
 //! fires on the queue another queue dead-letters into, whatever its name (`orders.failed`), and not on
 //! a queue nothing dead-letters into, even one named like a dead-letter queue (`dlq-archive`) and fed.
-//! `/api/v1/queues` shows both verdicts (`dead_letter_target`) and `idle_for_seconds`.
+//! `/api/v1/queues` shows both verdicts (`dead_letter_target`) and `idle_for_seconds`. On a node that
+//! keeps no message rates, the rules reading rates are named once in the log and in `/api/v1/status`.
 
 use std::time::Duration;
 
@@ -14,7 +15,11 @@ use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::util::{Daemon, TestVhost, Tuning, config_for, eventually, free_port};
+use crate::util::{
+    CLUSTER, Daemon, TestVhost, Tuning, always_for, cluster_yaml, config_for, config_with_clusters,
+    eventually, free_port,
+};
+use crate::util_broker::PrivateBroker;
 
 /// The default queue rules, as shipped.
 const PACK: &str = include_str!("../../rules/queue-health.yaml");
@@ -209,4 +214,91 @@ async fn dead_letter_alerts_follow_the_topology_not_the_queue_name() {
     );
     let _ = stop.send(());
     traffic.await.expect("the traffic task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_reading_rates_are_named_once_on_a_cluster_that_keeps_none() {
+    // A node that keeps no message rates: the default pack's rate rules cannot fire through them.
+    let broker = PrivateBroker::start_with("management.rates_mode = none").await;
+    let tuning = Tuning::default();
+    let config = config_with_clusters(
+        free_port(),
+        &tuning,
+        &[cluster_yaml(
+            CLUSTER,
+            &broker.management_url(),
+            "/",
+            &tuning,
+        )],
+    ) + "rules: [queue-health.yaml]\n";
+    let daemon = Daemon::start_with_files(&config, &[("queue-health.yaml", PACK)]).await;
+    let named = eventually(
+        Duration::from_secs(60),
+        "unsupplied fields in /api/v1/status",
+        async || {
+            let (_, body) = daemon.get_json("/api/v1/status").await?;
+            let cluster = &body["clusters"][0];
+            let mut named: Vec<(String, String)> = cluster["unsupplied_fields"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|u| {
+                    let fields: Vec<&str> = u["fields"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    (
+                        u["alertname"].as_str().unwrap_or("").to_string(),
+                        fields.join(","),
+                    )
+                })
+                .collect();
+            named.sort();
+            if named.is_empty() {
+                Err(format!("{cluster}"))
+            } else {
+                Ok(named)
+            }
+        },
+    )
+    .await;
+    let want = [
+        ("DeadLetterQueueReceiving", "publish_rate"),
+        ("QueueBacklogGrowing", "publish_rate,consume_rate"),
+        ("QueueHotRequeueLoop", "redeliver_rate,deliver_rate"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, f)| (a.to_string(), f.to_string()))
+        .collect();
+    assert_eq!(named, want);
+    // Said once per rule, however many cycles pass (polls every second).
+    let warnings = || {
+        daemon
+            .logs()
+            .matches("rule reads fields this cluster cannot supply")
+            .count()
+    };
+    eventually(
+        Duration::from_secs(10),
+        "three warnings logged",
+        async || {
+            (warnings() == 3).then_some(()).ok_or(format!(
+                "{} warnings: {}",
+                warnings(),
+                daemon.logs()
+            ))
+        },
+    )
+    .await;
+    always_for(Duration::from_secs(3), "no repeated warning", async || {
+        let now = daemon
+            .logs()
+            .matches("rule reads fields this cluster cannot supply")
+            .count();
+        (now == 3).then_some(()).ok_or(format!("{now} warnings"))
+    })
+    .await;
 }
