@@ -3,10 +3,12 @@
 //! Pure functions of `(&Window, latest facts, params, now)`; no I/O, no clock. Following Burrow, the
 //! status judges the whole window rather than one point, and a window still filling says so.
 
+pub mod dead_letter;
+
 use serde::Serialize;
 
 use crate::domain::Timestamp;
-use crate::snapshot::{Point, Window};
+use crate::snapshot::{Point, Push, Window};
 
 /// A queue's verdict. `InsufficientData` is an answer, not an error: the window has not filled yet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
@@ -71,6 +73,56 @@ impl Params {
 pub struct Latest {
     pub consumers: u64,
     pub head_message_timestamp: Option<f64>,
+    /// When the queue's counters were last seen moving (see `Activity`).
+    pub activity: Activity,
+}
+
+/// When a queue last saw a publish, a delivery (or get) or an ack, or its depth rose (a dead-lettered
+/// message arriving counts as no publish), as far as its unbroken history tells: the time of the
+/// first sample that had moved since the one before. Kept by the
+/// caller across samples (one timestamp per queue), so it reaches back past the analysis window to
+/// the start of the queue's history: its first sample, or the last counter reset.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Activity {
+    last: Option<Timestamp>,
+}
+
+impl Activity {
+    /// Folds the sample `push` just added to `w` (what `Window::push` answered).
+    pub fn after_push(self, w: &Window, push: Push) -> Activity {
+        match push {
+            Push::Stale => self,
+            // History restarted: whatever happened before the reset is not ours to date.
+            Push::Reset => Activity::default(),
+            Push::Appended => {
+                let mut recent = w.iter().rev();
+                let (Some(now), Some(before)) = (recent.next(), recent.next()) else {
+                    return self;
+                };
+                let (c, p) = (now.counters, before.counters);
+                // Dead-lettered messages arrive without counting as publishes (RabbitMQ 3.10): a
+                // rise in depth is an arrival too.
+                if c.publish != p.publish
+                    || c.delivered != p.delivered
+                    || c.consumed() != p.consumed()
+                    || now.messages > before.messages
+                {
+                    Activity { last: Some(now.at) }
+                } else {
+                    self
+                }
+            }
+        }
+    }
+
+    /// Seconds since that sample; unknown without counters (depth-only mode) or when no movement
+    /// has been seen since the history began.
+    pub fn idle_for(self, w: &Window, now: Timestamp) -> Option<f64> {
+        if !w.has_counters() {
+            return None;
+        }
+        self.last.map(|t| now.secs_since(t).max(0.0))
+    }
 }
 
 /// Rates are messages per second over the window. `None` means unknown (fewer than two samples, or the
@@ -91,6 +143,8 @@ pub struct QueueHealth {
     pub status: Status,
     /// Seconds the window's samples cover, first to last: how much history the rates stand on.
     pub window_span: f64,
+    /// Seconds since the queue's counters last moved (publish, deliver/get, ack); see `Activity`.
+    pub idle_for: Option<f64>,
 }
 
 pub fn analyze(w: &Window, latest: Latest, params: &Params, now: Timestamp) -> QueueHealth {
@@ -133,6 +187,7 @@ pub fn analyze(w: &Window, latest: Latest, params: &Params, now: Timestamp) -> Q
         oldest_message_age: oldest_message_age(w, latest.head_message_timestamp, now),
         status: status(w, latest, params),
         window_span: last.at.secs_since(w.first().at),
+        idle_for: latest.activity.idle_for(w, now),
     }
 }
 
@@ -309,7 +364,7 @@ mod tests {
     fn with_consumers(n: u64) -> Latest {
         Latest {
             consumers: n,
-            head_message_timestamp: None,
+            ..Latest::default()
         }
     }
 
@@ -564,6 +619,7 @@ mod tests {
         let latest = Latest {
             consumers: 0,
             head_message_timestamp: Some(30.0),
+            ..Latest::default()
         };
         assert_eq!(
             analyze(&w, latest, &PARAMS, at(60)).oldest_message_age,
@@ -592,5 +648,119 @@ mod tests {
             analyze(&w, with_consumers(1), &PARAMS, at(60)).status,
             Status::Ok
         );
+    }
+
+    /// Samples (seconds, (published, consumed)), pushed one by one as the tracker does, the activity
+    /// folded after each; `None` counters stand for depth-only samples. Depth stays 0 unless
+    /// `idle_after_depths` gives it.
+    type Row = (i64, Option<(u64, u64)>);
+
+    fn idle_after(rows: &[Row], window_ms: i64, now: i64) -> Option<f64> {
+        idle_after_depths(rows, &vec![0; rows.len()], window_ms, now)
+    }
+
+    fn idle_after_depths(rows: &[Row], depths: &[u64], window_ms: i64, now: i64) -> Option<f64> {
+        let c = |pc: Option<(u64, u64)>| {
+            pc.map(|(p, k)| Counters {
+                publish: p,
+                delivered: k,
+                ack: k,
+                no_ack: 0,
+                redeliver: 0,
+            })
+        };
+        let (t, pc) = rows[0];
+        let mut w = Window::new(at(t), depths[0], c(pc));
+        let mut activity = Activity::default();
+        for (&(t, pc), &depth) in rows[1..].iter().zip(&depths[1..]) {
+            let push = w.push(at(t), depth, c(pc), window_ms);
+            activity = activity.after_push(&w, push);
+        }
+        let latest = Latest {
+            activity,
+            ..Latest::default()
+        };
+        analyze(&w, latest, &Params { window_ms }, at(now)).idle_for
+    }
+
+    #[test]
+    fn idle_for_table() {
+        let s = |p: u64, k: u64| Some((p, k));
+        let cases: Vec<(&str, Vec<Row>, i64, Option<f64>)> = vec![
+            (
+                "1 one sample: nothing seen moving yet",
+                vec![(0, s(5, 5))],
+                10,
+                None,
+            ),
+            (
+                "2 never moved since watching began: unknown, not zero and not forever",
+                vec![(0, s(5, 5)), (10, s(5, 5)), (20, s(5, 5))],
+                20,
+                None,
+            ),
+            (
+                "3 a publish seen at 10 s, quiet since",
+                vec![(0, s(5, 5)), (10, s(6, 5)), (20, s(6, 5)), (30, s(6, 5))],
+                30,
+                Some(20.0),
+            ),
+            (
+                "4 a delivery counts as activity too",
+                vec![(0, s(6, 5)), (10, s(6, 5)), (20, s(6, 6)), (30, s(6, 6))],
+                35,
+                Some(15.0),
+            ),
+            (
+                "5 busy right up to the last sample",
+                vec![(0, s(0, 0)), (10, s(10, 10)), (20, s(20, 20))],
+                20,
+                Some(0.0),
+            ),
+            (
+                "6 the activity is remembered after it slides out of a 20 s window",
+                vec![
+                    (0, s(0, 0)),
+                    (10, s(1, 1)),
+                    (20, s(1, 1)),
+                    (30, s(1, 1)),
+                    (40, s(1, 1)),
+                    (50, s(1, 1)),
+                ],
+                50,
+                Some(40.0),
+            ),
+            (
+                "7 a counter reset forgets it: what happened before is not known",
+                vec![(0, s(0, 0)), (10, s(9, 9)), (20, s(2, 2)), (30, s(2, 2))],
+                30,
+                None,
+            ),
+            (
+                "8 depth-only: no counters, unknown",
+                vec![(0, None), (10, None), (20, None)],
+                20,
+                None,
+            ),
+        ];
+        for (name, rows, now, want) in cases {
+            assert_eq!(idle_after(&rows, 20_000, now), want, "case {name}");
+        }
+    }
+
+    #[test]
+    fn dead_letters_arriving_count_as_activity_though_no_counter_moves() {
+        let rows = [
+            (0, Some((0, 0))),
+            (10, Some((0, 0))),
+            (20, Some((0, 0))),
+            (30, Some((0, 0))),
+        ];
+        assert_eq!(
+            idle_after_depths(&rows, &[0, 5, 9, 9], 60_000, 30),
+            Some(10.0)
+        );
+        // A fall in depth alone (messages expiring) is not an arrival.
+        assert_eq!(idle_after_depths(&rows, &[9, 9, 5, 0], 60_000, 30), None);
     }
 }

@@ -650,6 +650,10 @@ fn log_cycle_event(event: CycleEvent) {
         CycleEvent::Failed { reason, error } => {
             warn!(reason = reason.as_str(), error = %error, "scrape failed; keeping history, no samples this cycle")
         }
+        CycleEvent::TopologyUnreadable { error } => warn!(
+            error = %error,
+            "cannot read the dead-letter topology (exchanges and bindings): is_dead_letter_target is unknown until it can"
+        ),
         CycleEvent::Overran { took, skipped } => warn!(
             took_ms = took.as_millis() as u64,
             skipped, "scrape took longer than poll_interval; skipping ticks"

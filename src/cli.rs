@@ -109,6 +109,26 @@ pub fn check(config: Option<PathBuf>, shard: Option<config::Shard>) -> anyhow::R
         eprintln!("{} error(s); nothing was started", errs.len());
         return Ok(ExitCode::FAILURE);
     }
+    // Knowable from the config: probe rules with no canary to judge. What the stats mode cannot
+    // supply (rates in depth-only mode) is known only once a cluster answers: the daemon warns then.
+    let clusters: Vec<(&str, bool)> = cfg
+        .clusters
+        .iter()
+        .map(|c| {
+            (
+                c.name.as_str(),
+                cfg.probes.iter().any(|p| p.cluster == c.name),
+            )
+        })
+        .collect();
+    for rule in cfg.rules.probe_rules_without_probes(&clusters) {
+        eprintln!(
+            "warning: {}:{}: rule {} (scope: probe) never has anything to judge: no cluster it selects has a probe: entry, so its fields are always unknown",
+            rule.file.display(),
+            rule.line,
+            rule.alert
+        );
+    }
     writeln!(
         out,
         "{}: ok ({} cluster(s), {} rule(s), {} receiver(s), listen {})",

@@ -20,7 +20,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::alerts::dispatch::{Dispatch, GroupState, plan};
 use crate::alerts::mute::{InhibitRule, muted};
@@ -90,6 +90,9 @@ pub struct Engine {
     flap: FlapPolicy,
     /// To the `state-writer` thread; it stops when the engine is dropped.
     writer: mpsc::Sender<Job>,
+    /// (cluster, rule `file:line`) already warned about reading fields the cluster's stats mode
+    /// cannot supply: said once, not every cycle.
+    unsupplied_warned: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// Why a silence was not added.
@@ -235,6 +238,7 @@ impl Engine {
             muted: Default::default(),
         });
         Ok(Engine {
+            unsupplied_warned: Mutex::default(),
             alerting: ArcSwap::from_pointee(alerting),
             store,
             inner: Mutex::new(Inner {
@@ -363,10 +367,18 @@ impl Engine {
         }
     }
 
+    /// The rules, routes and inhibitions in force.
+    pub fn alerting(&self) -> Arc<Alerting> {
+        self.alerting.load_full()
+    }
+
     /// Evaluates the rules over a cluster's new view and records what changed.
     pub fn on_cycle(&self, view: &ClusterView, now: Timestamp) {
         let alerting = self.alerting.load();
         let rules = &alerting.rules;
+        if view.up {
+            self.warn_unsupplied(rules, view);
+        }
         let eval = evaluate(rules, view, now);
         let mut inner = self.inner.lock().expect("engine lock");
         let mut new_id = || uuid::Uuid::now_v7().to_string();
@@ -392,6 +404,32 @@ impl Engine {
             }
         }
         self.commit(&mut inner, now);
+    }
+
+    /// Warns once per rule and cluster about a rule that reads fields the cluster's stats mode
+    /// cannot supply (rates in depth-only mode): those operands are unknown there for good.
+    fn warn_unsupplied(&self, rules: &RuleSet, view: &ClusterView) {
+        let found = rules.unsupplied(&view.name, view.stats_mode);
+        if found.is_empty() {
+            return;
+        }
+        let mut warned = self
+            .unsupplied_warned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (rule, fields) in found {
+            let at = format!("{}:{}", rule.file.display(), rule.line);
+            if warned.insert((view.name.clone(), at.clone())) {
+                warn!(
+                    cluster = %view.name,
+                    alertname = %rule.alert,
+                    rule = %at,
+                    fields = %fields.join(","),
+                    stats_mode = view.stats_mode.as_str(),
+                    "rule reads fields this cluster cannot supply in its stats mode: they stay unknown, and the rule cannot fire through them"
+                );
+            }
+        }
     }
 
     /// Runs the dispatcher's timers (group_wait, group_interval, repeat_interval).

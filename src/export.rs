@@ -816,6 +816,7 @@ mod tests {
                 ..Default::default()
             },
             prom_labels: Arc::from(r#"cluster="local",vhost="/",queue="orders""#),
+            dead_letter_target: None,
         }]);
         v
     }

@@ -292,6 +292,18 @@ struct ClusterStatus {
     nodes: usize,
     scrape_errors: std::collections::BTreeMap<crate::scrape::ScrapeReason, u64>,
     probes: Vec<ProbeStatus>,
+    /// Why the dead-letter topology could not be read on the last scrape; null when it could.
+    dead_letter_topology_error: Option<String>,
+    /// Rules reading fields this cluster cannot supply in its stats mode (rates in depth-only mode).
+    unsupplied_fields: Vec<UnsuppliedStatus>,
+}
+
+#[derive(Serialize)]
+struct UnsuppliedStatus {
+    alertname: String,
+    /// `file:line` of the rule.
+    rule: String,
+    fields: Vec<&'static str>,
 }
 
 /// One canary in `/api/v1/status`: what it proves, how its last round trip went, its totals.
@@ -351,10 +363,27 @@ struct StatusBody {
 }
 
 async fn status(State(st): State<HttpState>) -> Json<StatusBody> {
+    let alerting = st.engine.alerting();
     let clusters = st
         .views()
         .iter()
         .map(|v| ClusterStatus {
+            dead_letter_topology_error: v.topology_error.clone(),
+            // The stats mode is known once the cluster has answered.
+            unsupplied_fields: if v.last_success.is_some() {
+                alerting
+                    .rules
+                    .unsupplied(&v.name, v.stats_mode)
+                    .into_iter()
+                    .map(|(r, fields)| UnsuppliedStatus {
+                        alertname: r.alert.clone(),
+                        rule: format!("{}:{}", r.file.display(), r.line),
+                        fields,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
             name: v.name.clone(),
             up: v.up,
             rabbitmq_version: v.rabbitmq_version.clone(),
@@ -407,6 +436,12 @@ pub struct QueueRow {
     pub drain_eta_seconds: Option<f64>,
     pub oldest_message_age_seconds: Option<f64>,
     pub status: String,
+    /// Seconds since the queue's counters last moved; null when unknown (docs/analysis.md).
+    #[serde(default)]
+    pub idle_for_seconds: Option<f64>,
+    /// Some queue dead-letters into this one; null when the topology could not be read.
+    #[serde(default)]
+    pub dead_letter_target: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -458,6 +493,8 @@ async fn queues(State(st): State<HttpState>, Query(f): Query<QueueFilter>) -> Re
                 drain_eta_seconds: h.drain_eta.filter(|e| e.is_finite()),
                 oldest_message_age_seconds: h.oldest_message_age,
                 status: h.status.as_str().to_string(),
+                idle_for_seconds: h.idle_for,
+                dead_letter_target: q.dead_letter_target,
             });
         }
     }

@@ -1663,7 +1663,7 @@ mod tests {
             let w = self.window.as_ref().expect("just set");
             let latest = Latest {
                 consumers,
-                head_message_timestamp: None,
+                ..Latest::default()
             };
             let health = analysis::analyze(w, latest, &self.params, now);
             Observed {
@@ -1993,6 +1993,7 @@ mod tests {
             sample,
             health,
             prom_labels: Arc::from(""),
+            dead_letter_target: None,
         }]);
         let o = observe(&view, 10);
         assert_eq!(o.cluster, ClusterState::Fresh);

@@ -84,7 +84,78 @@ pub struct Snapshot {
     pub truncated: usize,
     /// Queues listed with their statistics pending (see `QueueSample::stats_pending`).
     pub stats_pending: usize,
+    /// Every listed queue that dead-letters somewhere (before the name filters and `max_queues`:
+    /// a queue nobody watches can still dead-letter into one that is watched).
+    pub dead_letterings: Vec<DeadLettering>,
+    /// The exchanges those queues dead-letter into, with their bindings; `None` when they could not
+    /// be read (then whether a queue is a dead-letter target is unknown, not "no").
+    pub exchanges: Option<std::sync::Arc<Exchanges>>,
+    /// Why `exchanges` is `None`, when it is.
+    pub topology_error: Option<String>,
 }
+
+/// One queue's dead-letter settings: its `x-dead-letter-exchange` argument, else its effective
+/// policy's `dead-letter-exchange` (RabbitMQ lets the argument win; the routing key is resolved the
+/// same way, separately).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLettering {
+    /// The queue whose rejected, expired or overflowing messages are dead-lettered.
+    pub queue: QueueKey,
+    /// The exchange they are republished to, in the queue's vhost; `""` is the default exchange.
+    pub exchange: Box<str>,
+    /// The routing key they are republished with; `None` keeps each message's own routing keys.
+    pub routing_key: Option<Box<str>>,
+}
+
+/// How an exchange routes, as far as dead-letter targets go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExchangeKind {
+    /// `routing key == binding key`.
+    Direct,
+    /// Every binding.
+    Fanout,
+    /// `*`/`#` patterns over dot-separated words.
+    Topic,
+    /// Headers, consistent-hash, x-delayed-message…: routing we do not model, so every binding counts.
+    Other,
+}
+
+impl ExchangeKind {
+    pub fn parse(kind: &str) -> ExchangeKind {
+        match kind {
+            "direct" => ExchangeKind::Direct,
+            "fanout" => ExchangeKind::Fanout,
+            "topic" => ExchangeKind::Topic,
+            _ => ExchangeKind::Other,
+        }
+    }
+}
+
+/// Where a binding leads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    Queue(Box<str>),
+    Exchange(Box<str>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub destination: Destination,
+    pub routing_key: Box<str>,
+}
+
+/// One exchange as the topology read saw it; `kind` is `None` when the exchange does not exist
+/// (messages dead-lettered to it are dropped).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exchange {
+    pub kind: Option<ExchangeKind>,
+    pub bindings: Vec<Binding>,
+}
+
+/// The exchanges queues dead-letter into and those their exchange-to-exchange bindings lead to,
+/// keyed by (vhost, exchange name). The default exchange `""` is never listed: it routes a message
+/// to the queue its routing key names.
+pub type Exchanges = std::collections::HashMap<(std::sync::Arc<str>, Box<str>), Exchange>;
 
 /// One point of a queue's history, as the analysis reads it.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -226,7 +297,7 @@ impl Window {
         self.unpack(&self.points[self.points.len() - 1])
     }
 
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = Point> + '_ {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = Point> + ExactSizeIterator + '_ {
         self.points.iter().map(|p| self.unpack(p))
     }
 

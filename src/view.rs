@@ -12,7 +12,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::analysis::{self, Latest, Params, QueueHealth};
+use crate::analysis::{self, Activity, Latest, Params, QueueHealth};
 use crate::domain::{QueueKey, StatsMode, Timestamp};
 use crate::scrape::{ScrapeError, ScrapeReason};
 use crate::snapshot::{NodeSample, ProbeSample, QueueSample, Snapshot, Window};
@@ -21,6 +21,9 @@ use crate::snapshot::{NodeSample, ProbeSample, QueueSample, Snapshot, Window};
 pub struct QueueView {
     pub sample: QueueSample,
     pub health: QueueHealth,
+    /// Some queue dead-letters into this one (`analysis::dead_letter`); `None` when the topology
+    /// could not be read this cycle.
+    pub dead_letter_target: Option<bool>,
     /// `cluster="…",vhost="…",queue="…"`, escaped once per queue for the exposition format.
     pub prom_labels: Arc<str>,
 }
@@ -53,6 +56,9 @@ pub struct ClusterView {
     pub skipped_total: u64,
     /// The cluster's canaries as their last round trips left them (`probe`), whatever the scrape did.
     pub probes: Arc<Vec<ProbeSample>>,
+    /// Why the last successful scrape could not read the dead-letter topology (then every queue's
+    /// `is_dead_letter_target` is unknown); `None` when it could.
+    pub topology_error: Option<String>,
 }
 
 impl ClusterView {
@@ -74,6 +80,7 @@ impl ClusterView {
             errors_total: BTreeMap::new(),
             skipped_total: 0,
             probes: Arc::default(),
+            topology_error: None,
         }
     }
 
@@ -100,6 +107,9 @@ pub enum CycleEvent {
     Failed { reason: ScrapeReason, error: String },
     /// The cycle took longer than the poll interval: these ticks are skipped.
     Overran { took: Duration, skipped: u32 },
+    /// The dead-letter topology could not be read (it could before, or this is the first scrape):
+    /// `is_dead_letter_target` is unknown until it can.
+    TopologyUnreadable { error: String },
 }
 
 /// A cluster's shared handle: the poll loop writes, everyone else reads.
@@ -125,6 +135,7 @@ struct Tracked {
     /// The last cycle that listed this queue.
     seen: u64,
     carried: Carried,
+    activity: Activity,
 }
 
 /// The last listed figures of a queue that its window does not keep, shown again while the broker
@@ -269,7 +280,8 @@ impl Tracker {
                         }
                         t.carry_into(&mut q);
                     } else {
-                        t.window.push(at, q.messages, q.counters, span);
+                        let push = t.window.push(at, q.messages, q.counters, span);
+                        t.activity = t.activity.after_push(&t.window, push);
                         t.carried = Carried::of(&q);
                     }
                     t
@@ -281,6 +293,7 @@ impl Tracker {
                         prom_labels: prom_labels(&self.cluster, &q.key).into(),
                         seen: cycle,
                         carried: Carried::of(&q),
+                        activity: Activity::default(),
                     });
                     self.index.insert(q.key.clone(), i);
                     self.slots.get_mut(i)
@@ -290,10 +303,12 @@ impl Tracker {
             let latest = Latest {
                 consumers: q.consumers,
                 head_message_timestamp: q.head_message_timestamp,
+                activity: tracked.activity,
             };
             views.push(QueueView {
                 health: analysis::analyze(&tracked.window, latest, &self.params, now),
                 prom_labels: tracked.prom_labels.clone(),
+                dead_letter_target: None,
                 sample: q,
             });
         }
@@ -357,7 +372,23 @@ impl Tracker {
                         listed: snap.queues.len(),
                     });
                 }
-                let queues = self.observe(std::mem::take(&mut snap.queues), snap.taken_at, now);
+                if let Some(error) = &snap.topology_error
+                    && (prev.topology_error.is_none() || prev.last_success.is_none())
+                {
+                    events.push(CycleEvent::TopologyUnreadable {
+                        error: error.clone(),
+                    });
+                }
+                let mut queues = self.observe(std::mem::take(&mut snap.queues), snap.taken_at, now);
+                if let Some(exchanges) = &snap.exchanges {
+                    let targets = analysis::dead_letter::dead_letter_targets(
+                        &snap.dead_letterings,
+                        exchanges,
+                    );
+                    for q in &mut queues {
+                        q.dead_letter_target = Some(targets.contains(&q.sample.key));
+                    }
+                }
                 ClusterView {
                     name: prev.name.clone(),
                     poll_interval: prev.poll_interval,
@@ -375,6 +406,7 @@ impl Tracker {
                     errors_total: prev.errors_total.clone(),
                     skipped_total,
                     probes: prev.probes.clone(),
+                    topology_error: snap.topology_error,
                 }
             }
             Err(e) => {
@@ -563,6 +595,9 @@ mod tests {
             queues: queues(names),
             truncated: 0,
             stats_pending: 0,
+            dead_letterings: Vec::new(),
+            exchanges: Some(Arc::default()),
+            topology_error: None,
         }
     }
 

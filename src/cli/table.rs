@@ -299,6 +299,8 @@ mod tests {
             backlog_growth: Some(growth),
             drain_eta_seconds: None,
             oldest_message_age_seconds: None,
+            idle_for_seconds: None,
+            dead_letter_target: None,
             status: status.into(),
         }
     }

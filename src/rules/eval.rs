@@ -71,8 +71,8 @@ impl Env for QueueEnv<'_> {
             q::VHOST => Some(Value::Str(Cow::Borrowed(&s.key.vhost))),
             q::QUEUE => Some(Value::Str(Cow::Borrowed(&s.key.name))),
             q::DURABLE => Some(Value::Bool(s.durable)),
-            // Not tracked yet: unknown, so rules using them never fire on a guess.
-            q::IDLE_FOR | q::IS_DEAD_LETTER_TARGET => None,
+            q::IDLE_FOR => h.idle_for.map(Value::Num),
+            q::IS_DEAD_LETTER_TARGET => self.q.dead_letter_target.map(Value::Bool),
             _ => None,
         }
     }
@@ -389,13 +389,21 @@ fn queue_values(q: &QueueView) -> BTreeMap<String, f64> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
     use std::path::Path;
     use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
+    use crate::analysis::Params;
+    use crate::domain::{QueueKey, StatsMode};
     use crate::rules::load::parse_file;
     use crate::snapshot::ProbeError;
+    use crate::snapshot::{
+        Binding, Counters, DeadLettering, Destination, Exchange, ExchangeKind, QueueSample,
+        Snapshot,
+    };
+    use crate::view::Tracker;
 
     fn rules(expr: &str, select: &str) -> RuleSet {
         let text = format!(
@@ -475,5 +483,120 @@ mod tests {
             .map(|o| o.labels["probe"].as_str())
             .collect();
         assert_eq!(names, ["billing"]);
+    }
+
+    /// A queue with every fact the broker can report, through three scrapes of the real tracker, on
+    /// a cluster where another queue dead-letters into it.
+    fn full_view() -> ClusterView {
+        let key = |name: &str| QueueKey {
+            vhost: Arc::from("/"),
+            name: name.into(),
+        };
+        let sample = |i: u64| QueueSample {
+            key: key("orders.failed"),
+            kind: Arc::from("classic"),
+            durable: true,
+            messages: 10 + i,
+            messages_ready: 8 + i,
+            messages_unacked: 2,
+            consumers: 1,
+            consumer_utilisation: Some(0.5),
+            counters: Some(Counters {
+                publish: 100 + 10 * i,
+                delivered: 90 + 9 * i,
+                ack: 90 + 9 * i,
+                no_ack: 0,
+                redeliver: i,
+            }),
+            head_message_timestamp: Some(1.0),
+            max_length: Some(1000),
+            stats_pending: false,
+        };
+        let exchanges = HashMap::from([(
+            (Arc::from("/"), Box::from("orders.dlx")),
+            Exchange {
+                kind: Some(ExchangeKind::Fanout),
+                bindings: vec![Binding {
+                    destination: Destination::Queue("orders.failed".into()),
+                    routing_key: "".into(),
+                }],
+            },
+        )]);
+        let mut tracker = Tracker::new("c", Params { window_ms: 30_000 });
+        let mut view = ClusterView::new("c", Duration::from_secs(10));
+        for i in 0..4u64 {
+            let at = Timestamp(10_000 * i as i64);
+            let snap = Snapshot {
+                taken_at: at,
+                stats_mode: StatsMode::Full,
+                queues: vec![sample(i)],
+                dead_letterings: vec![DeadLettering {
+                    queue: key("orders"),
+                    exchange: "orders.dlx".into(),
+                    routing_key: None,
+                }],
+                exchanges: Some(Arc::new(exchanges.clone())),
+                nodes: vec![crate::snapshot::NodeSample {
+                    name: "rabbit@a".into(),
+                    running: true,
+                    mem_used: 1,
+                    mem_limit: 2,
+                    mem_alarm: false,
+                    disk_free: 3,
+                    disk_free_limit: 4,
+                    disk_alarm: false,
+                    fd_used: 5,
+                    fd_total: 6,
+                    partitions: 0,
+                }],
+                ..Snapshot::default()
+            };
+            view = tracker
+                .next_view(&view, Ok(snap), Duration::from_millis(5), at)
+                .0;
+        }
+        let probe = ProbeSample::new("canary", "/").after(Timestamp(30_000), Ok(0.004));
+        view.probes = Arc::new(vec![probe]);
+        view
+    }
+
+    /// Every field of every scope has a value from a fully-populated entity, of its declared type:
+    /// a field the evaluator does not wire would be unknown for ever, and a rule using it would
+    /// never fire, silently.
+    #[test]
+    fn every_field_of_every_scope_is_wired() {
+        let view = full_view();
+        let now = Timestamp(30_000);
+        let queue = QueueEnv {
+            cluster: &view.name,
+            q: &view.queues[0],
+        };
+        let node = NodeEnv {
+            cluster: &view.name,
+            n: &view.nodes[0],
+        };
+        let cluster = ClusterEnv { v: &view, now };
+        let probe = ProbeEnv {
+            cluster: &view.name,
+            p: &view.probes[0],
+        };
+        let mut missing = Vec::new();
+        for scope in Scope::ALL {
+            let env: &dyn Env = match scope {
+                Scope::Queue => &queue,
+                Scope::Node => &node,
+                Scope::Cluster => &cluster,
+                Scope::Probe => &probe,
+            };
+            for (name, ty) in scope.fields() {
+                let id = scope.field(name).expect("a field of its own table");
+                match env.get(id) {
+                    Some(v) if v.ty() == *ty => {}
+                    Some(v) => missing.push(format!("{scope}.{name}: a {} for a {ty:?}", v.ty())),
+                    None => missing.push(format!("{scope}.{name}: unknown")),
+                }
+            }
+        }
+        assert!(missing.is_empty(), "fields not wired: {missing:?}");
     }
 }

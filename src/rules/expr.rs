@@ -407,6 +407,8 @@ enum Bool {
     StrEq(Cmp, Box<Str>, Box<Str>),
     FlagEq(Cmp, Box<Bool>, Box<Bool>),
     Matches(Box<Str>, Box<Regex>),
+    /// `known(x)`: whether `x` has a value; never unknown itself.
+    Known(Box<Node>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -693,6 +695,11 @@ impl Bool {
                 Some(equal == (*op == Cmp::Eq))
             }
             Bool::Matches(s, re) => Some(re.is_match(&s.eval(env)?)),
+            Bool::Known(x) => Some(match &**x {
+                Node::Num(n) => n.eval(env).is_some(),
+                Node::Str(s) => s.eval(env).is_some(),
+                Node::Bool(b) => b.eval(env).is_some(),
+            }),
         }
     }
 }
@@ -751,6 +758,7 @@ impl Bool {
                 r.visit_fields(f);
             }
             Bool::Matches(s, _) => s.visit_fields(f),
+            Bool::Known(x) => x.visit_fields(f),
         }
     }
 }
@@ -926,6 +934,15 @@ impl Bool {
                 s.write(f)?;
                 f.write_str(", ")?;
                 write_string_literal(f, re.as_str())?;
+                f.write_str(")")
+            }
+            Bool::Known(x) => {
+                f.write_str("known(")?;
+                match &**x {
+                    Node::Num(n) => n.write(f, PREC_OR)?,
+                    Node::Str(s) => s.write(f)?,
+                    Node::Bool(b) => b.write(f, PREC_OR)?,
+                }
                 f.write_str(")")
             }
         }
@@ -1215,7 +1232,7 @@ fn lex_string(src: &str, start: usize) -> Result<(String, usize), CompileError> 
 /// Deeper trees and parentheses are refused, so neither parsing nor evaluation can exhaust the stack.
 const MAX_DEPTH: u32 = 100;
 
-const FUNCTIONS: [&str; 4] = ["abs", "matches", "max", "min"];
+const FUNCTIONS: [&str; 5] = ["abs", "known", "matches", "max", "min"];
 
 /// A parsed subexpression. `node` is `None` when it was ill-typed; that error is already recorded, and
 /// the enclosing expressions stay quiet about it rather than piling up follow-on errors.
@@ -1628,6 +1645,7 @@ impl<'s> Parser<'s> {
             "min" => self.call_extreme(start, "min", Extreme::Min, args),
             "max" => self.call_extreme(start, "max", Extreme::Max, args),
             "matches" => self.call_matches(start, args),
+            "known" => self.call_known(start, args),
             _ => {
                 let message = if self.scope.field(name).is_some() {
                     format!(
@@ -1671,6 +1689,18 @@ impl<'s> Parser<'s> {
             }
         }
         ok.then_some(numbers)
+    }
+
+    fn call_known(&mut self, start: usize, mut args: Vec<Typed>) -> Option<Node> {
+        if args.len() != 1 {
+            self.error(
+                start,
+                format!("known() takes exactly one argument, got {}", args.len()),
+            );
+            return None;
+        }
+        let arg = args.pop()?.node?;
+        Some(Node::Bool(Bool::Known(Box::new(arg))))
     }
 
     fn call_abs(&mut self, start: usize, args: Vec<Typed>) -> Option<Node> {
@@ -2011,6 +2041,55 @@ mod tests {
         for (i, (src, want)) in cases.into_iter().enumerate() {
             assert_eq!(eval(src, &env), want, "case {i}: {src}");
         }
+    }
+
+    #[test]
+    fn known_says_whether_a_value_exists_and_is_never_unknown_itself() {
+        let env = TestEnv::default()
+            .with("messages", 10.0)
+            .with("status", "ok")
+            .with("durable", true);
+        let cases = [
+            ("known(messages)", Some(true)),
+            ("known(publish_rate)", Some(false)),
+            ("known(publish_rate * 2 + messages)", Some(false)),
+            ("known(status)", Some(true)),
+            ("known(queue)", Some(false)),
+            ("known(durable)", Some(true)),
+            ("known(is_dead_letter_target)", Some(false)),
+            ("known(publish_rate > 0 or messages > 5)", Some(true)),
+            // The default pack's exemption: an unknown topology exempts nobody.
+            (
+                "messages > 5 and not (known(is_dead_letter_target) and is_dead_letter_target)",
+                Some(true),
+            ),
+        ];
+        for (i, (src, want)) in cases.into_iter().enumerate() {
+            assert_eq!(eval(src, &env), want, "case {i}: {src}");
+        }
+        let exempt = env.with("is_dead_letter_target", true);
+        assert_eq!(
+            eval(
+                "messages > 5 and not (known(is_dead_letter_target) and is_dead_letter_target)",
+                &exempt
+            ),
+            Some(false)
+        );
+        let printed = Expr::compile_bool("known( publish_rate+1 )", Scope::Queue)
+            .unwrap()
+            .to_string();
+        assert_eq!(printed, "known(publish_rate + 1)");
+        assert_eq!(
+            Expr::compile_bool(&printed, Scope::Queue)
+                .unwrap()
+                .referenced_fields(),
+            ["publish_rate"]
+        );
+        assert!(
+            errors("known(messages, status)")[0]
+                .message
+                .contains("exactly one argument")
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod secrets;
 mod sharding;
 mod startup;
 mod tls;
+mod topology;
 mod util;
 mod util_alertmanager;
 mod util_broker;

@@ -1,0 +1,304 @@
+//! Dead-letter targets from the real broker's topology: the default pack's `DeadLetterQueueReceiving`
+//! fires on the queue another queue dead-letters into, whatever its name (`orders.failed`), and not on
+//! a queue nothing dead-letters into, even one named like a dead-letter queue (`dlq-archive`) and fed.
+//! `/api/v1/queues` shows both verdicts (`dead_letter_target`) and `idle_for_seconds`. On a node that
+//! keeps no message rates, the rules reading rates are named once in the log and in `/api/v1/status`.
+
+use std::time::Duration;
+
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicRejectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::util::{
+    CLUSTER, Daemon, TestVhost, Tuning, always_for, cluster_yaml, config_for, config_with_clusters,
+    eventually, free_port,
+};
+use crate::util_broker::PrivateBroker;
+
+/// The default queue rules, as shipped.
+const PACK: &str = include_str!("../../rules/queue-health.yaml");
+
+/// `GET /api/v1/alerts`: every alert, any state.
+async fn alerts(daemon: &Daemon) -> Result<Vec<Value>, String> {
+    let (status, body) = daemon.get_json("/api/v1/alerts").await?;
+    if status != 200 {
+        return Err(format!("/api/v1/alerts answered {status}: {body}"));
+    }
+    body["alerts"]
+        .as_array()
+        .cloned()
+        .ok_or_else(|| format!("/api/v1/alerts has no alerts list: {body}"))
+}
+
+/// `queue`'s row of `/api/v1/queues`.
+async fn queue_row(daemon: &Daemon, queue: &str) -> Result<Value, String> {
+    let (_, body) = daemon.get_json("/api/v1/queues").await?;
+    body["queues"]
+        .as_array()
+        .and_then(|qs| qs.iter().find(|q| q["queue"] == queue).cloned())
+        .ok_or_else(|| format!("{queue} not in /api/v1/queues: {body}"))
+}
+
+/// `orders` dead-letters into the direct exchange `orders.dlx` (no dead-letter routing key: each
+/// message keeps its own, `orders`), to which `orders.failed` is bound with that key. Until `stop`
+/// fires, one message every 200 ms goes to `orders`, where a consumer rejects it without requeueing,
+/// and one to `dlq-archive`, which nothing dead-letters into.
+async fn dead_lettering_traffic(amqp_url: String, stop: oneshot::Receiver<()>) {
+    let connection = Connection::connect(&amqp_url, ConnectionProperties::default())
+        .await
+        .expect("connecting");
+    let channel = connection.create_channel().await.expect("a channel");
+    channel
+        .exchange_declare(
+            "orders.dlx".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declaring orders.dlx");
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("orders.dlx".into()),
+    );
+    channel
+        .queue_declare("orders".into(), QueueDeclareOptions::default(), args)
+        .await
+        .expect("declaring orders");
+    for queue in ["orders.failed", "dlq-archive"] {
+        channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("declaring a queue");
+    }
+    channel
+        .queue_bind(
+            "orders.failed".into(),
+            "orders.dlx".into(),
+            "orders".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("binding orders.failed");
+    let rejecter = connection.create_channel().await.expect("a channel");
+    let consumer = rejecter
+        .basic_consume(
+            "orders".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consuming orders");
+    consumer.set_delegate(move |delivery: lapin::message::DeliveryResult| async move {
+        if let Ok(Some(d)) = delivery {
+            let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
+        }
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut stop = stop;
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {
+                for queue in ["orders", "dlq-archive"] {
+                    channel
+                        .basic_publish(
+                            "".into(),
+                            queue.into(),
+                            BasicPublishOptions::default(),
+                            b"rabbitwatch test message",
+                            BasicProperties::default(),
+                        )
+                        .await
+                        .expect("publishing");
+                }
+            }
+        }
+    }
+    drop(consumer);
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn dead_letter_alerts_follow_the_topology_not_the_queue_name() {
+    let vhost = TestVhost::create().await;
+    let (stop, stopped) = oneshot::channel();
+    let traffic = tokio::spawn(dead_lettering_traffic(vhost.amqp_url(), stopped));
+    let config =
+        config_for(vhost.name(), free_port(), &Tuning::default()) + "rules: [queue-health.yaml]\n";
+    let daemon = Daemon::start_with_files(&config, &[("queue-health.yaml", PACK)]).await;
+
+    let rows = eventually(
+        Duration::from_secs(30),
+        "both queues' dead-letter verdicts",
+        async || {
+            let failed = queue_row(&daemon, "orders.failed").await?;
+            let archive = queue_row(&daemon, "dlq-archive").await?;
+            let orders = queue_row(&daemon, "orders").await?;
+            if failed["dead_letter_target"] == true
+                && archive["dead_letter_target"] == false
+                && orders["dead_letter_target"] == false
+            {
+                Ok((failed, archive))
+            } else {
+                Err(format!(
+                    "orders.failed {failed}, dlq-archive {archive}, orders {orders}"
+                ))
+            }
+        },
+    )
+    .await;
+    // Both are fed, one by dead-lettering, one by publishers: their counters move.
+    eventually(
+        Duration::from_secs(30),
+        "idle_for known and small",
+        async || {
+            let row = queue_row(&daemon, "dlq-archive").await?;
+            match row["idle_for_seconds"].as_f64() {
+                Some(s) if s < 10.0 => Ok(()),
+                _ => Err(format!("dlq-archive {row} (first seen {})", rows.1)),
+            }
+        },
+    )
+    .await;
+
+    // `for: 1m` after the evidence shows: well within 3 minutes.
+    eventually(
+        Duration::from_secs(180),
+        "DeadLetterQueueReceiving firing on orders.failed, never on dlq-archive",
+        async || {
+            let all = alerts(&daemon).await?;
+            let dlq = |queue: &str| {
+                all.iter()
+                    .find(|a| {
+                        a["alertname"] == "DeadLetterQueueReceiving"
+                            && a["labels"]["queue"] == queue
+                    })
+                    .cloned()
+            };
+            if let Some(wrong) = dlq("dlq-archive") {
+                panic!("dlq-archive, which nothing dead-letters into, got {wrong}");
+            }
+            match dlq("orders.failed") {
+                Some(a) if a["state"] == "firing" => Ok(()),
+                other => Err(format!(
+                    "orders.failed: {other:?}; its row: {:?}",
+                    queue_row(&daemon, "orders.failed").await
+                )),
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "orders.failed when it fired: {:?}",
+        queue_row(&daemon, "orders.failed").await
+    );
+    let all = alerts(&daemon).await.expect("alerts");
+    assert!(
+        !all.iter().any(|a| a["labels"]["queue"] == "dlq-archive"
+            && a["alertname"] == "DeadLetterQueueReceiving"),
+        "{all:?}"
+    );
+    let _ = stop.send(());
+    traffic.await.expect("the traffic task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_reading_rates_are_named_once_on_a_cluster_that_keeps_none() {
+    // A node that keeps no message rates: the default pack's rate rules cannot fire through them.
+    let broker = PrivateBroker::start_with("management.rates_mode = none").await;
+    let tuning = Tuning::default();
+    let config = config_with_clusters(
+        free_port(),
+        &tuning,
+        &[cluster_yaml(
+            CLUSTER,
+            &broker.management_url(),
+            "/",
+            &tuning,
+        )],
+    ) + "rules: [queue-health.yaml]\n";
+    let daemon = Daemon::start_with_files(&config, &[("queue-health.yaml", PACK)]).await;
+    let named = eventually(
+        Duration::from_secs(60),
+        "unsupplied fields in /api/v1/status",
+        async || {
+            let (_, body) = daemon.get_json("/api/v1/status").await?;
+            let cluster = &body["clusters"][0];
+            let mut named: Vec<(String, String)> = cluster["unsupplied_fields"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|u| {
+                    let fields: Vec<&str> = u["fields"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    (
+                        u["alertname"].as_str().unwrap_or("").to_string(),
+                        fields.join(","),
+                    )
+                })
+                .collect();
+            named.sort();
+            if named.is_empty() {
+                Err(format!("{cluster}"))
+            } else {
+                Ok(named)
+            }
+        },
+    )
+    .await;
+    let want = [
+        ("DeadLetterQueueReceiving", "publish_rate"),
+        ("QueueBacklogGrowing", "publish_rate,consume_rate"),
+        ("QueueHotRequeueLoop", "redeliver_rate,deliver_rate"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, f)| (a.to_string(), f.to_string()))
+        .collect();
+    assert_eq!(named, want);
+    // Said once per rule, however many cycles pass (polls every second).
+    let warnings = || {
+        daemon
+            .logs()
+            .matches("rule reads fields this cluster cannot supply")
+            .count()
+    };
+    eventually(
+        Duration::from_secs(10),
+        "three warnings logged",
+        async || {
+            (warnings() == 3).then_some(()).ok_or(format!(
+                "{} warnings: {}",
+                warnings(),
+                daemon.logs()
+            ))
+        },
+    )
+    .await;
+    always_for(Duration::from_secs(3), "no repeated warning", async || {
+        let now = daemon
+            .logs()
+            .matches("rule reads fields this cluster cannot supply")
+            .count();
+        (now == 3).then_some(()).ok_or(format!("{now} warnings"))
+    })
+    .await;
+}
