@@ -73,12 +73,14 @@ async fn two_replicas_and_two_alertmanager_peers_page_once_whoever_dies() {
     // Both replicas fire and re-send every 2 s; Alertmanager's peers dedupe all of it. The peers
     // share what they sent by gossip: a peer killed before its notification log reached the other
     // is Alertmanager's at-least-once case, so the incident first settles as one notification.
-    always_for(Duration::from_secs(5), "one firing notification", async || {
-        match count(&fake, "firing") {
+    always_for(
+        Duration::from_secs(5),
+        "one firing notification",
+        async || match count(&fake, "firing") {
             1 => Ok(()),
             n => Err(format!("{n}: {:?}", notifications(&fake))),
-        }
-    })
+        },
+    )
     .await;
     a.kill9();
     peers[0].kill();
