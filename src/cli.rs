@@ -109,7 +109,9 @@ pub fn check(config: Option<PathBuf>, shard: Option<config::Shard>) -> anyhow::R
         eprintln!("{} error(s); nothing was started", errs.len());
         return Ok(ExitCode::FAILURE);
     }
-    // Knowable from the config: probe rules with no canary to judge. What the stats mode cannot
+    // Knowable from the config: probe rules whose selection leaves out every canary there is. (With
+    // no canary configured at all, the default pack's canary rules are dormant, not mistaken: no
+    // warning at every check.) What the stats mode cannot
     // supply (rates in depth-only mode) is known only once a cluster answers: the daemon warns then.
     let clusters: Vec<(&str, bool)> = cfg
         .clusters
@@ -121,7 +123,13 @@ pub fn check(config: Option<PathBuf>, shard: Option<config::Shard>) -> anyhow::R
             )
         })
         .collect();
-    for rule in cfg.rules.probe_rules_without_probes(&clusters) {
+    let any_probe = clusters.iter().any(|(_, has)| *has);
+    for rule in cfg
+        .rules
+        .probe_rules_without_probes(&clusters)
+        .into_iter()
+        .filter(|_| any_probe)
+    {
         eprintln!(
             "warning: {}:{}: rule {} (scope: probe) never has anything to judge: no cluster it selects has a probe: entry, so its fields are always unknown",
             rule.file.display(),
