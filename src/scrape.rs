@@ -227,6 +227,28 @@ struct VhostDto {
     name: String,
 }
 
+/// One entry of `/api/vhosts?columns=name`: a vhost deleted while the broker builds the list comes
+/// back as an empty entry (`[]`), which names nothing and is skipped. Anything else is a broken
+/// listing (an error, never "no vhosts").
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum VhostEntry {
+    Named(VhostDto),
+    Gone(Vec<serde::de::IgnoredAny>),
+}
+
+/// The vhosts a listing names; an entry that is neither a vhost nor empty is a broken listing.
+fn named_vhosts(entries: &[VhostEntry]) -> Result<Vec<&str>, String> {
+    entries
+        .iter()
+        .filter_map(|e| match e {
+            VhostEntry::Named(v) => Some(Ok(v.name.as_str())),
+            VhostEntry::Gone(rest) if rest.is_empty() => None,
+            VhostEntry::Gone(_) => Some(Err("a vhost entry without a name".to_string())),
+        })
+        .collect()
+}
+
 #[derive(Debug, Deserialize)]
 struct PageDto<'a> {
     #[serde(borrow)]
@@ -679,7 +701,7 @@ impl Scraper {
     async fn get(&self, path: &str) -> Result<Vec<u8>, ScrapeError> {
         let url = self.url(path);
         let classify = |e: reqwest::Error| {
-            if e.is_timeout() {
+            if timed_out(&e) {
                 ScrapeError::Timeout {
                     url: url.clone(),
                     timeout: self.cfg.timeout,
@@ -786,13 +808,21 @@ impl Scraper {
             self.scrape_queues("/api/queues", &mut collector, progress)
                 .await?;
         } else {
-            let vhosts: Vec<VhostDto> = self.get_json("/api/vhosts?columns=name").await?;
-            for vhost in vhosts.iter().filter(|v| self.cfg.vhosts.matches(&v.name)) {
+            let entries: Vec<VhostEntry> = self.get_json("/api/vhosts?columns=name").await?;
+            let vhosts = named_vhosts(&entries).map_err(|detail| ScrapeError::Decode {
+                url: self.url("/api/vhosts?columns=name"),
+                detail,
+            })?;
+            for vhost in vhosts.into_iter().filter(|v| self.cfg.vhosts.matches(v)) {
                 let path = format!(
                     "/api/queues/{}",
-                    utf8_percent_encode(&vhost.name, NON_ALPHANUMERIC)
+                    utf8_percent_encode(vhost, NON_ALPHANUMERIC)
                 );
-                self.scrape_queues(&path, &mut collector, progress).await?;
+                match self.scrape_queues(&path, &mut collector, progress).await {
+                    // Deleted since the list was made: it has no queues, which is the truth.
+                    Err(ScrapeError::Http { status: 404, .. }) => {}
+                    result => result?,
+                }
             }
         }
         let stats_pending = collector.stats_pending();
@@ -987,6 +1017,25 @@ fn node_sample(n: NodeDto) -> NodeSample {
     }
 }
 
+/// Whether the request ran out of time, wherever in the chain that is said: a timeout while the body
+/// streams in arrives wrapped (gzip decoding reports it as a decode error whose source is the timeout).
+fn timed_out(e: &reqwest::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_timeout)
+            || err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -1001,6 +1050,29 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vhost_deleted_while_listed_is_skipped_not_a_failed_cycle() {
+        // RabbitMQ renders a vhost gone mid-listing as an empty entry.
+        let parse = |json: &[u8]| {
+            serde_json::from_slice::<Vec<VhostEntry>>(json)
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    named_vhosts(&v).map(|n| n.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                })
+        };
+        assert_eq!(
+            parse(br#"[[],{"name":"shop"}]"#),
+            Ok(vec!["shop".to_string()])
+        );
+        for broken in [&br#"[{}]"#[..], br#"[1]"#, br#"[null]"#] {
+            assert!(
+                parse(broken).is_err(),
+                "{}",
+                String::from_utf8_lossy(broken)
+            );
+        }
+    }
 
     #[test]
     fn scrape_reasons_read_the_same_in_metrics_and_the_api() {
