@@ -117,6 +117,9 @@ pub enum ReceiverKind {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub api_token: Option<Secret>,
+    /// The daemon's address as people reach it (behind a proxy, say); notifications link to the
+    /// full list of a group's alerts under it. Like Alertmanager's `--web.external-url`.
+    pub external_url: Option<reqwest::Url>,
 }
 
 #[derive(Clone, Debug)]
@@ -230,6 +233,7 @@ struct RawOutbox {
 struct RawServer {
     listen: Option<S>,
     api_token_file: Option<S>,
+    external_url: Option<S>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -443,11 +447,20 @@ impl Validator<'_> {
             clusters.push(c);
         }
         let rules = self.rules(&raw.rules);
-        let receivers: Vec<ReceiverConfig> = raw
+        let mut receivers: Vec<ReceiverConfig> = raw
             .receivers
             .iter()
             .filter_map(|r| self.receiver(r))
             .collect();
+        for r in &mut receivers {
+            let url = server.external_url.clone();
+            match &mut r.kind {
+                ReceiverKind::Slack(c) => c.external_url = url,
+                ReceiverKind::Email(c) => c.external_url = url,
+                ReceiverKind::Webhook(c) => c.external_url = url,
+                ReceiverKind::Log(_) => {}
+            }
+        }
         for (i, r) in raw.receivers.iter().enumerate() {
             if raw.receivers[..i]
                 .iter()
@@ -805,7 +818,15 @@ impl Validator<'_> {
                 ),
             );
         }
-        ServerConfig { listen, api_token }
+        let external_url = raw
+            .external_url
+            .as_ref()
+            .and_then(|s| self.url(s, "server.external_url"));
+        ServerConfig {
+            listen,
+            api_token,
+            external_url,
+        }
     }
 
     fn cluster(&mut self, rc: &RawCluster, grace: Duration) -> ClusterConfig {

@@ -208,9 +208,16 @@ pub fn plan(
                 state.notified.insert(a.fingerprint.clone(), want);
             }
         }
+        // The group's incident was announced and this is a change to it (not a reminder): a
+        // receiver that can edit its message edits it, so a growing storm is one message.
+        let announced = prev.notified.values().any(|n| *n != NotifiedAs::Resolved);
+        let amends = announced && changed_at.is_some();
         // Only resolves, and this receiver does not want them: remember, send nothing.
-        let notification =
-            (!include.is_empty()).then(|| notification(&g, &include, any_firing, &state, now));
+        let notification = (!include.is_empty()).then(|| {
+            let mut n = notification(&g, &include, any_firing, &state, now);
+            n.amends = amends;
+            n
+        });
         out.push(Flush {
             group_id: id,
             state,
@@ -466,6 +473,54 @@ mod tests {
             1,
             "the silence ended, the alert still fires: it goes out"
         );
+    }
+
+    #[test]
+    fn changes_to_an_announced_group_amend_its_message_and_reminders_and_new_incidents_do_not() {
+        let mut d = dispatch(0);
+        d.root.group_by = vec!["alertname".into()];
+        let mut groups = BTreeMap::new();
+        let amends = |f: &[Flush]| {
+            assert_eq!(f.len(), 1, "one group");
+            f[0].notification.as_ref().expect("a notification").amends
+        };
+        // (step, alerts, now, expected `amends`)
+        let q1 = || alert("q1", "warning", State::Firing, 0);
+        let steps: Vec<(&str, Vec<Alert>, i64, bool)> = vec![
+            ("1. the first message announces", vec![q1()], 0, false),
+            (
+                "2. a queue joins: amend",
+                vec![q1(), alert("q2", "warning", State::Firing, 10_000)],
+                70_000,
+                true,
+            ),
+            (
+                "3. unchanged after repeat_interval: a reminder, posted anew",
+                vec![q1(), alert("q2", "warning", State::Firing, 10_000)],
+                3_700_000,
+                false,
+            ),
+            (
+                "4. all resolve: the resolve amends",
+                vec![
+                    alert("q1", "warning", State::Resolved, 3_710_000),
+                    alert("q2", "warning", State::Resolved, 3_710_000),
+                ],
+                3_770_000,
+                true,
+            ),
+            (
+                "5. the group fires again: a new incident, announced anew",
+                vec![alert("q1", "warning", State::Firing, 3_800_000)],
+                3_840_000,
+                false,
+            ),
+        ];
+        for (step, alerts, now, want) in steps {
+            let f = plan(&d, &table(alerts), &groups, &HashSet::new(), now);
+            assert_eq!(amends(&f), want, "{step}");
+            apply(&mut groups, &f);
+        }
     }
 
     #[test]
