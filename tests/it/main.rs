@@ -16,6 +16,7 @@ mod scaling;
 mod secrets;
 mod sharding;
 mod startup;
+mod storm;
 mod tls;
 mod util;
 mod util_broker;
