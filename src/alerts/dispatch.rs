@@ -169,8 +169,10 @@ pub fn plan(
             let want = desired(a).expect("filtered above");
             let had = prev.notified.get(&a.fingerprint).copied();
             let resolved = want == NotifiedAs::Resolved;
-            // A resolve matters only to those who heard it fire.
-            if resolved && had.is_none_or(|h| h == NotifiedAs::Resolved) {
+            // A resolve matters only to those who heard it fire. One already sent stays in the
+            // group's messages (as recovered) until the whole group resolves, so the resolve of a
+            // storm counts every queue it had, however many polls the recovery took.
+            if resolved && had.is_none() {
                 continue;
             }
             if !resolved {
@@ -203,8 +205,10 @@ pub fn plan(
         };
         for a in &g.alerts {
             let want = desired(a).expect("filtered above");
-            // Keep what firing alerts were sent as; a delivered resolve ends the alert's entry.
-            if want != NotifiedAs::Resolved {
+            // Keep what firing alerts were sent as, and the recovered ones of an incident still
+            // going; the group's resolve ends every entry.
+            let heard = prev.notified.contains_key(&a.fingerprint);
+            if want != NotifiedAs::Resolved || (any_firing && heard) {
                 state.notified.insert(a.fingerprint.clone(), want);
             }
         }
@@ -521,6 +525,60 @@ mod tests {
             assert_eq!(amends(&f), want, "{step}");
             apply(&mut groups, &f);
         }
+    }
+
+    #[test]
+    fn queues_that_recover_early_are_counted_again_in_the_groups_resolve() {
+        let mut d = dispatch(0);
+        d.root.group_by = vec!["alertname".into()];
+        let mut groups = BTreeMap::new();
+        let queues = ["q1", "q2", "q3"];
+        let f = plan(
+            &d,
+            &table(
+                queues
+                    .iter()
+                    .map(|q| alert(q, "warning", State::Firing, 0))
+                    .collect(),
+            ),
+            &groups,
+            &HashSet::new(),
+            0,
+        );
+        apply(&mut groups, &f);
+        // q1 recovers a poll before the others: the group still fires, q1 shown as resolved.
+        let q1_resolved = || alert("q1", "warning", State::Resolved, 60_000);
+        let t = table(vec![
+            q1_resolved(),
+            alert("q2", "warning", State::Firing, 0),
+            alert("q3", "warning", State::Firing, 0),
+        ]);
+        let f = plan(&d, &t, &groups, &HashSet::new(), 60_000);
+        let n = f[0].notification.as_ref().expect("a message");
+        assert_eq!(n.status, GroupStatus::Firing);
+        assert_eq!(n.alerts.len(), 3);
+        apply(&mut groups, &f);
+        assert!(
+            plan(&d, &t, &groups, &HashSet::new(), 200_000).is_empty(),
+            "an early recovery sent once is no change"
+        );
+        // The rest recover: one resolve with all three.
+        let t = table(
+            queues
+                .iter()
+                .map(|q| alert(q, "warning", State::Resolved, 210_000))
+                .collect(),
+        );
+        let f = plan(&d, &t, &groups, &HashSet::new(), 270_000);
+        let n = f[0].notification.as_ref().expect("the resolve");
+        assert_eq!(n.status, GroupStatus::Resolved);
+        assert_eq!(n.alerts.len(), 3, "every queue of the incident");
+        apply(&mut groups, &f);
+        assert!(
+            groups.values().all(|g| g.notified.is_empty()),
+            "the resolve ends the incident"
+        );
+        assert!(plan(&d, &t, &groups, &HashSet::new(), 400_000).is_empty());
     }
 
     #[test]
