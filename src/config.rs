@@ -27,6 +27,9 @@ use crate::scale::{RawScalerConfig, ScalerConfig};
 pub use crate::scrape::{ClusterConfig, DEFAULT_MAX_RESPONSE_SIZE, NameFilter, TlsConfig};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9488";
+/// `route.group_by` when the top-level route sets none: one message per rule and vhost, however
+/// many queues it fires on.
+pub const DEFAULT_GROUP_BY: [&str; 3] = ["cluster", "vhost", "alertname"];
 
 /// `tls.ca_file`: a PEM bundle; the whole system store is well under this.
 const MAX_CA_BYTES: u64 = 4 << 20;
@@ -118,6 +121,9 @@ pub enum ReceiverKind {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub api_token: Option<Secret>,
+    /// The daemon's address as people reach it (behind a proxy, say); notifications link to the
+    /// full list of a group's alerts under it. Like Alertmanager's `--web.external-url`.
+    pub external_url: Option<reqwest::Url>,
 }
 
 #[derive(Clone, Debug)]
@@ -232,6 +238,7 @@ struct RawOutbox {
 struct RawServer {
     listen: Option<S>,
     api_token_file: Option<S>,
+    external_url: Option<S>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -445,12 +452,27 @@ impl Validator<'_> {
             clusters.push(c);
         }
         let rules = self.rules(&raw.rules);
-        let generator = format!("http://{}/api/v1/alerts", server.listen);
-        let receivers: Vec<ReceiverConfig> = raw
+        // Where Alertmanager's `generatorURL` points: the daemon's alert list, at its external URL
+        // when one is set.
+        let generator = match &server.external_url {
+            Some(u) => format!("{}/api/v1/alerts", u.as_str().trim_end_matches('/')),
+            None => format!("http://{}/api/v1/alerts", server.listen),
+        };
+        let mut receivers: Vec<ReceiverConfig> = raw
             .receivers
             .iter()
             .filter_map(|r| self.receiver(r, &generator))
             .collect();
+        for r in &mut receivers {
+            let url = server.external_url.clone();
+            match &mut r.kind {
+                ReceiverKind::Slack(c) => c.external_url = url,
+                ReceiverKind::Email(c) => c.external_url = url,
+                ReceiverKind::Webhook(c) => c.external_url = url,
+                // Alertmanager links back through generatorURL (above).
+                ReceiverKind::Log(_) | ReceiverKind::Alertmanager(_) => {}
+            }
+        }
         for (i, r) in raw.receivers.iter().enumerate() {
             if raw.receivers[..i]
                 .iter()
@@ -720,12 +742,11 @@ impl Validator<'_> {
                 .group_by
                 .clone()
                 .or_else(|| parent.map(|p| p.group_by.clone()))
-                .unwrap_or_else(|| {
-                    ["cluster", "vhost", "queue", "alertname"]
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect()
-                }),
+                // One incident, one message: a deployment that dies takes the consumers of
+                // hundreds of queues with it, and they page as one group per rule and vhost
+                // (docs/delivery.md "Storms"). Per-queue messages: `group_by: [cluster, vhost,
+                // queue, alertname]`.
+                .unwrap_or_else(|| DEFAULT_GROUP_BY.iter().map(|s| s.to_string()).collect()),
             group_wait: self.duration(
                 r.group_wait.as_ref(),
                 group_wait_default,
@@ -818,7 +839,15 @@ impl Validator<'_> {
                 ),
             );
         }
-        ServerConfig { listen, api_token }
+        let external_url = raw
+            .external_url
+            .as_ref()
+            .and_then(|s| self.url(s, "server.external_url"));
+        ServerConfig {
+            listen,
+            api_token,
+            external_url,
+        }
     }
 
     fn cluster(&mut self, rc: &RawCluster, grace: Duration) -> ClusterConfig {
@@ -1089,6 +1118,42 @@ mod tests {
         assert!(cl.queues.matches("orders"));
         assert!(!cl.queues.matches("amq.gen-123"));
         assert_eq!(c.analysis.window, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn the_default_route_groups_a_storm_into_one_message_per_rule_and_vhost() {
+        let c = parse_str(&format!(
+            "{MINIMAL}server:\n  external_url: https://rw.example.com/rabbitwatch\n\
+             receivers:\n  - {{ name: s, slack: {{ webhook_url: https://hooks.slack.com/x }} }}\n\
+             route:\n  receiver: s\n  routes:\n    - {{ matchers: [severity=critical], group_by: [cluster, vhost, queue, alertname] }}\n"
+        ))
+        .unwrap();
+        let route = c.route.expect("a route");
+        assert_eq!(route.group_by, DEFAULT_GROUP_BY);
+        assert_eq!(
+            (
+                route.group_wait,
+                route.group_interval,
+                route.repeat_interval
+            ),
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(60),
+                Duration::from_secs(4 * 3600)
+            )
+        );
+        assert_eq!(
+            route.routes[0].group_by,
+            ["cluster", "vhost", "queue", "alertname"],
+            "per-queue messages, for those who ask"
+        );
+        let ReceiverKind::Slack(slack) = &c.receivers[0].kind else {
+            panic!("a Slack receiver");
+        };
+        assert_eq!(
+            slack.external_url.as_ref().map(|u| u.as_str()),
+            Some("https://rw.example.com/rabbitwatch")
+        );
     }
 
     #[test]

@@ -528,11 +528,17 @@ async fn scalers(State(st): State<HttpState>) -> Json<ScalersBody> {
 }
 
 /// Every alert the daemon holds: pending, firing, recently resolved; shadow-mode ones included.
-async fn alerts(State(st): State<HttpState>) -> Json<AlertsBody> {
+/// `GET /api/v1/alerts?alertname=…&vhost=…`: every query parameter keeps only the alerts whose
+/// label of that name has that value (the link a grouped notification gives to its full list).
+async fn alerts(
+    State(st): State<HttpState>,
+    Query(filter): Query<std::collections::BTreeMap<String, String>>,
+) -> Json<AlertsBody> {
     let published = st.engine.alerts();
     let mut alerts: Vec<AlertRow> = published
         .alerts
         .iter()
+        .filter(|a| filter.iter().all(|(k, v)| a.labels.get(k) == Some(v)))
         .map(|a| AlertRow {
             muted: published.muted.contains(&a.fingerprint),
             alert: a.clone(),

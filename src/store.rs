@@ -646,6 +646,7 @@ mod tests {
             idempotency_key: format!("{key}:firing:1"),
             flapping: false,
             previous: None,
+            amends: false,
             created_at: 0,
             scaling: None,
         }

@@ -199,8 +199,10 @@ pub fn plan(
             let want = desired(a).expect("filtered above");
             let had = prev.notified.get(&a.fingerprint).copied();
             let resolved = want == NotifiedAs::Resolved;
-            // A resolve matters only to those who heard it fire.
-            if resolved && had.is_none_or(|h| h == NotifiedAs::Resolved) {
+            // A resolve matters only to those who heard it fire. One already sent stays in the
+            // group's messages (as recovered) until the whole group resolves, so the resolve of a
+            // storm counts every queue it had, however many polls the recovery took.
+            if resolved && had.is_none() {
                 continue;
             }
             if !resolved {
@@ -233,14 +235,23 @@ pub fn plan(
         };
         for a in &g.alerts {
             let want = desired(a).expect("filtered above");
-            // Keep what firing alerts were sent as; a delivered resolve ends the alert's entry.
-            if want != NotifiedAs::Resolved {
+            // Keep what firing alerts were sent as, and the recovered ones of an incident still
+            // going; the group's resolve ends every entry.
+            let heard = prev.notified.contains_key(&a.fingerprint);
+            if want != NotifiedAs::Resolved || (any_firing && heard) {
                 state.notified.insert(a.fingerprint.clone(), want);
             }
         }
+        // The group's incident was announced and this is a change to it (not a reminder): a
+        // receiver that can edit its message edits it, so a growing storm is one message.
+        let announced = prev.notified.values().any(|n| *n != NotifiedAs::Resolved);
+        let amends = announced && changed_at.is_some();
         // Only resolves, and this receiver does not want them: remember, send nothing.
-        let notification =
-            (!include.is_empty()).then(|| notification(&g, &include, any_firing, &state, now));
+        let notification = (!include.is_empty()).then(|| {
+            let mut n = notification(&g, &include, any_firing, &state, now);
+            n.amends = amends;
+            n
+        });
         out.push(Flush {
             group_id: id,
             state,
@@ -541,6 +552,108 @@ mod tests {
             1,
             "the silence ended, the alert still fires: it goes out"
         );
+    }
+
+    #[test]
+    fn changes_to_an_announced_group_amend_its_message_and_reminders_and_new_incidents_do_not() {
+        let mut d = dispatch(0);
+        d.root.group_by = vec!["alertname".into()];
+        let mut groups = BTreeMap::new();
+        let amends = |f: &[Flush]| {
+            assert_eq!(f.len(), 1, "one group");
+            f[0].notification.as_ref().expect("a notification").amends
+        };
+        // (step, alerts, now, expected `amends`)
+        let q1 = || alert("q1", "warning", State::Firing, 0);
+        let steps: Vec<(&str, Vec<Alert>, i64, bool)> = vec![
+            ("1. the first message announces", vec![q1()], 0, false),
+            (
+                "2. a queue joins: amend",
+                vec![q1(), alert("q2", "warning", State::Firing, 10_000)],
+                70_000,
+                true,
+            ),
+            (
+                "3. unchanged after repeat_interval: a reminder, posted anew",
+                vec![q1(), alert("q2", "warning", State::Firing, 10_000)],
+                3_700_000,
+                false,
+            ),
+            (
+                "4. all resolve: the resolve amends",
+                vec![
+                    alert("q1", "warning", State::Resolved, 3_710_000),
+                    alert("q2", "warning", State::Resolved, 3_710_000),
+                ],
+                3_770_000,
+                true,
+            ),
+            (
+                "5. the group fires again: a new incident, announced anew",
+                vec![alert("q1", "warning", State::Firing, 3_800_000)],
+                3_840_000,
+                false,
+            ),
+        ];
+        for (step, alerts, now, want) in steps {
+            let f = plan(&d, &table(alerts), &groups, &HashSet::new(), now);
+            assert_eq!(amends(&f), want, "{step}");
+            apply(&mut groups, &f);
+        }
+    }
+
+    #[test]
+    fn queues_that_recover_early_are_counted_again_in_the_groups_resolve() {
+        let mut d = dispatch(0);
+        d.root.group_by = vec!["alertname".into()];
+        let mut groups = BTreeMap::new();
+        let queues = ["q1", "q2", "q3"];
+        let f = plan(
+            &d,
+            &table(
+                queues
+                    .iter()
+                    .map(|q| alert(q, "warning", State::Firing, 0))
+                    .collect(),
+            ),
+            &groups,
+            &HashSet::new(),
+            0,
+        );
+        apply(&mut groups, &f);
+        // q1 recovers a poll before the others: the group still fires, q1 shown as resolved.
+        let q1_resolved = || alert("q1", "warning", State::Resolved, 60_000);
+        let t = table(vec![
+            q1_resolved(),
+            alert("q2", "warning", State::Firing, 0),
+            alert("q3", "warning", State::Firing, 0),
+        ]);
+        let f = plan(&d, &t, &groups, &HashSet::new(), 60_000);
+        let n = f[0].notification.as_ref().expect("a message");
+        assert_eq!(n.status, GroupStatus::Firing);
+        assert_eq!(n.alerts.len(), 3);
+        apply(&mut groups, &f);
+        assert!(
+            plan(&d, &t, &groups, &HashSet::new(), 200_000).is_empty(),
+            "an early recovery sent once is no change"
+        );
+        // The rest recover: one resolve with all three.
+        let t = table(
+            queues
+                .iter()
+                .map(|q| alert(q, "warning", State::Resolved, 210_000))
+                .collect(),
+        );
+        let f = plan(&d, &t, &groups, &HashSet::new(), 270_000);
+        let n = f[0].notification.as_ref().expect("the resolve");
+        assert_eq!(n.status, GroupStatus::Resolved);
+        assert_eq!(n.alerts.len(), 3, "every queue of the incident");
+        apply(&mut groups, &f);
+        assert!(
+            groups.values().all(|g| g.notified.is_empty()),
+            "the resolve ends the incident"
+        );
+        assert!(plan(&d, &t, &groups, &HashSet::new(), 400_000).is_empty());
     }
 
     #[test]

@@ -59,6 +59,12 @@ pub struct Notification {
     /// What an earlier delivery of this group to this receiver returned (e.g. a Slack message `ts`),
     /// so a resolve can update the original message instead of posting a new one.
     pub previous: Option<String>,
+    /// True when this notification amends the message that announced the group's incident (alerts
+    /// joined, recovered or all resolved since): a receiver that can edit what it sent (Slack with a
+    /// bot token) edits that message instead of posting another. False for a group's first message
+    /// and for `repeat_interval` reminders, which must be seen anew.
+    #[serde(default)]
+    pub amends: bool,
     /// Milliseconds since the epoch.
     pub created_at: i64,
     /// Set for a scaling recommendation (no alerts): what the webhook receiver sends instead of the
@@ -152,6 +158,7 @@ impl Notification {
             alerts,
             flapping,
             previous: None,
+            amends: false,
             created_at: now,
             scaling: None,
         }
@@ -177,6 +184,7 @@ impl Notification {
             idempotency_key: request.idempotency_key.clone(),
             flapping: false,
             previous: None,
+            amends: false,
             created_at: now,
             scaling: Some(request),
         }

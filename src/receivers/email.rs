@@ -20,8 +20,8 @@ use serde::Deserialize;
 
 use super::{
     AlertStatus, AlertSummary, Delivered, DeliveryError, GroupStatus, InvalidReceiver,
-    Notification, Reason, correlation_ids, describe_entity, format_number, headline,
-    rfc3339_millis, value_lines,
+    Notification, Reason, affected, alerts_link, compact_line, correlation_ids, describe_entity,
+    format_number, headline, rfc3339_millis, value_lines, worst_first,
 };
 use crate::domain::Secret;
 use crate::yaml::{S, Values};
@@ -44,6 +44,9 @@ pub struct EmailConfig {
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub subject_prefix: Option<String>,
+    /// The daemon's address as readers reach it (`server.external_url`): a grouped message links
+    /// its full list under it (`/api/v1/alerts?alertname=…`).
+    pub external_url: Option<reqwest::Url>,
 }
 
 #[derive(Clone)]
@@ -52,6 +55,7 @@ pub struct EmailReceiver {
     from: Mailbox,
     to: Vec<Mailbox>,
     subject_prefix: Option<String>,
+    external_url: Option<reqwest::Url>,
     transport: AsyncSmtpTransport<Tokio1Executor>,
     /// Where the SMTP server is, without credentials: for logs and errors.
     server: String,
@@ -250,6 +254,7 @@ impl RawEmailConfig {
             username: self.username.as_ref().map(|u| v.string(u)),
             password,
             subject_prefix: self.subject_prefix.as_ref().map(|p| v.string(p)),
+            external_url: None,
         };
         if v.diags.len() > before {
             return None;
@@ -300,6 +305,7 @@ impl EmailReceiver {
             from: p.from,
             to: p.to,
             subject_prefix: cfg.subject_prefix,
+            external_url: cfg.external_url,
             transport: builder.build(),
         })
     }
@@ -366,7 +372,7 @@ impl EmailReceiver {
                 .references(previous.to_owned());
         }
         let message = builder
-            .body(render_body(n))
+            .body(render_body(n, self.external_url.as_ref()))
             .map_err(|e| DeliveryError::Permanent {
                 reason: Reason::InvalidMessage,
                 message: e.to_string(),
@@ -453,15 +459,50 @@ fn block(text: &str, indent: &str) -> String {
         .join(&format!("\n{indent}"))
 }
 
-/// The plain-text body: the headline, then every alert with its labels, annotations, values and
-/// correlation id.
-pub fn render_body(n: &Notification) -> String {
+/// Alerts in an email shown in full; the next ones get a line each, up to `MAX_ALERTS_LISTED`.
+const MAX_ALERTS_SHOWN: usize = 10;
+const MAX_ALERTS_LISTED: usize = 100;
+
+/// The plain-text body: the headline, how many queues, then the alerts worst first (`worst_first`)
+/// — the first ten in full with labels, annotations, values and correlation id, the next hundred a
+/// line each, the rest counted — and where the full list is.
+pub fn render_body(n: &Notification, external_url: Option<&reqwest::Url>) -> String {
     let mut out = String::new();
     // `write!` into a String cannot fail.
     let _ = writeln!(out, "{}", line(&headline(n)));
-    for (i, alert) in n.alerts.iter().enumerate() {
+    let ranked = worst_first(&n.alerts);
+    let total = ranked.len();
+    if total > 1 {
+        let order = if total > MAX_ALERTS_SHOWN {
+            ", worst first"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "{}{order}.", affected(n).summary(n.status));
+    }
+    let shown = total.min(MAX_ALERTS_SHOWN);
+    for (i, alert) in ranked[..shown].iter().enumerate() {
         let _ = writeln!(out);
-        render_alert(&mut out, i + 1, n.alerts.len(), alert, n.status);
+        render_alert(&mut out, i + 1, total, alert, n.status);
+    }
+    let listed = &ranked[shown..total.min(MAX_ALERTS_SHOWN + MAX_ALERTS_LISTED)];
+    if !listed.is_empty() {
+        let _ = writeln!(out);
+        for alert in listed {
+            let text = compact_line(alert, &n.common_labels).render(line, line);
+            let _ = writeln!(out, "- {text}");
+        }
+    }
+    let hidden = total - shown - listed.len();
+    if hidden > 0 {
+        let _ = writeln!(out, "… and {hidden} more");
+    }
+    if total > shown {
+        let _ = writeln!(
+            out,
+            "All {total} alerts: {}",
+            line(&alerts_link(n, external_url))
+        );
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "--");
@@ -588,6 +629,7 @@ mod tests {
             username: None,
             password: None,
             subject_prefix: None,
+            external_url: None,
         }
     }
 
@@ -624,6 +666,7 @@ mod tests {
             idempotency_key: "0190a5b2-corr:firing:1".to_owned(),
             flapping: false,
             previous: None,
+            amends: false,
             created_at: 1_700_000_000_000,
             scaling: None,
         }
@@ -729,6 +772,42 @@ mod tests {
         n.previous = Some("<a@b>\r\nBcc: x@y".to_owned());
         let raw = String::from_utf8(receiver.build_message(&n).unwrap().0.formatted()).unwrap();
         assert!(!raw.contains("In-Reply-To"), "{raw}");
+    }
+
+    #[test]
+    fn a_storm_is_one_mail_with_the_count_the_worst_first_and_the_rest_counted() {
+        let mut n = notification("q");
+        let template = n.alerts[0].clone();
+        n.alerts = (0..500)
+            .map(|i| {
+                let mut a = template.clone();
+                a.labels
+                    .insert("queue".into(), format!("q{i:03}\r\nBcc: x@evil"));
+                a.values = [("messages_ready".to_owned(), i as f64)]
+                    .into_iter()
+                    .collect();
+                a.fingerprint = format!("f{i}");
+                a
+            })
+            .collect();
+        n.common_labels.remove("queue");
+        let url = reqwest::Url::parse("https://rw.example.com").unwrap();
+        let body = render_body(&n, Some(&url));
+        assert!(
+            body.starts_with(
+                "[FIRING:500] QueueBacklogGrowing: 500 queues in vhost / on local\n500 queues affected, worst first.\n"
+            ),
+            "{body}"
+        );
+        assert!(
+            body.contains("Alert 1 of 500: QueueBacklogGrowing q499  Bcc: x@evil (/) on local"),
+            "{body}"
+        );
+        assert!(body.contains("- q489  Bcc: x@evil — 489 ready\n"), "{body}");
+        assert!(!body.contains("q389"), "only 110 shown");
+        assert!(body.contains("… and 390 more\n"), "{body}");
+        assert!(body.contains("All 500 alerts: https://rw.example.com/api/v1/alerts?alertname=QueueBacklogGrowing&cluster=local&vhost=%2F\n"), "{body}");
+        assert!(!body.contains("\r"), "no line break from a queue name");
     }
 
     #[test]

@@ -128,6 +128,7 @@ mod tests {
             idempotency_key: key.to_owned(),
             flapping: false,
             previous: None,
+            amends: false,
             created_at: 1,
             scaling: None,
         }

@@ -377,15 +377,257 @@ pub(crate) fn describe_entity(labels: &BTreeMap<String, String>) -> String {
     }
 }
 
-/// `[FIRING:1] QueueBacklogGrowing orders (/) on local`: the one-line summary of a notification.
+/// `[FIRING:1] QueueBacklogGrowing orders (/) on local`: the one-line summary of a notification; for
+/// a group of several queues (or nodes), how many: `[FIRING:500] QueueNoConsumers: 500 queues in
+/// vhost shop on local`.
 pub(crate) fn headline(n: &Notification) -> String {
-    let entity = describe_entity(&n.common_labels);
     let mut line = format!("{} {}", status_tag(n), group_alertname(n));
-    if !entity.is_empty() {
-        line.push(' ');
-        line.push_str(&entity);
-    }
+    let a = affected(n);
+    let entity = if a.total() > 1 {
+        let count = match n.status {
+            GroupStatus::Firing => a.firing,
+            GroupStatus::Resolved => a.total(),
+        };
+        let mut text = format!(": {}", a.count(count));
+        if let Some(vhost) = n.common_labels.get("vhost") {
+            text.push_str(&format!(" in vhost {vhost}"));
+        }
+        if let Some(cluster) = n.common_labels.get("cluster") {
+            text.push_str(&format!(" on {cluster}"));
+        }
+        text
+    } else {
+        let entity = describe_entity(&n.common_labels);
+        if entity.is_empty() {
+            entity
+        } else {
+            format!(" {entity}")
+        }
+    };
+    line.push_str(&entity);
     line
+}
+
+/// How many distinct queues (or nodes) a notification concerns, firing and recovered: what an
+/// operator reads first when a storm hits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Affected {
+    /// `queue`, `node` or, when the group mixes kinds or names none, `alert`.
+    pub kind: &'static str,
+    pub firing: usize,
+    pub resolved: usize,
+}
+
+impl Affected {
+    pub fn total(&self) -> usize {
+        self.firing + self.resolved
+    }
+
+    /// `1 queue`, `500 queues`.
+    pub fn count(&self, n: usize) -> String {
+        let plural = if n == 1 { "" } else { "s" };
+        format!("{n} {}{plural}", self.kind)
+    }
+
+    /// `500 queues affected`, `480 queues affected, 20 recovered`, `all 500 queues recovered`.
+    pub fn summary(&self, status: GroupStatus) -> String {
+        match status {
+            GroupStatus::Resolved => format!("all {} recovered", self.count(self.total())),
+            GroupStatus::Firing if self.resolved == 0 => {
+                format!("{} affected", self.count(self.firing))
+            }
+            GroupStatus::Firing => format!(
+                "{} affected, {} recovered",
+                self.count(self.firing),
+                self.resolved
+            ),
+        }
+    }
+}
+
+/// What an alert is about, as a key: (`queue`, vhost, name), (`node`, name) or its fingerprint.
+fn entity_key(a: &AlertSummary) -> (&'static str, String) {
+    let l = |k: &str| a.labels.get(k).map_or("", String::as_str);
+    match (a.labels.get("queue"), a.labels.get("node")) {
+        (Some(queue), _) => (
+            "queue",
+            format!("{}\0{}\0{queue}", l("cluster"), l("vhost")),
+        ),
+        (None, Some(node)) => ("node", format!("{}\0{node}", l("cluster"))),
+        (None, None) => ("alert", describe_entity(&a.labels)),
+    }
+}
+
+pub(crate) fn affected(n: &Notification) -> Affected {
+    let mut firing = std::collections::BTreeSet::new();
+    let mut resolved = std::collections::BTreeSet::new();
+    let mut kinds = std::collections::BTreeSet::new();
+    for a in &n.alerts {
+        let (kind, key) = entity_key(a);
+        kinds.insert(kind);
+        match a.status {
+            AlertStatus::Firing => firing.insert(key),
+            AlertStatus::Resolved => resolved.insert(key),
+        };
+    }
+    // An entity with one alert still firing and another resolved counts as affected.
+    let resolved = resolved.difference(&firing).count();
+    let kind = match (kinds.len(), kinds.first()) {
+        (1, Some(kind)) => *kind,
+        _ => "alert",
+    };
+    Affected {
+        kind,
+        firing: firing.len(),
+        resolved,
+    }
+}
+
+/// The size of what an alert is about, for ranking: messages waiting (`messages_ready`, else
+/// `messages`), unknown last.
+fn weight(a: &AlertSummary) -> f64 {
+    ["messages_ready", "messages"]
+        .iter()
+        .find_map(|k| a.values.get(*k).copied().filter(|v| !v.is_nan()))
+        .unwrap_or(f64::NEG_INFINITY)
+}
+
+fn severity_rank(a: &AlertSummary) -> u8 {
+    match a.labels.get("severity").map(String::as_str) {
+        Some("critical") => 3,
+        Some("warning") => 2,
+        Some(_) => 1,
+        None => 0,
+    }
+}
+
+/// The alerts most worth reading first: firing before recovered, then by severity, then by how
+/// many messages wait (the biggest backlog first), then by name, so the order is stable between
+/// an incident's messages.
+pub(crate) fn worst_first(alerts: &[AlertSummary]) -> Vec<&AlertSummary> {
+    let mut ranked: Vec<&AlertSummary> = alerts.iter().collect();
+    ranked.sort_by(|a, b| {
+        let firing = |x: &AlertSummary| x.status == AlertStatus::Firing;
+        firing(b)
+            .cmp(&firing(a))
+            .then_with(|| severity_rank(b).cmp(&severity_rank(a)))
+            .then_with(|| weight(b).total_cmp(&weight(a)))
+            .then_with(|| describe_entity(&a.labels).cmp(&describe_entity(&b.labels)))
+            .then_with(|| a.fingerprint.cmp(&b.fingerprint))
+    });
+    ranked
+}
+
+/// One alert in a long list, in parts, so a medium can shorten a long name without losing the
+/// numbers: `orders (/)` and `1234 ready, 0 consumers, 12/s in, 0/s out`; `recovered: ` in front
+/// when it no longer fires. `vhost` and `cluster` are left out when the whole group shares them.
+pub(crate) struct CompactLine {
+    pub status: &'static str,
+    pub entity: String,
+    pub facts: String,
+}
+
+impl CompactLine {
+    /// The line, with the entity passed through `entity` (to shorten or escape it) and the rest
+    /// through `rest`.
+    pub fn render(&self, entity: impl Fn(&str) -> String, rest: impl Fn(&str) -> String) -> String {
+        let mut line = format!("{}{}", rest(self.status), entity(&self.entity));
+        if !self.facts.is_empty() {
+            line.push_str(&rest(&format!(" — {}", self.facts)));
+        }
+        line
+    }
+}
+
+pub(crate) fn compact_line(a: &AlertSummary, common: &BTreeMap<String, String>) -> CompactLine {
+    let mut labels = a.labels.clone();
+    let about_entity = labels.contains_key("queue") || labels.contains_key("node");
+    for key in ["cluster", "vhost"] {
+        if about_entity && common.contains_key(key) {
+            labels.remove(key);
+        }
+    }
+    let mut entity = describe_entity(&labels);
+    if entity.is_empty() {
+        entity = a.labels.get("alertname").cloned().unwrap_or_default();
+    }
+    let get = |k: &str| a.values.get(k).copied().filter(|v| !v.is_nan());
+    let mut facts = Vec::new();
+    if let Some(ready) = get("messages_ready") {
+        facts.push(format!("{} ready", format_number(ready)));
+    } else if let Some(messages) = get("messages") {
+        facts.push(format!("{} messages", format_number(messages)));
+    }
+    if let Some(consumers) = get("consumers") {
+        let plural = if consumers == 1.0 { "" } else { "s" };
+        facts.push(format!("{} consumer{plural}", format_number(consumers)));
+    }
+    if let (Some(publish), Some(consume)) = (get("publish_rate"), get("consume_rate")) {
+        facts.push(format!(
+            "{}/s in, {}/s out",
+            format_number(publish),
+            format_number(consume)
+        ));
+    }
+    CompactLine {
+        status: match a.status {
+            AlertStatus::Firing => "",
+            AlertStatus::Resolved => "recovered: ",
+        },
+        entity,
+        facts: facts.join(", "),
+    }
+}
+
+/// Where a reader finds every alert of the group: the daemon's `/api/v1/alerts`, filtered by the
+/// labels the group shares (`alertname`, `cluster`, `vhost`), under `external_url` when the daemon's
+/// address is known (`server.external_url`); else the path, to be read as text.
+pub(crate) fn alerts_link(n: &Notification, external_url: Option<&reqwest::Url>) -> String {
+    let filters: Vec<(&str, &str)> = ["alertname", "cluster", "vhost"]
+        .iter()
+        .filter_map(|k| n.common_labels.get(*k).map(|v| (*k, v.as_str())))
+        .collect();
+    let url = external_url.and_then(|base| {
+        // `https://host/rabbitwatch` and `https://host/rabbitwatch/` both mean the same base.
+        let mut base = base.clone();
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        base.join("api/v1/alerts").ok()
+    });
+    match url {
+        Some(mut url) => {
+            url.set_query(None);
+            if !filters.is_empty() {
+                url.query_pairs_mut().extend_pairs(filters);
+            }
+            url.to_string()
+        }
+        None => {
+            let query: Vec<String> = filters
+                .iter()
+                .map(|(k, v)| format!("{k}={}", urlencoding_lite(v)))
+                .collect();
+            if query.is_empty() {
+                "/api/v1/alerts".to_owned()
+            } else {
+                format!("/api/v1/alerts?{}", query.join("&"))
+            }
+        }
+    }
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+fn urlencoding_lite(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The correlation ids of `alerts`, each once, in order.
@@ -617,6 +859,7 @@ mod tests {
             idempotency_key: "c:firing:1".to_owned(),
             flapping: false,
             previous: None,
+            amends: false,
             created_at: 0,
             scaling: None,
         };

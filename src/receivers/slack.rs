@@ -10,6 +10,7 @@
 //! must carry an `Idempotency-Key` header, which slack-morphism's connector cannot add, and one HTTP
 //! stack means one TLS setup (ring only).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -21,8 +22,9 @@ use sha2::{Digest, Sha256};
 
 use super::{
     AlertStatus, AlertSummary, Delivered, DeliveryError, GroupStatus, InvalidReceiver,
-    Notification, Reason, classify_http_status, classify_http_transport, correlation_ids,
-    describe_entity, header_safe, headline, retry_after, snippet, value_lines,
+    Notification, Reason, affected, alerts_link, classify_http_status, classify_http_transport,
+    compact_line, correlation_ids, describe_entity, header_safe, headline, retry_after, snippet,
+    value_lines, worst_first,
 };
 use crate::domain::Secret;
 use crate::yaml::{S, Values};
@@ -31,8 +33,13 @@ pub const DEFAULT_API_URL: &str = "https://slack.com/api";
 /// Slack accepts about one message per second per channel.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Alerts shown in full; the rest are counted ("and N more"), keeping well inside Slack's 50 blocks.
-const MAX_ALERTS_SHOWN: usize = 10;
+/// Alerts shown in full (up to 4 blocks each); the next ones get a line each in one section.
+const MAX_ALERTS_SHOWN: usize = 5;
+/// Lines in that section at most; past them (or its 3000 characters) the rest are counted
+/// ("… and N more").
+const MAX_ALERTS_LISTED: usize = 40;
+/// A queue name in that list, at most (escaped); the numbers after it are never cut.
+const NAME_MAX: usize = 120;
 const JSON_UTF8: &str = "application/json; charset=utf-8";
 
 // Slack's limits, in characters.
@@ -56,6 +63,9 @@ pub struct SlackConfig {
     pub api_url: Url,
     /// Linked from every alert.
     pub dashboard_url: Option<String>,
+    /// The daemon's address as readers reach it (`server.external_url`): a grouped message links
+    /// its full list under it (`/api/v1/alerts?alertname=…`).
+    pub external_url: Option<Url>,
 }
 
 impl SlackConfig {
@@ -72,6 +82,7 @@ impl Default for SlackConfig {
             channel: None,
             api_url: SlackConfig::default_api_url(),
             dashboard_url: None,
+            external_url: None,
         }
     }
 }
@@ -81,6 +92,7 @@ pub struct SlackReceiver {
     name: String,
     target: Target,
     dashboard_url: Option<Url>,
+    external_url: Option<Url>,
     http: reqwest::Client,
 }
 
@@ -356,6 +368,7 @@ impl RawSlackConfig {
             channel: self.channel.as_ref().map(|c| v.string(c)),
             api_url: api_url?,
             dashboard_url: self.dashboard_url.as_ref().map(|d| v.string(d)),
+            external_url: None,
         };
         if v.diags.len() > before {
             // A value that could not be read is reported already; the rules below would only
@@ -395,6 +408,7 @@ impl SlackReceiver {
             name,
             target,
             dashboard_url,
+            external_url: cfg.external_url,
             http,
         })
     }
@@ -434,10 +448,11 @@ impl SlackReceiver {
         }
     }
 
-    /// Posts the notification. With a bot token, a resolve whose firing message is known
-    /// (`n.previous` = `channel:ts`) edits that message; the handle returned is `channel:ts`.
+    /// Posts the notification. With a bot token, a notification that amends the group's incident
+    /// (more queues, fewer, or the resolve) edits the message that announced it (`n.previous` =
+    /// `channel:ts`), so a storm stays one message; the handle returned is `channel:ts`.
     pub async fn deliver(&self, n: &Notification) -> Result<Delivered, DeliveryError> {
-        let message = render_message(n, self.dashboard_url.as_ref());
+        let message = render_message(n, self.dashboard_url.as_ref(), self.external_url.as_ref());
         let (token, channel, api_url) = match &self.target {
             Target::Webhook(url) => {
                 self.post_webhook(url, &message, n).await?;
@@ -449,7 +464,9 @@ impl SlackReceiver {
                 api_url,
             } => (token, channel, api_url),
         };
-        if n.status == GroupStatus::Resolved
+        // A resolve always amends; the check on `status` keeps entries queued before `amends`
+        // existed editing as they did.
+        if (n.amends || n.status == GroupStatus::Resolved)
             && let Some((channel_id, ts)) = n.previous.as_deref().and_then(parse_handle)
         {
             let mut update = message.clone();
@@ -467,7 +484,7 @@ impl SlackReceiver {
                         receiver = %self.name,
                         idempotency_key = %n.idempotency_key,
                         slack_error = %code,
-                        "the firing message cannot be updated; posting the resolve as a new message"
+                        "the group's message cannot be updated; posting a new one"
                     );
                 }
                 Err(e) => return Err(e.into()),
@@ -589,24 +606,62 @@ fn parse_handle(handle: &str) -> Option<(&str, &str)> {
 
 /// The Block Kit message for a notification (without `channel`/`ts`, which the API calls add).
 /// A colour-barred attachment per message carries the alerts; the header stays on top.
-pub fn render_message(n: &Notification, dashboard_url: Option<&Url>) -> Value {
+///
+/// A group of many alerts (a storm: 500 queues losing their consumers at once) is one message that
+/// a reader takes in at a glance: how many queues, the worst few in full (ranked by `worst_first`:
+/// the biggest backlog first), the next ones a line each as far as one section's 3000 characters
+/// go, "… and N more", and where the full list is. At most 5 × 4 + 6 blocks, inside Slack's 50.
+pub fn render_message(
+    n: &Notification,
+    dashboard_url: Option<&Url>,
+    external_url: Option<&Url>,
+) -> Value {
     let head = format!("{} {}", emoji(n), headline(n));
+    let ranked = worst_first(&n.alerts);
     let mut blocks = Vec::new();
-    let shown = n.alerts.iter().take(MAX_ALERTS_SHOWN);
-    for (i, alert) in shown.clone().enumerate() {
-        if i > 0 {
+    if n.alerts.len() > 1 {
+        let a = affected(n);
+        let order = if n.status == GroupStatus::Firing && n.alerts.len() > MAX_ALERTS_SHOWN {
+            ", worst first"
+        } else {
+            ""
+        };
+        blocks.push(json!({
+            "type": "section",
+            "text": plain(&format!("{}{order}", capitalised(&a.summary(n.status))), TEXT_MAX),
+        }));
+    }
+    let shown = &ranked[..ranked.len().min(MAX_ALERTS_SHOWN)];
+    for (i, alert) in shown.iter().enumerate() {
+        if i > 0 || n.alerts.len() > 1 {
             blocks.push(json!({"type": "divider"}));
         }
         blocks.extend(alert_blocks(alert, n.status, dashboard_url));
     }
-    let hidden = n.alerts.len().saturating_sub(MAX_ALERTS_SHOWN);
+    let rest = &ranked[shown.len()..];
+    let (listed, text) = compact_list(rest, &n.common_labels);
+    if listed > 0 {
+        blocks.push(json!({"type": "divider"}));
+        blocks.push(json!({"type": "section", "text": {"type": "plain_text", "text": text, "emoji": false}}));
+    }
+    let hidden = rest.len() - listed;
     if hidden > 0 {
         blocks.push(json!({
             "type": "section",
             "text": plain(&format!("… and {hidden} more"), TEXT_MAX),
         }));
     }
-    let ids = correlation_ids(shown).join(", ");
+    if n.alerts.len() > shown.len() {
+        let target = alerts_link(n, external_url);
+        let all = format!("All {} alerts", n.alerts.len());
+        let element = match external_url.and_then(|_| link(&target, &all)) {
+            Some(mrkdwn) => json!({"type": "mrkdwn", "text": mrkdwn}),
+            // No address to link to: the path, as text, for whoever can reach the daemon.
+            None => plain(&format!("{all}: GET {target} on rabbitwatch"), FIELD_MAX),
+        };
+        blocks.push(json!({"type": "context", "elements": [element]}));
+    }
+    let ids = correlation_ids(shown.iter().copied()).join(", ");
     blocks.push(json!({
         "type": "context",
         "elements": [plain(
@@ -622,6 +677,40 @@ pub fn render_message(n: &Notification, dashboard_url: Option<&Url>) -> Value {
         "unfurl_links": false,
         "unfurl_media": false,
     })
+}
+
+/// As many of `alerts` as fit one `plain_text` section, a line each (escaped, as Slack counts),
+/// and how many that was.
+fn compact_list(alerts: &[&AlertSummary], common: &BTreeMap<String, String>) -> (usize, String) {
+    let mut text = String::new();
+    let mut len = 0;
+    let mut listed = 0;
+    for alert in alerts.iter().take(MAX_ALERTS_LISTED) {
+        let line = format!(
+            "• {}",
+            compact_line(alert, common).render(|name| fit(name, NAME_MAX), escape)
+        );
+        let n = line.chars().count() + 1;
+        // Room kept for nothing else: the "… and N more" line is a block of its own.
+        if len + n > TEXT_MAX {
+            break;
+        }
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&line);
+        len += n;
+        listed += 1;
+    }
+    (listed, text)
+}
+
+fn capitalised(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }
 
 fn alert_blocks(alert: &AlertSummary, group: GroupStatus, dashboard: Option<&Url>) -> Vec<Value> {
@@ -907,6 +996,7 @@ mod tests {
             idempotency_key: "0190a5b2-0000-7000-8000-000000000001:firing:1".to_owned(),
             flapping: false,
             previous: None,
+            amends: false,
             created_at: 1_700_000_000_000,
             scaling: None,
         }
@@ -949,7 +1039,7 @@ mod tests {
             vec![alert(HOSTILE, "critical", AlertStatus::Firing)],
             GroupStatus::Firing,
         );
-        let message = render_message(&n, None);
+        let message = render_message(&n, None, None);
         let body = message.to_string();
         assert!(!body.contains("<!channel>"), "{body}");
         assert!(!body.contains("<http://evil"), "{body}");
@@ -982,7 +1072,7 @@ mod tests {
         );
         n.alerts[0].values.insert("drain_eta".to_owned(), 330.0);
         let dashboard = Url::parse("https://grafana.example.com/d/rabbit").unwrap();
-        let message = render_message(&n, Some(&dashboard));
+        let message = render_message(&n, Some(&dashboard), None);
         let body = message.to_string();
         assert_eq!(
             message["blocks"][0]["text"]["text"],
@@ -1015,27 +1105,153 @@ mod tests {
             GroupStatus::Firing,
         );
         assert_eq!(
-            render_message(&critical, None)["attachments"][0]["color"],
+            render_message(&critical, None, None)["attachments"][0]["color"],
             COLOR_CRITICAL
         );
         let resolved = notification(
             vec![alert("q", "critical", AlertStatus::Resolved)],
             GroupStatus::Resolved,
         );
-        let message = render_message(&resolved, None);
+        let message = render_message(&resolved, None, None);
         assert_eq!(message["attachments"][0]["color"], COLOR_RESOLVED);
         assert!(message["text"].as_str().unwrap().contains("RESOLVED"));
     }
 
-    #[test]
-    fn many_alerts_are_summarised_after_ten() {
-        let alerts = (0..13)
-            .map(|i| alert(&format!("q{i}"), "warning", AlertStatus::Firing))
+    /// A storm: `count` queues of `alert`, the i-th with `i` messages ready, names made long and
+    /// hostile so escaping and cutting are exercised too.
+    fn storm(count: usize, status: AlertStatus) -> Notification {
+        let alerts = (0..count)
+            .map(|i| {
+                let mut a = alert(
+                    &format!("{HOSTILE} {} q{i:03}", "&".repeat(10)),
+                    "critical",
+                    status,
+                );
+                a.labels
+                    .insert("alertname".into(), "QueueNoConsumers".into());
+                a.values.insert("messages_ready".into(), i as f64);
+                a.values.insert("consumers".into(), 0.0);
+                a.fingerprint = format!("f{i}");
+                a
+            })
             .collect();
-        let n = notification(alerts, GroupStatus::Firing);
-        let body = render_message(&n, None).to_string();
-        assert!(body.contains("… and 3 more"), "{body}");
-        assert!(body.contains("q9") && !body.contains("q10"));
+        let group = if status == AlertStatus::Firing {
+            GroupStatus::Firing
+        } else {
+            GroupStatus::Resolved
+        };
+        let mut n = notification(alerts, group);
+        n.common_labels = [
+            ("alertname", "QueueNoConsumers"),
+            ("cluster", "local"),
+            ("vhost", "/"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        n
+    }
+
+    /// Every `text` of every block, wherever it is.
+    fn block_texts(v: &Value) -> Vec<String> {
+        let mut out = Vec::new();
+        for block in v["blocks"]
+            .as_array()
+            .into_iter()
+            .chain(v["attachments"][0]["blocks"].as_array())
+            .flatten()
+        {
+            if let Some(text) = block["text"]["text"].as_str() {
+                out.push(text.to_owned());
+            }
+            for element in block["elements"].as_array().into_iter().flatten() {
+                out.push(element["text"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_storm_is_one_message_with_the_count_the_worst_first_and_the_rest_counted() {
+        let n = storm(500, AlertStatus::Firing);
+        let external_url = Url::parse("https://rw.example.com").unwrap();
+        let message = render_message(&n, None, Some(&external_url));
+        let body = message.to_string();
+        let head = message["blocks"][0]["text"]["text"].as_str().unwrap();
+        assert_eq!(
+            head,
+            "🚨 [FIRING:500] QueueNoConsumers: 500 queues in vhost / on local"
+        );
+        let blocks = message["attachments"][0]["blocks"].as_array().unwrap();
+        let header_and_attachment = 1 + blocks.len();
+        assert!(
+            header_and_attachment <= 50,
+            "{header_and_attachment} blocks"
+        );
+        let texts = block_texts(&message);
+        for text in &texts {
+            assert!(
+                text.chars().count() <= 3000,
+                "{} chars",
+                text.chars().count()
+            );
+        }
+        assert_eq!(texts[1], "500 queues affected, worst first");
+        // The five biggest backlogs in full, in order, then a line each for the next ones.
+        let position = |q: &str| body.find(&format!(" q{q}")).unwrap_or(usize::MAX);
+        assert!(position("499") < position("498") && position("498") < position("495"));
+        assert!(position("495") < position("494") && position("494") < position("490"));
+        assert_eq!(
+            position("000"),
+            usize::MAX,
+            "the smallest backlog is counted, not shown"
+        );
+        let more = texts
+            .iter()
+            .find_map(|t| {
+                t.strip_prefix("… and ")
+                    .and_then(|t| t.strip_suffix(" more"))
+            })
+            .expect("an … and N more line");
+        let listed = texts.iter().find(|t| t.starts_with("• ")).expect("a list");
+        let lines = listed.lines().count();
+        assert!(lines >= 5, "{listed}");
+        assert!(listed.contains("490 ready, 0 consumers"), "{listed}");
+        assert_eq!(more.parse::<usize>().unwrap(), 500 - 5 - lines);
+        assert!(
+            body.contains("<https://rw.example.com/api/v1/alerts?alertname=QueueNoConsumers&amp;cluster=local&amp;vhost=%2F|All 500 alerts>"),
+            "{body}"
+        );
+        assert!(!body.contains("<!channel>"), "escaped everywhere");
+        for text in mrkdwn_texts(&message) {
+            assert!(!text.contains("<!"), "mention in mrkdwn: {text:?}");
+        }
+    }
+
+    #[test]
+    fn without_an_external_url_the_full_list_is_named_as_text() {
+        let message = render_message(&storm(20, AlertStatus::Firing), None, None);
+        let texts = block_texts(&message);
+        assert!(
+            texts.contains(&"All 20 alerts: GET /api/v1/alerts?alertname=QueueNoConsumers&amp;cluster=local&amp;vhost=%2F on rabbitwatch".to_owned()),
+            "{texts:#?}"
+        );
+        assert!(
+            !texts.iter().any(|t| t.starts_with("… and")),
+            "15 listed, none left"
+        );
+    }
+
+    #[test]
+    fn a_storm_resolves_as_one_message_saying_all_recovered() {
+        let message = render_message(&storm(500, AlertStatus::Resolved), None, None);
+        let texts = block_texts(&message);
+        assert_eq!(
+            texts[0],
+            "✅ [RESOLVED:500] QueueNoConsumers: 500 queues in vhost / on local"
+        );
+        assert_eq!(texts[1], "All 500 queues recovered");
+        assert_eq!(message["attachments"][0]["color"], COLOR_RESOLVED);
     }
 
     #[test]

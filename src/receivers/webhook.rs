@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::{
-    AlertStatus, Delivered, DeliveryError, GroupStatus, Notification, classify_http_status,
-    classify_http_transport, header_safe, rfc3339_millis,
+    AlertStatus, Delivered, DeliveryError, GroupStatus, Notification, affected, alerts_link,
+    classify_http_status, classify_http_transport, header_safe, rfc3339_millis, worst_first,
 };
 use crate::domain::Secret;
 use crate::yaml::{S, Values};
@@ -31,6 +31,12 @@ pub struct WebhookConfig {
     pub url: Url,
     pub hmac_secret: Option<Secret>,
     pub timeout: Duration,
+    /// Alerts in one payload at most, worst first; the rest are counted in `truncatedAlerts`
+    /// (Alertmanager's `max_alerts`). 0: all.
+    pub max_alerts: usize,
+    /// The daemon's address as readers reach it (`server.external_url`): the payload's
+    /// `externalURL`, and each alert's `generatorURL` is the group's list under it.
+    pub external_url: Option<Url>,
 }
 
 /// `webhook:` as written in the config file.
@@ -40,6 +46,7 @@ pub struct RawWebhookConfig {
     url: S,
     hmac_secret_file: Option<S>,
     timeout: Option<S>,
+    max_alerts: Option<usize>,
 }
 
 impl RawWebhookConfig {
@@ -68,6 +75,8 @@ impl RawWebhookConfig {
             url: url?,
             hmac_secret,
             timeout,
+            max_alerts: self.max_alerts.unwrap_or(0),
+            external_url: None,
         })
     }
 }
@@ -109,10 +118,21 @@ struct Payload<'a> {
     #[serde(rename = "externalURL")]
     external_url: &'a str,
     alerts: Vec<AlertPayload<'a>>,
+    /// How many distinct queues (or nodes) the group holds, firing and recovered, whatever
+    /// `max_alerts` cut.
+    affected: AffectedPayload,
     /// The first alert's correlation id (each alert also carries its own).
     correlation_id: &'a str,
     idempotency_key: &'a str,
     flapping: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct AffectedPayload {
+    /// `queue`, `node` or `alert`.
+    kind: &'static str,
+    firing: usize,
+    resolved: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -131,20 +151,30 @@ struct AlertPayload<'a> {
     values: &'a BTreeMap<String, f64>,
 }
 
-/// The body a webhook receives for `n`, as bytes (the bytes that are signed).
-pub fn render_payload(n: &Notification) -> Vec<u8> {
+/// The body a webhook receives for `n`, as bytes (the bytes that are signed): the alerts worst
+/// first (`worst_first`: firing, most severe, biggest backlog), at most `max_alerts` of them (0:
+/// all) with the rest counted in `truncatedAlerts`, and `affected`, how many queues the group holds.
+pub fn render_payload(n: &Notification, max_alerts: usize, external_url: Option<&Url>) -> Vec<u8> {
+    let ranked = worst_first(&n.alerts);
+    let keep = if max_alerts == 0 {
+        ranked.len()
+    } else {
+        max_alerts.min(ranked.len())
+    };
+    let base = external_url.map(|u| u.as_str().trim_end_matches('/').to_owned());
+    let generator_url = external_url.map(|_| alerts_link(n, external_url));
+    let a = affected(n);
     let payload = Payload {
         version: "4",
         group_key: &n.group_key,
-        truncated_alerts: 0,
+        truncated_alerts: ranked.len() - keep,
         status: n.status,
         receiver: &n.receiver,
         group_labels: &n.group_labels,
         common_labels: &n.common_labels,
         common_annotations: &n.common_annotations,
-        external_url: "",
-        alerts: n
-            .alerts
+        external_url: base.as_deref().unwrap_or(""),
+        alerts: ranked[..keep]
             .iter()
             .map(|a| AlertPayload {
                 status: a.status,
@@ -154,12 +184,17 @@ pub fn render_payload(n: &Notification) -> Vec<u8> {
                 ends_at: a
                     .ends_at
                     .map_or_else(|| NOT_ENDED.to_owned(), rfc3339_millis),
-                generator_url: "",
+                generator_url: generator_url.as_deref().unwrap_or(""),
                 fingerprint: &a.fingerprint,
                 correlation_id: &a.correlation_id,
                 values: &a.values,
             })
             .collect(),
+        affected: AffectedPayload {
+            kind: a.kind,
+            firing: a.firing,
+            resolved: a.resolved,
+        },
         correlation_id: n.alerts.first().map_or("", |a| a.correlation_id.as_str()),
         idempotency_key: &n.idempotency_key,
         flapping: n.flapping,
@@ -201,7 +236,7 @@ impl WebhookReceiver {
         // Alertmanager-shaped. Both are signed and carry the Idempotency-Key.
         let body = match &n.scaling {
             Some(request) => serde_json::to_vec(request).unwrap_or_default(),
-            None => render_payload(n),
+            None => render_payload(n, self.cfg.max_alerts, self.cfg.external_url.as_ref()),
         };
         let mut request = self
             .http
@@ -263,6 +298,7 @@ mod tests {
             idempotency_key: "corr-1:resolved:2".to_owned(),
             flapping: false,
             previous: None,
+            amends: false,
             created_at: 1_700_000_060_000,
             scaling: None,
         }
@@ -271,7 +307,7 @@ mod tests {
     #[test]
     fn the_payload_reads_like_alertmanagers_version_4() {
         let body: serde_json::Value =
-            serde_json::from_slice(&render_payload(&notification())).unwrap();
+            serde_json::from_slice(&render_payload(&notification(), 0, None)).unwrap();
         assert_eq!(body["version"], "4");
         assert_eq!(body["status"], "resolved");
         assert_eq!(body["groupKey"], "{}:{queue=\"orders\"}");
@@ -299,8 +335,45 @@ mod tests {
     fn an_alert_still_firing_ends_at_alertmanagers_zero_time() {
         let mut n = notification();
         n.alerts[0].ends_at = None;
-        let body: serde_json::Value = serde_json::from_slice(&render_payload(&n)).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&render_payload(&n, 0, None)).unwrap();
         assert_eq!(body["alerts"][0]["endsAt"], NOT_ENDED);
+    }
+
+    #[test]
+    fn a_storm_payload_is_worst_first_cut_at_max_alerts_and_counts_them_all() {
+        let mut n = notification();
+        let template = n.alerts[0].clone();
+        n.alerts = (0..500)
+            .map(|i| {
+                let mut a = template.clone();
+                a.labels.insert("queue".into(), format!("q{i:03}"));
+                a.values = [("messages_ready".to_owned(), i as f64)]
+                    .into_iter()
+                    .collect();
+                a
+            })
+            .collect();
+        n.common_labels.remove("queue");
+        let url = Url::parse("https://rw.example.com/").unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(&render_payload(&n, 20, Some(&url))).unwrap();
+        let alerts = body["alerts"].as_array().unwrap();
+        assert_eq!(alerts.len(), 20);
+        assert_eq!(alerts[0]["labels"]["queue"], "q499");
+        assert_eq!(alerts[19]["labels"]["queue"], "q480");
+        assert_eq!(body["truncatedAlerts"], 480);
+        assert_eq!(
+            body["affected"],
+            serde_json::json!({"kind": "queue", "firing": 0, "resolved": 500})
+        );
+        assert_eq!(body["externalURL"], "https://rw.example.com");
+        assert_eq!(
+            alerts[0]["generatorURL"],
+            "https://rw.example.com/api/v1/alerts?alertname=QueueBacklogGrowing"
+        );
+        let all: serde_json::Value = serde_json::from_slice(&render_payload(&n, 0, None)).unwrap();
+        assert_eq!(all["alerts"].as_array().unwrap().len(), 500);
+        assert_eq!(all["truncatedAlerts"], 0);
     }
 
     #[test]

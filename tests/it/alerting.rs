@@ -416,6 +416,52 @@ async fn bot_token_resolve_updates_the_original_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bot_token_edits_the_group_message_as_queues_join_instead_of_posting_again() {
+    let vhost = TestVhost::create().await;
+    let slack = FakeHttp::start().await;
+    let alerting = Alerting {
+        group_by: "[cluster, vhost, alertname]",
+        ..Alerting::bot(&slack, ready_rule("warning", "active"))
+    };
+    let _daemon = start_daemon(&vhost, &Tuning::default(), &alerting).await;
+    publish_n(&vhost.amqp_url(), "orders", 60).await;
+    let post = eventually(
+        Duration::from_secs(20),
+        "one chat.postMessage for the first queue",
+        async || exactly(&slack, POST_MESSAGE, 1),
+    )
+    .await
+    .remove(0);
+    assert!(
+        post.text().contains("[FIRING:1] Backlog orders"),
+        "{}",
+        post.text()
+    );
+
+    // A second queue joins the incident: the message is edited to say two.
+    publish_n(&vhost.amqp_url(), "invoices", 80).await;
+    let update = eventually(
+        Duration::from_secs(20),
+        "one chat.update saying two queues",
+        async || {
+            exactly(&slack, POST_MESSAGE, 1)?;
+            exactly(&slack, UPDATE, 1)
+        },
+    )
+    .await
+    .remove(0);
+    let answered: Value = serde_json::from_str(&post.reply).expect("the fake answered JSON");
+    assert_eq!(update.json()["ts"], answered["ts"], "the posted message");
+    let text = update.text();
+    assert!(text.contains("[FIRING:2] Backlog: 2 queues"), "{text}");
+    assert!(
+        text.find("Backlog on invoices").unwrap_or(usize::MAX)
+            < text.find("Backlog on orders").unwrap_or(0),
+        "the bigger backlog first: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn critical_incident_is_also_emailed_with_correlation_header() {
     let vhost = TestVhost::create().await;
     let slack = FakeHttp::start().await;
@@ -882,15 +928,28 @@ async fn a_hundred_queues_at_once_are_grouped_into_one_message() {
     .await
     .remove(0);
     let text = message.text();
-    assert!(text.contains("[FIRING:100] Backlog"), "{text}");
-    assert!(text.contains("and 90 more"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "[FIRING:100] Backlog: 100 queues in vhost {}",
+            vhost.name()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("100 queues affected, worst first"), "{text}");
+    // Equal backlogs rank by name: the first five in full, the next forty a line each.
     let shown: BTreeSet<&str> = queues
         .iter()
         .map(String::as_str)
         .filter(|queue| text.contains(&format!("Backlog on {queue} (")))
         .collect();
-    assert_eq!(shown.len(), 10, "ten alerts shown in full: {shown:?}");
-    assert_eq!(slack_correlation_ids(&message).len(), 10);
+    assert_eq!(
+        shown,
+        queues[..5].iter().map(String::as_str).collect(),
+        "five alerts shown in full"
+    );
+    assert!(text.contains("• q005 — 60 ready, 0 consumers"), "{text}");
+    assert!(text.contains("and 55 more"), "{text}");
+    assert_eq!(slack_correlation_ids(&message).len(), 5);
     assert_eq!(
         metric(
             &daemon,

@@ -37,7 +37,8 @@ fn alerting(slack: &FakeHttp) -> String {
 receivers:
   - name: slack
     slack: {{ webhook_url: "{}" }}
-route: {{ receiver: slack, group_wait: 0s, group_interval: 1s }}
+# One message per queue: the test counts them.
+route: {{ receiver: slack, group_by: [cluster, vhost, queue, alertname], group_wait: 0s, group_interval: 1s }}
 inhibit:
   - {{ source_matchers: ["alertname=ClusterUnreachable"], target_matchers: ["scope=queue"], equal: [cluster] }}
 outbox: {{ max_backoff: 2s }}

@@ -62,7 +62,8 @@ fn slack_alerting(hook: &str) -> String {
 receivers:
   - name: slack
     slack: {{ webhook_url: "{hook}" }}
-route: {{ receiver: slack, group_wait: 0s, group_interval: 1s }}
+# One message per queue: the test counts them.
+route: {{ receiver: slack, group_by: [cluster, vhost, queue, alertname], group_wait: 0s, group_interval: 1s }}
 outbox: {{ max_backoff: 2s }}
 "#
     )

@@ -18,6 +18,7 @@ mod scaling;
 mod secrets;
 mod sharding;
 mod startup;
+mod storm;
 mod tls;
 mod topology;
 mod util;

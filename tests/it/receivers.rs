@@ -93,6 +93,7 @@ fn notification(queue: &str, status: GroupStatus) -> Notification {
         alerts: vec![a],
         flapping: false,
         previous: None,
+        amends: false,
         created_at: 1_700_000_000_000,
         scaling: None,
     }
@@ -405,6 +406,8 @@ fn webhook(fake: &FakeHttp, secret: Option<&str>, timeout: Duration) -> WebhookR
             url: fake.url("/scale"),
             hmac_secret: secret.map(|s| Secret::new(s.to_owned())),
             timeout,
+            max_alerts: 0,
+            external_url: None,
         },
         http_client(),
     )
@@ -502,6 +505,7 @@ fn email(sink_url: &str) -> EmailReceiver {
             username: None,
             password: None,
             subject_prefix: None,
+            external_url: None,
         },
     )
     .expect("a valid email config")

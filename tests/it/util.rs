@@ -485,6 +485,61 @@ pub async fn hold_unacked(amqp_url: &str, queue: &str, prefetch: u16) -> Traffic
     )
 }
 
+/// One connection with a consumer on each of `queues` (declared if absent), each holding up to
+/// `prefetch` messages unacked: the worker fleet of one deployment. `crash` takes them all away at
+/// once, as a deployment that dies does; the broker requeues what they held.
+pub struct Fleet {
+    connection: Connection,
+    _consumers: Vec<Consumer>,
+}
+
+pub async fn consumers_on_each(amqp_url: &str, queues: &[impl AsRef<str>], prefetch: u16) -> Fleet {
+    let (connection, channel) = connect(amqp_url).await;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("setting prefetch {prefetch}: {e}"));
+    let mut consumers = Vec::new();
+    for queue in queues {
+        declare_on(&channel, queue.as_ref()).await;
+        let consumer = channel
+            .basic_consume(
+                queue.as_ref().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("consuming from {:?}: {e}", queue.as_ref()));
+        // Deliveries are received and never acked: the broker sends `prefetch` and waits.
+        consumer.set_delegate(|_: DeliveryResult| std::future::ready(()));
+        consumers.push(consumer);
+    }
+    Fleet {
+        connection,
+        _consumers: consumers,
+    }
+}
+
+impl Fleet {
+    /// Every consumer gone in one go (the connection closes), their messages back to ready.
+    pub async fn crash(self) {
+        close(&self.connection).await;
+    }
+}
+
+/// Purges each of `queues` over one channel.
+pub async fn purge_each(amqp_url: &str, queues: &[impl AsRef<str>]) {
+    let (connection, channel) = connect(amqp_url).await;
+    for queue in queues {
+        channel
+            .queue_purge(queue.as_ref().into(), Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("purging {:?}: {e}", queue.as_ref()));
+    }
+    close(&connection).await;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // The daemon
 
