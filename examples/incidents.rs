@@ -376,23 +376,33 @@ async fn run(
     match s.name {
         "backlog-growing" => tasks.push(publish(ch.clone(), q, 20)),
         "consumers-gone" => {
-            consumer.take().map(|c| c.abort());
+            if let Some(c) = consumer.take() {
+                c.abort();
+            }
         }
         "stuck-consumer" => {
-            consumer.take().map(|c| c.abort());
+            if let Some(c) = consumer.take() {
+                c.abort();
+            }
             tasks.push(consume(&vhost, q, 1, Settle::Hold, 50).await);
         }
         "requeue-loop" => {
-            consumer.take().map(|c| c.abort());
+            if let Some(c) = consumer.take() {
+                c.abort();
+            }
             tasks.push(consume(&vhost, q, 50, Settle::Requeue, 1).await);
         }
         "dlq-filling" => {
-            consumer.take().map(|c| c.abort());
+            if let Some(c) = consumer.take() {
+                c.abort();
+            }
             tasks.push(consume(&vhost, q, 10, Settle::Reject, 1).await);
         }
         "slow-consumer-slo" => publish_now(&ch, q, 10_000).await,
         "deploy-restart" => {
-            consumer.take().map(|c| c.abort());
+            if let Some(c) = consumer.take() {
+                c.abort();
+            }
             tokio::time::sleep(Duration::from_secs(20)).await;
             consumer = Some(consume(&vhost, q, 40, Settle::Ack, 1).await);
         }
