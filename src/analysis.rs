@@ -145,6 +145,9 @@ pub struct QueueHealth {
     pub window_span: f64,
     /// Seconds since the queue's counters last moved (publish, deliver/get, ack); see `Activity`.
     pub idle_for: Option<f64>,
+    /// Seconds the backlog has kept rising up to the latest sample: no fall, and a rise at least
+    /// every `RISE_GAP`; 0 when it is not rising now. Evidence that does not wait for a `for:`.
+    pub growing_for: Option<f64>,
 }
 
 pub fn analyze(w: &Window, latest: Latest, params: &Params, now: Timestamp) -> QueueHealth {
@@ -188,7 +191,48 @@ pub fn analyze(w: &Window, latest: Latest, params: &Params, now: Timestamp) -> Q
         status: status(w, latest, params),
         window_span: last.at.secs_since(w.first().at),
         idle_for: latest.activity.idle_for(w, now),
+        growing_for: growing_for(w),
     }
+}
+
+/// The longest a rising backlog may go without a new rise: RabbitMQ refreshes depths every 5 s, so
+/// polls faster than that see the same depth a few times in a row; a plateau longer than this is not
+/// growth (a queue that filled once and now just sits there).
+const RISE_GAP_MS: i64 = 15_000;
+
+/// How long the depth has been rising, back from the latest sample: the longest suffix of the window
+/// with no fall and no stretch longer than `RISE_GAP_MS` without a rise, ending in a rise no older than
+/// that. From the first sample of the run (the level it rose from) to the latest. Unknown with a single
+/// sample.
+fn growing_for(w: &Window) -> Option<f64> {
+    if w.len() < 2 {
+        return None;
+    }
+    let points: Vec<Point> = w.iter().collect();
+    let last = points[points.len() - 1];
+    let mut last_rise = None;
+    let mut start = last;
+    for pair in points.windows(2).rev() {
+        let (before, after) = (pair[0], pair[1]);
+        if after.messages < before.messages {
+            break;
+        }
+        if after.messages > before.messages {
+            let gap_to_next =
+                last_rise.map_or(last.at.0 - after.at.0, |r: Timestamp| r.0 - after.at.0);
+            if gap_to_next > RISE_GAP_MS {
+                break;
+            }
+            last_rise = Some(after.at);
+        } else if last_rise.map_or(last.at.0, |r| r.0) - before.at.0 > RISE_GAP_MS {
+            break;
+        }
+        start = before;
+    }
+    Some(match last_rise {
+        Some(_) => last.at.secs_since(start.at),
+        None => 0.0,
+    })
 }
 
 /// RabbitMQ's default `collect_statistics_interval`: counters and depths move in steps this far apart.
@@ -331,6 +375,55 @@ mod tests {
     const PARAMS: Params = Params { window_ms: 60_000 };
 
     /// (seconds, messages, published, consumed) rows become a window; delivered follows consumed.
+    #[test]
+    fn growing_for_table() {
+        let depth = |rows: &[(i64, u64)]| growing_for(&depth_window(rows));
+        let cases: &[(&str, &[(i64, u64)], Option<f64>)] = &[
+            ("1 one sample: unknown", &[(0, 5)], None),
+            (
+                "2 rising every poll for 40 s",
+                &[(0, 9), (10, 5), (20, 10), (30, 20), (40, 30), (50, 40)],
+                Some(40.0),
+            ),
+            (
+                "3 a fall ends it",
+                &[(0, 0), (10, 10), (20, 20), (30, 15), (40, 25)],
+                Some(10.0),
+            ),
+            (
+                "4 flat: not growing",
+                &[(0, 500), (10, 500), (20, 500)],
+                Some(0.0),
+            ),
+            (
+                "5 filled once, then sits: not growing",
+                &[(0, 0), (10, 500), (20, 500), (30, 500), (40, 500)],
+                Some(0.0),
+            ),
+            (
+                "6 1 s polls, 5 s refreshes: plateaus inside the gap still count",
+                &[
+                    (0, 0),
+                    (1, 0),
+                    (5, 10),
+                    (6, 10),
+                    (7, 10),
+                    (10, 20),
+                    (11, 20),
+                ],
+                Some(11.0),
+            ),
+            (
+                "7 a plateau longer than the gap splits the run",
+                &[(0, 0), (10, 10), (30, 10), (40, 20)],
+                Some(10.0),
+            ),
+        ];
+        for (name, rows, want) in cases {
+            assert_eq!(depth(rows), *want, "{name}");
+        }
+    }
+
     fn window(rows: &[(i64, u64, u64, u64)]) -> Window {
         let c = |p: u64, k: u64| {
             Some(Counters {

@@ -72,6 +72,7 @@ impl Env for QueueEnv<'_> {
             q::QUEUE => Some(Value::Str(Cow::Borrowed(&s.key.name))),
             q::DURABLE => Some(Value::Bool(s.durable)),
             q::IDLE_FOR => h.idle_for.map(Value::Num),
+            q::GROWING_FOR => h.growing_for.map(Value::Num),
             q::IS_DEAD_LETTER_TARGET => self.q.dead_letter_target.map(Value::Bool),
             _ => None,
         }

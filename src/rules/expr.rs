@@ -183,6 +183,7 @@ pub mod field {
         MAX_LENGTH = "max_length": Number,
         FILL_RATIO = "fill_ratio": Number,
         IDLE_FOR = "idle_for": Number,
+        GROWING_FOR = "growing_for": Number,
         STATUS = "status": String,
         TYPE = "type": String,
         CLUSTER = "cluster": String,
