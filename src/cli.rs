@@ -1,5 +1,5 @@
-//! The subcommands that print or talk to a running daemon: `check`, `test rules`, `status`,
-//! `silence`, `deadletters`, `notify test` and `healthcheck`.
+//! The subcommands that print or talk to a running daemon: `check`, `test rules`, `rules export`,
+//! `status`, `silence`, `deadletters`, `notify test` and `healthcheck`.
 //!
 //! Owns what a user sees of these commands (stdout, stderr) and the exit code each one ends with.
 //! Arguments arrive already parsed (`main` owns clap); the daemon's own wiring is `app`'s, and
@@ -192,6 +192,115 @@ pub fn test_rules(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// Exit status of `rules export` when a part of some rule could not be carried over (said on
+/// stderr); the output holds everything else. 1 stays "nothing was exported" (a rule file with
+/// mistakes).
+pub const EXIT_EXPORT_DROPPED: u8 = 3;
+
+/// `rabbitwatch rules export --format prometheus [FILE…]`: the rule files (default: the config's)
+/// as one Prometheus rule file on stdout; every piece not carried over is said on stderr, per rule.
+pub fn rules_export(config: Option<PathBuf>, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let mut out = Out::stdout();
+    let rules = if files.is_empty() {
+        match load_config(config) {
+            Ok(cfg) => cfg.rules,
+            Err(code) => return Ok(code),
+        }
+    } else {
+        let patterns: Vec<(String, Option<domain::Diagnostic>)> = files
+            .iter()
+            .map(|f| (f.to_string_lossy().into_owned(), None))
+            .collect();
+        match crate::rules::load_files(&patterns, std::path::Path::new(".")) {
+            Ok(r) => r,
+            Err(diags) => {
+                for d in &diags {
+                    eprintln!("{d}");
+                }
+                eprintln!("{} error(s); nothing was exported", diags.len());
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    };
+    let mut sources: Vec<String> = Vec::new();
+    for r in &rules.rules {
+        let f = r.file.display().to_string();
+        if !sources.contains(&f) {
+            sources.push(f);
+        }
+    }
+    let export = crate::rules::export::to_prometheus(&rules, &sources);
+    for note in &export.notes {
+        eprintln!("{note}");
+    }
+    write!(out, "{}", export.yaml)?;
+    Ok(export_status(
+        export.dropped_anything(),
+        export.exported.len(),
+        rules.len(),
+    ))
+}
+
+fn export_status(dropped: bool, exported: usize, total: usize) -> ExitCode {
+    if dropped {
+        eprintln!(
+            "{exported} of {total} rule(s) exported; something was dropped (above): exit status {EXIT_EXPORT_DROPPED}"
+        );
+        ExitCode::from(EXIT_EXPORT_DROPPED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `rabbitwatch rules export-tests --out DIR TESTFILE…`: each rabbitwatch rule-test file as a
+/// promtool test (`DIR/<name>.test.yaml`) over its rules exported (`DIR/<name>.rules.yaml`), for
+/// `promtool test rules`. Checks that cannot agree (their rule was not exported exactly) are left
+/// out and said on stderr.
+pub fn rules_export_tests(files: &[PathBuf], dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let mut out = Out::stdout();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut failed = false;
+    let mut dropped = false;
+    for f in files {
+        let stem = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "rules".to_string());
+        let rules_name = format!("{stem}.rules.yaml");
+        match crate::ruletest::to_promtool(f, &rules_name) {
+            Ok(p) => {
+                for note in &p.export.notes {
+                    eprintln!("{note}");
+                }
+                for l in &p.left_out {
+                    eprintln!("{l}");
+                }
+                dropped |= !p.left_out.is_empty() || p.export.dropped_anything();
+                let rules_path = dir.join(&rules_name);
+                let test_path = dir.join(format!("{stem}.test.yaml"));
+                std::fs::write(&rules_path, &p.rules_yaml)
+                    .with_context(|| format!("cannot write {}", rules_path.display()))?;
+                std::fs::write(&test_path, &p.tests_yaml)
+                    .with_context(|| format!("cannot write {}", test_path.display()))?;
+                writeln!(out, "{}", test_path.display())?;
+            }
+            Err(diags) => {
+                failed = true;
+                for d in &diags {
+                    eprintln!("{d}");
+                }
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else if dropped {
+        ExitCode::from(EXIT_EXPORT_DROPPED)
+    } else {
+        ExitCode::SUCCESS
     })
 }
 

@@ -72,6 +72,11 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9488/healthz")]
         url: String,
     },
+    /// Translate the rule files for another engine.
+    Rules {
+        #[command(subcommand)]
+        action: RulesAction,
+    },
     /// Rule unit tests.
     Test {
         #[command(subcommand)]
@@ -111,6 +116,34 @@ enum TestWhat {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum RulesAction {
+    /// Print the rule files as a Prometheus rule file over rabbitwatch's metrics. What cannot be
+    /// translated is said on stderr per rule; exit status 3 when something was dropped.
+    Export {
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Config whose rule files are exported when no FILE is given.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Rule files to export instead of the config's.
+        files: Vec<PathBuf>,
+    },
+    /// Convert rule test files (`rabbitwatch test rules`) into promtool tests over the exported
+    /// rules: DIR/<name>.rules.yaml and DIR/<name>.test.yaml, for `promtool test rules`.
+    ExportTests {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    Prometheus,
 }
 
 #[derive(Subcommand)]
@@ -255,6 +288,17 @@ fn run(args: Cli) -> anyhow::Result<ExitCode> {
         Command::Test {
             what: TestWhat::Rules { files },
         } => cli::test_rules(&files),
+        Command::Rules {
+            action:
+                RulesAction::Export {
+                    format: ExportFormat::Prometheus,
+                    config,
+                    files,
+                },
+        } => cli::rules_export(config, &files),
+        Command::Rules {
+            action: RulesAction::ExportTests { out, files },
+        } => cli::rules_export_tests(&files, &out),
         Command::Status {
             config,
             url,

@@ -368,14 +368,14 @@ pub struct Expr {
 // The tree is typed: a number can only appear where a number is expected, so evaluation needs no
 // run-time type checks and has no "impossible" branches.
 #[derive(Clone, Debug)]
-enum Node {
+pub(super) enum Node {
     Num(Num),
     Str(Str),
     Bool(Bool),
 }
 
 #[derive(Clone, Debug)]
-enum Num {
+pub(super) enum Num {
     Lit(f64, Literal),
     Field(FieldId),
     Neg(Box<Num>),
@@ -386,19 +386,19 @@ enum Num {
 
 /// How a number was written, so it prints back the same way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Literal {
+pub(super) enum Literal {
     Plain,
     Duration,
 }
 
 #[derive(Clone, Debug)]
-enum Str {
+pub(super) enum Str {
     Lit(Box<str>),
     Field(FieldId),
 }
 
 #[derive(Clone, Debug)]
-enum Bool {
+pub(super) enum Bool {
     Lit(bool),
     Field(FieldId),
     Not(Box<Bool>),
@@ -413,7 +413,7 @@ enum Bool {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Arith {
+pub(super) enum Arith {
     Add,
     Sub,
     Mul,
@@ -421,7 +421,7 @@ enum Arith {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Cmp {
+pub(super) enum Cmp {
     Eq,
     Ne,
     Lt,
@@ -431,13 +431,13 @@ enum Cmp {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Extreme {
+pub(super) enum Extreme {
     Min,
     Max,
 }
 
 impl Arith {
-    fn symbol(self) -> &'static str {
+    pub(super) fn symbol(self) -> &'static str {
         match self {
             Arith::Add => "+",
             Arith::Sub => "-",
@@ -448,7 +448,7 @@ impl Arith {
 }
 
 impl Cmp {
-    fn symbol(self) -> &'static str {
+    pub(super) fn symbol(self) -> &'static str {
         match self {
             Cmp::Eq => "==",
             Cmp::Ne => "!=",
@@ -533,6 +533,11 @@ impl Expr {
 
     pub fn scope(&self) -> Scope {
         self.scope
+    }
+
+    /// The typed tree, for translations of the language (`rules::export`).
+    pub(super) fn root(&self) -> &Node {
+        &self.root
     }
 
     pub fn ty(&self) -> Type {

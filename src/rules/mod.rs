@@ -5,6 +5,7 @@
 //! alert state machine consumes. Loading reads files; evaluation is pure (`now` is passed in).
 
 pub mod eval;
+pub mod export;
 pub mod expr;
 pub mod load;
 pub mod template;

@@ -28,26 +28,26 @@ pub struct Template {
 }
 
 #[derive(Clone, Debug)]
-enum Part {
+pub(super) enum Part {
     Text(Box<str>),
     Subst(Subst),
 }
 
 #[derive(Clone, Debug)]
-struct Subst {
-    name: Name,
-    filters: Vec<Filter>,
+pub(super) struct Subst {
+    pub(super) name: Name,
+    pub(super) filters: Vec<Filter>,
 }
 
 /// Fields take precedence over labels of the same name: the field is the typed, current value.
 #[derive(Clone, Debug)]
-enum Name {
+pub(super) enum Name {
     Field(FieldId),
     Label(Box<str>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Filter {
+pub(super) enum Filter {
     Round(u8),
     Duration,
     Bytes,
@@ -148,6 +148,11 @@ impl Template {
             }
         }
         out
+    }
+
+    /// The pieces, for translations of the template language (`rules::export`).
+    pub(super) fn parts(&self) -> &[Part] {
+        &self.parts
     }
 
     /// The fields the template reads, each once, in order of first appearance.

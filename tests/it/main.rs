@@ -14,6 +14,7 @@ mod probe;
 mod prometheus;
 mod receivers;
 mod resilience;
+mod rules_export;
 mod scaling;
 mod secrets;
 mod sharding;

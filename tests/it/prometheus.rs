@@ -11,20 +11,34 @@ use crate::util::{
 };
 
 /// A Prometheus server of the test's own: free port, temp storage, killed on drop.
-struct Prometheus {
+pub(crate) struct Prometheus {
     child: Child,
     _dir: tempfile::TempDir,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Prometheus {
     fn start(target: &str) -> Prometheus {
+        Prometheus::start_with_rules(target, None)
+    }
+
+    /// Scrapes `target` every second and, with `rules` (a rule file's text), evaluates them every
+    /// second.
+    pub(crate) fn start_with_rules(target: &str, rules: Option<&str>) -> Prometheus {
         let dir = tempfile::tempdir().expect("temp dir for Prometheus");
         let config = dir.path().join("prometheus.yml");
+        let rule_files = match rules {
+            Some(text) => {
+                let path = dir.path().join("rules.yml");
+                std::fs::write(&path, text).expect("writing the rule file");
+                format!("rule_files: ['{}']\n", path.display())
+            }
+            None => String::new(),
+        };
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: rabbitwatch\n    static_configs:\n      - targets: ['{target}']\n"
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n  - job_name: rabbitwatch\n    static_configs:\n      - targets: ['{target}']\n"
             ),
         )
         .expect("writing prometheus.yml");
