@@ -378,7 +378,8 @@ mod tests {
     #[test]
     fn growing_for_table() {
         let depth = |rows: &[(i64, u64)]| growing_for(&depth_window(rows));
-        let cases: &[(&str, &[(i64, u64)], Option<f64>)] = &[
+        type Case<'a> = (&'a str, &'a [(i64, u64)], Option<f64>);
+        let cases: &[Case] = &[
             ("1 one sample: unknown", &[(0, 5)], None),
             (
                 "2 rising every poll for 40 s",
