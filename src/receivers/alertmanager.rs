@@ -20,10 +20,7 @@ use std::time::Duration;
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    Delivered, DeliveryError, Notification, classify_http_status, classify_http_transport,
-    rfc3339_millis,
-};
+use super::{Delivered, DeliveryError, Notification, rfc3339_millis, send_classified};
 use crate::domain::{AlertStatus, Secret, Timestamp};
 use crate::yaml::{MAX_SECRET_BYTES, S, Values};
 
@@ -251,16 +248,12 @@ impl AlertmanagerReceiver {
         let mut first_error = None;
         for base in &self.cfg.urls {
             let url = format!("{}/-/ready", base.as_str().trim_end_matches('/'));
-            let result = match self.http.get(url).send().await {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) => {
-                    let (status, headers) = (r.status(), r.headers().clone());
-                    let text = r.text().await.unwrap_or_default();
-                    classify_http_status(status, &headers, &text)
+            match send_classified(self.http.get(url)).await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    first_error.get_or_insert(e);
                 }
-                Err(e) => classify_http_transport(e),
-            };
-            first_error.get_or_insert(result);
+            }
         }
         Err(first_error.expect("at least one URL"))
     }
@@ -297,18 +290,7 @@ impl AlertmanagerReceiver {
             }
             Auth::Bearer(token) => request.bearer_auth(token.expose()),
         };
-        let response = request
-            .body(body)
-            .send()
-            .await
-            .map_err(classify_http_transport)?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
-        Err(classify_http_status(status, &headers, &text))
+        send_classified(request.body(body)).await.map(drop)
     }
 }
 

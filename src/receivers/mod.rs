@@ -222,6 +222,21 @@ impl Receiver {
     }
 }
 
+/// Sends `request`; a transport failure or a non-success answer (its body read for the reason) is
+/// classified as the outbox needs it. Shared by the HTTP receivers that only need "accepted or why not".
+pub(crate) async fn send_classified(
+    request: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, DeliveryError> {
+    let response = request.send().await.map_err(classify_http_transport)?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap_or_default();
+    Err(classify_http_status(status, &headers, &text))
+}
+
 // ---------------------------------------------------------------------------------------------------
 // HTTP error classification, shared by the HTTP receivers (Slack, webhook)
 

@@ -17,7 +17,7 @@ use sha2::Sha256;
 
 use super::{
     AlertStatus, Delivered, DeliveryError, GroupStatus, Notification, affected, alerts_link,
-    classify_http_status, classify_http_transport, header_safe, rfc3339_millis, worst_first,
+    header_safe, rfc3339_millis, send_classified, worst_first,
 };
 use crate::domain::Secret;
 use crate::yaml::{S, Values};
@@ -247,18 +247,8 @@ impl WebhookReceiver {
         if let Some(secret) = &self.cfg.hmac_secret {
             request = request.header(SIGNATURE_HEADER, signature(secret.expose(), &body));
         }
-        let response = request
-            .body(body)
-            .send()
-            .await
-            .map_err(classify_http_transport)?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(Delivered::default());
-        }
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
-        Err(classify_http_status(status, &headers, &text))
+        send_classified(request.body(body)).await?;
+        Ok(Delivered::default())
     }
 }
 
