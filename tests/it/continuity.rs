@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::util::{
-    Daemon, MANAGEMENT_URL, TestVhost, Tuning, always_for, cluster_yaml, config_with_clusters,
-    eventually, free_port, publish_n,
+    Daemon, TestVhost, Tuning, always_for, cluster_yaml, config_with_clusters, eventually,
+    free_port, management_url, publish_n,
 };
 use crate::util_slack::FakeHttp;
 
@@ -19,7 +19,12 @@ fn config(port: u16, vhost: &TestVhost, cluster: &str, fake: &FakeHttp) -> Strin
     config_with_clusters(
         port,
         &tuning,
-        &[cluster_yaml(cluster, MANAGEMENT_URL, vhost.name(), &tuning)],
+        &[cluster_yaml(
+            cluster,
+            management_url(),
+            vhost.name(),
+            &tuning,
+        )],
     ) + &format!(
         "rules: [rules.yaml]\nreceivers:\n  - name: hook\n    webhook: {{ url: \"{}\" }}\nroute: {{ receiver: hook, group_wait: 0s, group_interval: 1s }}\noutbox: {{ max_backoff: 2s }}\n",
         fake.url(HOOK)

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::util::{
-    Daemon, MANAGEMENT_URL, TestVhost, Tuning, always_for, cluster_yaml, config_with_clusters,
-    delete_queue, eventually, free_port, publish_n,
+    Daemon, TestVhost, Tuning, always_for, cluster_yaml, config_with_clusters, delete_queue,
+    eventually, free_port, management_url, publish_n,
 };
 use crate::util_alertmanager::start_cluster;
 use crate::util_slack::FakeHttp;
@@ -51,7 +51,12 @@ async fn two_replicas_and_two_alertmanager_peers_page_once_whoever_dies() {
         config_with_clusters(
             port,
             &tuning,
-            &[cluster_yaml("local", MANAGEMENT_URL, vhost.name(), &tuning)],
+            &[cluster_yaml(
+                "local",
+                management_url(),
+                vhost.name(),
+                &tuning,
+            )],
         ) + &format!(
             "rules: [rules.yaml]\nreceivers:\n  - name: am\n    alertmanager: {{ urls: [{}], resend_interval: 2s }}\nroute: {{ receiver: am }}\n",
             urls.join(", ")

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::util::{
-    Daemon, MANAGEMENT_URL, TestVhost, Tuning, always_for, cluster_yaml, config_for,
-    config_with_clusters, eventually, find, free_port, publish_n, run_cli,
+    Daemon, TestVhost, Tuning, always_for, cluster_yaml, config_for, config_with_clusters,
+    eventually, find, free_port, management_url, publish_n, run_cli,
 };
 use crate::util_proxy::Proxy;
 use crate::util_slack::{FakeHttp, Recorded};
@@ -149,7 +149,7 @@ async fn a_silence_suppresses_and_expiring_it_lets_the_firing_alert_through() {
 async fn an_unreachable_cluster_inhibits_its_queue_alerts_and_sends_one_page() {
     let vhost = TestVhost::create().await;
     let slack = FakeHttp::start().await;
-    let proxy = Proxy::start(MANAGEMENT_URL.trim_start_matches("http://")).await;
+    let proxy = Proxy::start(management_url().trim_start_matches("http://")).await;
     let tuning = Tuning::default();
     let config = config_with_clusters(
         free_port(),

@@ -9,9 +9,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::util::{
-    CLUSTER, Daemon, MANAGEMENT_URL, Sample, TestVhost, Tuning, always_for, cluster_yaml,
-    config_for, config_with_clusters, consume_at_rate, declare_queues, delete_queue, eventually,
-    find, free_port, has_labels, hold_unacked, parse_metrics, publish_at_rate, publish_n,
+    CLUSTER, Daemon, Sample, TestVhost, Tuning, always_for, cluster_yaml, config_for,
+    config_with_clusters, consume_at_rate, declare_queues, delete_queue, eventually, find,
+    free_port, has_labels, hold_unacked, management_url, parse_metrics, publish_at_rate, publish_n,
     queue_status, run_cli,
 };
 
@@ -273,7 +273,7 @@ async fn unreachable_cluster_is_reported_while_good_one_keeps_working() {
         free_port(),
         &tuning,
         &[
-            cluster_yaml("good", MANAGEMENT_URL, vhost.name(), &tuning),
+            cluster_yaml("good", management_url(), vhost.name(), &tuning),
             // Port 1: nothing listens, so every connection is refused.
             cluster_yaml("bad", "http://127.0.0.1:1", vhost.name(), &tuning),
         ],

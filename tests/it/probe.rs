@@ -11,8 +11,8 @@ use std::time::Duration;
 use reqwest::Method;
 
 use crate::util::{
-    Daemon, MANAGEMENT_URL, TestVhost, Tuning, cluster_yaml, config_with_clusters, encode,
-    eventually, find, free_port, management, management_get, run_cli,
+    Daemon, TestVhost, Tuning, cluster_yaml, config_with_clusters, encode, eventually, find,
+    free_port, management, management_get, management_url, run_cli,
 };
 use crate::util_broker::PrivateBroker;
 use crate::util_proxy::DelayProxy;
@@ -182,7 +182,7 @@ async fn a_healthy_canary_round_trips_and_declares_only_its_own_expiring_queue()
         vhost.name(),
         vhost.amqp_url()
     );
-    let cluster = cluster_with_probe("local", MANAGEMENT_URL, vhost.name(), &probe);
+    let cluster = cluster_with_probe("local", management_url(), vhost.name(), &probe);
     let daemon = start(cluster, &fake, FAILING_RULE).await;
     wait_healthy(&daemon).await;
     let (first, _) = round_trips(&daemon, "timeout").await.expect("metrics");
@@ -238,7 +238,7 @@ async fn a_vhost_refusing_connections_pages_connect_and_resolves() {
         vhost.name(),
         vhost.amqp_url()
     );
-    let cluster = cluster_with_probe("local", MANAGEMENT_URL, vhost.name(), &probe);
+    let cluster = cluster_with_probe("local", management_url(), vhost.name(), &probe);
     let daemon = start(cluster, &fake, FAILING_RULE).await;
     wait_healthy(&daemon).await;
     let v = encode(vhost.name());
@@ -337,7 +337,7 @@ async fn a_removed_binding_pages_unroutable_and_resolves_when_bound_again() {
         vhost.name(),
         vhost.amqp_url()
     );
-    let cluster = cluster_with_probe("local", MANAGEMENT_URL, vhost.name(), &probe);
+    let cluster = cluster_with_probe("local", management_url(), vhost.name(), &probe);
     let daemon = start(cluster, &fake, FAILING_RULE).await;
     wait_healthy(&daemon).await;
     incident(
@@ -405,15 +405,15 @@ async fn publishers_blocked_and_the_node_stopped_each_page_once_and_resolve() {
 async fn a_slow_path_fires_the_default_packs_canary_slow_and_not_canary_failing() {
     let vhost = TestVhost::create().await;
     let fake = FakeHttp::start().await;
-    let proxy = DelayProxy::start(crate::util::AMQP_ADDR).await;
+    let proxy = DelayProxy::start(crate::util::amqp_addr()).await;
     let url = vhost
         .amqp_url()
-        .replace(crate::util::AMQP_ADDR, &proxy.addr().to_string());
+        .replace(crate::util::amqp_addr(), &proxy.addr().to_string());
     let probe = format!(
         "vhost: {}, amqp_url: \"{url}\", interval: 3s, timeout: 2500ms",
         vhost.name()
     );
-    let cluster = cluster_with_probe("local", MANAGEMENT_URL, vhost.name(), &probe);
+    let cluster = cluster_with_probe("local", management_url(), vhost.name(), &probe);
     let pack = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/canary.yaml"))
         .expect("the default canary rules");
     let daemon = start(cluster, &fake, &pack).await;
@@ -449,15 +449,15 @@ async fn a_slow_path_fires_the_default_packs_canary_slow_and_not_canary_failing(
 async fn hundreds_of_fast_round_trips_some_timing_out_leave_nothing_behind() {
     let vhost = TestVhost::create().await;
     let fake = FakeHttp::start().await;
-    let proxy = DelayProxy::start(crate::util::AMQP_ADDR).await;
+    let proxy = DelayProxy::start(crate::util::amqp_addr()).await;
     let url = vhost
         .amqp_url()
-        .replace(crate::util::AMQP_ADDR, &proxy.addr().to_string());
+        .replace(crate::util::amqp_addr(), &proxy.addr().to_string());
     let probe = format!(
         "vhost: {}, amqp_url: \"{url}\", interval: 100ms, timeout: 50ms",
         vhost.name()
     );
-    let cluster = cluster_with_probe("local", MANAGEMENT_URL, vhost.name(), &probe);
+    let cluster = cluster_with_probe("local", management_url(), vhost.name(), &probe);
     let mut daemon = start(cluster, &fake, FAILING_RULE).await;
     wait_healthy(&daemon).await;
     // Every other 2 s the path is slower than the timeout: those round trips time out, their
@@ -522,7 +522,7 @@ fn an_unreachable_probe_target_stops_the_start_under_require_all() {
     let config = config_with_clusters(
         free_port(),
         &tuning,
-        &[cluster_with_probe("local", MANAGEMENT_URL, "/", probe)],
+        &[cluster_with_probe("local", management_url(), "/", probe)],
     ) + "startup: { require: all }\n";
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("rw.yaml");

@@ -6,8 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::util::{
-    CLUSTER, Daemon, MANAGEMENT_URL, TestVhost, Tuning, cluster_yaml, config_for,
-    config_with_clusters, consume_at_rate, eventually, free_port, http_client, publish_at_rate,
+    CLUSTER, Daemon, TestVhost, Tuning, cluster_yaml, config_for, config_with_clusters,
+    consume_at_rate, eventually, free_port, http_client, management_url, publish_at_rate,
 };
 
 /// A Prometheus server of the test's own: free port, temp storage, killed on drop.
@@ -134,7 +134,7 @@ async fn prometheus_runs_every_dashboard_query_against_the_daemon() {
     let queue = "dash.orders";
     // A shadow scaler on the queue, so the scaler panel's series exist too, and a canary in the
     // test's vhost, so the canary panels' series do.
-    let cluster = cluster_yaml(CLUSTER, MANAGEMENT_URL, vhost.name(), &Tuning::default())
+    let cluster = cluster_yaml(CLUSTER, management_url(), vhost.name(), &Tuning::default())
         + &format!(
             "    probe:\n      - {{ vhost: \"{}\", amqp_url: \"{}\", interval: 1s }}\n",
             vhost.name(),

@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    CLUSTER, Daemon, MANAGEMENT_URL, TestVhost, Tuning, cluster_yaml, config_for,
-    config_with_clusters, eventually, find, free_port, publish_n, run_cli,
+    CLUSTER, Daemon, TestVhost, Tuning, cluster_yaml, config_for, config_with_clusters, eventually,
+    find, free_port, management_url, publish_n, run_cli,
 };
 use crate::util_faults::{Fault, FaultyApi, On};
 use crate::util_slack::{FakeHttp, Mode};
@@ -77,7 +77,7 @@ async fn verify_on_start_refuses_to_start_naming_a_bad_slack_token_and_a_dead_sm
     let config = config_with_clusters(
         free_port(),
         &tuning,
-        &[cluster_yaml(CLUSTER, MANAGEMENT_URL, "unused", &tuning)],
+        &[cluster_yaml(CLUSTER, management_url(), "unused", &tuning)],
     ) + &verified_receivers(slack.url("/api").as_str(), &dead_smtp);
 
     let (code, stderr) =
@@ -803,8 +803,8 @@ async fn a_slow_state_disk_does_not_slow_another_clusters_polls() {
         free_port(),
         &tuning,
         &[
-            cluster_yaml("busy", MANAGEMENT_URL, busy.name(), &tuning),
-            cluster_yaml("calm", MANAGEMENT_URL, calm.name(), &tuning),
+            cluster_yaml("busy", management_url(), busy.name(), &tuning),
+            cluster_yaml("calm", management_url(), calm.name(), &tuning),
         ],
     ) + r#"rules: [rules.yaml]
 receivers:

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::util::{
-    Daemon, MANAGEMENT_URL, TestVhost, Tuning, cluster_yaml, config_with_clusters, eventually,
-    free_port, publish_n, run_cli,
+    Daemon, TestVhost, Tuning, cluster_yaml, config_with_clusters, eventually, free_port,
+    management_url, publish_n, run_cli,
 };
 
 const TOKEN: &str = "api-token-5ecret-1b2c";
@@ -21,12 +21,12 @@ async fn secrets_never_appear_in_logs_metrics_api_or_errors() {
     let tuning = Tuning::default();
     // The second cluster's password is wrong on purpose: its 401 must not echo anything secret.
     let clusters = [
-        cluster_yaml("good", MANAGEMENT_URL, vhost.name(), &tuning)
+        cluster_yaml("good", management_url(), vhost.name(), &tuning)
             + &format!(
                 "    probe:\n      - {{ vhost: {}, amqp_url_file: amqp.txt, interval: 500ms, timeout: 500ms }}\n",
                 vhost.name()
             ),
-        cluster_yaml("wrongpw", MANAGEMENT_URL, vhost.name(), &tuning)
+        cluster_yaml("wrongpw", management_url(), vhost.name(), &tuning)
             .replace("password: guest", "password: Wr0ng-5ecret-pw"),
     ];
     let config = config_with_clusters(free_port(), &tuning, &clusters)
@@ -57,7 +57,8 @@ outbox: {{ max_backoff: 1s }}
             (
                 "amqp.txt",
                 &format!(
-                    "amqp://guest:{AMQP_PASSWORD}@127.0.0.1:5672/{}",
+                    "amqp://guest:{AMQP_PASSWORD}@{}/{}",
+                    crate::util::amqp_addr(),
                     crate::util::encode(vhost.name())
                 ),
             ),

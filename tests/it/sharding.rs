@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::util::{
-    Daemon, MANAGEMENT_URL, TestVhost, Tuning, cluster_yaml, config_with_clusters, eventually,
-    free_port, publish_n, run_cli,
+    Daemon, TestVhost, Tuning, cluster_yaml, config_with_clusters, eventually, free_port,
+    management_url, publish_n, run_cli,
 };
 
 const CLUSTERS: [&str; 4] = ["east", "west", "north", "south"];
@@ -59,7 +59,7 @@ async fn two_shards_split_the_clusters_between_them() {
     let tuning = Tuning::default();
     let clusters: Vec<String> = CLUSTERS
         .iter()
-        .map(|name| cluster_yaml(name, MANAGEMENT_URL, vhost.name(), &tuning))
+        .map(|name| cluster_yaml(name, management_url(), vhost.name(), &tuning))
         .collect();
     let shards = ["0/2", "1/2"];
     let mut daemons = Vec::new();

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::util::{
-    Daemon, MANAGEMENT_URL, TestVhost, Tuning, cluster_yaml, config_with_clusters, eventually,
-    free_port, http_client, run_cli,
+    Daemon, TestVhost, Tuning, cluster_yaml, config_with_clusters, eventually, free_port,
+    http_client, management_url, run_cli,
 };
 use crate::util_slack::FakeHttp;
 
@@ -75,7 +75,7 @@ async fn a_management_only_user_fails_the_start_up_check_with_the_fix() {
     let user = format!("{}-user", vhost.name());
     let http = http_client();
     let put = |path: String, body: serde_json::Value| {
-        http.put(format!("{MANAGEMENT_URL}{path}"))
+        http.put(format!("{}{path}", management_url()))
             .basic_auth("guest", Some("guest"))
             .json(&body)
             .send()
@@ -92,7 +92,12 @@ async fn a_management_only_user_fails_the_start_up_check_with_the_fix() {
     let config = config_with_clusters(
         free_port(),
         &tuning,
-        &[cluster_yaml("local", MANAGEMENT_URL, vhost.name(), &tuning)],
+        &[cluster_yaml(
+            "local",
+            management_url(),
+            vhost.name(),
+            &tuning,
+        )],
     )
     .replace("username: guest", &format!("username: {user}"))
     .replace("password: guest", "password: pw")
@@ -101,7 +106,7 @@ async fn a_management_only_user_fails_the_start_up_check_with_the_fix() {
         .await
         .expect("ran");
     let _ = http
-        .delete(format!("{MANAGEMENT_URL}/api/users/{user}"))
+        .delete(format!("{}/api/users/{user}", management_url()))
         .basic_auth("guest", Some("guest"))
         .send()
         .await;
@@ -117,7 +122,12 @@ async fn the_heartbeat_is_pinged_while_the_daemon_is_healthy() {
     let config = config_with_clusters(
         free_port(),
         &tuning,
-        &[cluster_yaml("local", MANAGEMENT_URL, vhost.name(), &tuning)],
+        &[cluster_yaml(
+            "local",
+            management_url(),
+            vhost.name(),
+            &tuning,
+        )],
     ) + &format!(
         "heartbeat: {{ url: \"{}\", interval: 1s }}\n",
         receiver.url("/ping/abc")

@@ -12,8 +12,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::{self, pki_types::PrivateKeyDer};
 
 use crate::util::{
-    Daemon, MANAGEMENT_URL, TestVhost, Tuning, cluster_yaml, config_with_clusters, eventually,
-    find, free_port,
+    Daemon, TestVhost, Tuning, cluster_yaml, config_with_clusters, eventually, find, free_port,
+    management_url,
 };
 
 struct TlsProxy {
@@ -52,7 +52,7 @@ impl TlsProxy {
             .await
             .expect("binding the TLS proxy");
         let port = listener.local_addr().expect("address").port();
-        let upstream = MANAGEMENT_URL.trim_start_matches("http://").to_string();
+        let upstream = management_url().trim_start_matches("http://").to_string();
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (acceptor, upstream) = (acceptor.clone(), upstream.clone());

@@ -29,8 +29,31 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-pub const AMQP_ADDR: &str = "127.0.0.1:5672";
-pub const MANAGEMENT_URL: &str = "http://127.0.0.1:15672";
+/// Which broker the broker-facing tests run against: RabbitMQ 3.10 (the host's, the default) or
+/// RabbitMQ 4.0 (`RABBITWATCH_TEST_BROKER=rabbitmq4`, started by `scripts/rabbitmq4`). A parameter of
+/// these helpers rather than a copy of each test: every test that reaches the broker through them runs on
+/// whichever one the suite was started with.
+pub fn on_rabbitmq4() -> bool {
+    std::env::var("RABBITWATCH_TEST_BROKER").is_ok_and(|v| v == "rabbitmq4")
+}
+
+/// The test broker's AMQP `host:port`.
+pub fn amqp_addr() -> &'static str {
+    if on_rabbitmq4() {
+        "127.0.0.1:5673"
+    } else {
+        "127.0.0.1:5672"
+    }
+}
+
+/// The test broker's management API base URL.
+pub fn management_url() -> &'static str {
+    if on_rabbitmq4() {
+        "http://127.0.0.1:15673"
+    } else {
+        "http://127.0.0.1:15672"
+    }
+}
 const USERNAME: &str = "guest";
 const PASSWORD: &str = "guest";
 /// The name `config_for` gives its one cluster.
@@ -57,7 +80,7 @@ pub async fn management(
     body: Option<serde_json::Value>,
 ) -> Result<(), String> {
     let mut request = client
-        .request(method.clone(), format!("{MANAGEMENT_URL}{path}"))
+        .request(method.clone(), format!("{}{path}", management_url()))
         .basic_auth(USERNAME, Some(PASSWORD));
     if let Some(body) = body {
         request = request.json(&body);
@@ -80,7 +103,7 @@ pub async fn management(
 /// `GET` on the shared broker's management API, as JSON.
 pub async fn management_get(path: &str) -> Result<serde_json::Value, String> {
     let response = http_client()
-        .get(format!("{MANAGEMENT_URL}{path}"))
+        .get(format!("{}{path}", management_url()))
         .basic_auth(USERNAME, Some(PASSWORD))
         .send()
         .await
@@ -132,7 +155,8 @@ impl TestVhost {
 
     pub fn amqp_url(&self) -> String {
         format!(
-            "amqp://{USERNAME}:{PASSWORD}@{AMQP_ADDR}/{}",
+            "amqp://{USERNAME}:{PASSWORD}@{}/{}",
+            amqp_addr(),
             encode(&self.name)
         )
     }
@@ -567,7 +591,7 @@ pub fn config_for(vhost: &str, port: u16, tuning: &Tuning) -> String {
     config_with_clusters(
         port,
         tuning,
-        &[cluster_yaml(CLUSTER, MANAGEMENT_URL, vhost, tuning)],
+        &[cluster_yaml(CLUSTER, management_url(), vhost, tuning)],
     )
 }
 

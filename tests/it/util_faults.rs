@@ -250,7 +250,7 @@ async fn forward(client: &reqwest::Client, head: &Head) -> Upstream {
     let method =
         reqwest::Method::from_bytes(head.method.as_bytes()).unwrap_or(reqwest::Method::GET);
     let mut request = client
-        .request(method, format!("{MANAGEMENT_URL}{}", head.target))
+        .request(method, format!("{}{}", management_url(), head.target))
         .header("accept-encoding", "identity");
     if let Some(auth) = &head.authorization {
         request = request.header("authorization", auth);
