@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::util::MANAGEMENT_URL;
+use crate::util::management_url;
 
 /// What the proxy does instead of forwarding an answer untouched.
 #[derive(Clone, Copy, Debug, PartialEq)]
