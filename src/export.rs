@@ -177,6 +177,12 @@ const QUEUE_FAMILIES: &[QueueGauge] = &[
         "Estimated age of the oldest message (a lower bound when older than the window).",
         |q| q.health.oldest_message_age,
     ),
+    (
+        "rabbitwatch_queue_growing_seconds",
+        "gauge",
+        "Seconds the queue's backlog has kept rising up to the latest poll (no fall, a rise at least every 15 s); 0 when it is not rising.",
+        |q| q.health.growing_for,
+    ),
 ];
 
 /// Per-cluster queue counts, one gauge family each: (name, help, count).

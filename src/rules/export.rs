@@ -162,6 +162,7 @@ pub fn source(f: FieldId) -> Source {
         q::BACKLOG_GROWTH => Source::Gauge("rabbitwatch_queue_backlog_growth_rate"),
         q::DRAIN_ETA => Source::Gauge("rabbitwatch_queue_drain_eta_seconds"),
         q::OLDEST_MESSAGE_AGE => Source::Gauge("rabbitwatch_queue_oldest_message_age_seconds"),
+        q::GROWING_FOR => Source::Gauge("rabbitwatch_queue_growing_seconds"),
         q::STATUS => Source::OneHot("rabbitwatch_queue_status", "status"),
         q::CLUSTER | n::CLUSTER | c::CLUSTER | p::CLUSTER => Source::Label("cluster"),
         q::VHOST | p::VHOST => Source::Label("vhost"),

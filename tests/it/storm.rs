@@ -4,7 +4,7 @@
 //! as one; with a bot token the one message is edited as the group changes instead of reposted.
 //!
 //! The route is the default one, untouched. The one timing shortened is the default pack's
-//! `for: 5m` on `QueueNoConsumers` (to 15 s, to keep the test short): every queue's alert goes
+//! `for: 2m` on `QueueNoConsumers` (to 15 s, to keep the test short): every queue's alert goes
 //! pending within the same few polls however long `for` is, so the spread the grouping must absorb
 //! is the same, only later. Polls are every 1 s (the default is 10 s): alerts spread over more
 //! cycles, the harder case for grouping.
