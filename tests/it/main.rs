@@ -4,6 +4,7 @@
 mod alerting;
 mod broker_outage;
 mod cli;
+mod cluster4;
 mod continuity;
 mod defaults;
 mod faults;

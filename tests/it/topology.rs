@@ -218,6 +218,9 @@ async fn dead_letter_alerts_follow_the_topology_not_the_queue_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_reading_rates_are_named_once_on_a_cluster_that_keeps_none() {
+    if crate::util::runs_on_private_node_only() {
+        return;
+    }
     // A node that keeps no message rates: the default pack's rate rules cannot fire through them.
     let broker = PrivateBroker::start_with("management.rates_mode = none").await;
     let tuning = Tuning::default();
