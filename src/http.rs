@@ -384,6 +384,9 @@ impl ProbeStatus {
 struct StatusBody {
     version: &'static str,
     started_at: f64,
+    /// The daemon's CPU time so far (nanosecond clock; `process_cpu_seconds_total` on `/metrics`),
+    /// readable without rendering `/metrics`: scripts/bench takes CPU per poll cycle from it.
+    process_cpu_seconds: Option<f64>,
     clusters: Vec<ClusterStatus>,
 }
 
@@ -432,6 +435,7 @@ async fn status(State(st): State<HttpState>) -> Json<StatusBody> {
     Json(StatusBody {
         version: env!("CARGO_PKG_VERSION"),
         started_at: st.started_at.as_secs_f64(),
+        process_cpu_seconds: crate::process::cpu_seconds(),
         clusters,
     })
 }
