@@ -124,7 +124,13 @@ fn median(reps: usize, mut f: impl FnMut() -> usize) -> (Duration, usize) {
         });
     }
     times.sort();
+    SPREAD.with(|s| s.set((times[0], times[times.len() - 1])));
     (times[times.len() / 2], items)
+}
+
+thread_local! {
+    /// The fastest and slowest run of the last `median`, printed beside it so a noisy run shows.
+    static SPREAD: std::cell::Cell<(Duration, Duration)> = const { std::cell::Cell::new((Duration::ZERO, Duration::ZERO)) };
 }
 
 fn main() -> ExitCode {
@@ -175,6 +181,12 @@ fn main() -> ExitCode {
         plain.len(),
         plain.iter().map(Vec::len).sum::<usize>(),
         parse.as_secs_f64() * 1e3
+    );
+    let (lo, hi) = SPREAD.with(std::cell::Cell::get);
+    print!(
+        " parse_spread=range_{:.2}–{:.2}",
+        lo.as_secs_f64() * 1e3,
+        hi.as_secs_f64() * 1e3
     );
     if !gz.is_empty() {
         let (both, _) = median(reps, || {

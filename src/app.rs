@@ -454,6 +454,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         reload_status: reload_status.clone(),
         scaling: scaling.clone(),
         probes: Arc::new(probes.clone()),
+        metrics_cache: Arc::default(),
     };
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {

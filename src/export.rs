@@ -17,6 +17,9 @@ use crate::probe::Probe;
 use crate::snapshot::NodeSample;
 use crate::view::{ClusterView, QueueView, escape_label_value};
 
+mod gzip;
+pub use gzip::{CacheStats, LEVEL as GZIP_LEVEL, QueueCache, accepts_gzip};
+
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 struct Out {
@@ -312,6 +315,16 @@ pub fn render_clusters_chunked(
     let _ = without_extras(|x| render_chunked(clusters, x, now, CHUNK_BYTES, emit));
 }
 
+/// Serves the cluster metrics only as a gzip scrape does, through `cache` (benchmarks and tests).
+pub fn serve_clusters_gzip(
+    cache: &QueueCache,
+    clusters: &[Arc<ClusterView>],
+    now: Timestamp,
+    emit: &mut dyn FnMut(bytes::Bytes) -> ControlFlow<()>,
+) {
+    let _ = without_extras(|x| cache.serve(clusters, x, now, emit));
+}
+
 /// Renders every metric into one string. `now` decides which clusters' data is still fresh enough to
 /// present.
 pub fn render_with(clusters: &[Arc<ClusterView>], extras: &Extras<'_>, now: Timestamp) -> String {
@@ -360,11 +373,24 @@ pub fn render_chunked(
     chunk: usize,
     emit: &mut dyn FnMut(String) -> ControlFlow<()>,
 ) -> ControlFlow<()> {
-    let fresh: Vec<&ClusterView> = clusters
-        .iter()
-        .map(Arc::as_ref)
-        .filter(|c| c.is_fresh(now))
-        .collect();
+    let fresh = fresh_clusters(clusters, now);
+    let mut out = Chunker {
+        buf: head(clusters, &fresh, extras),
+        chunk,
+        emit,
+    };
+    out.full()?;
+    render_queues_into(&fresh, &mut out)?;
+    out.finish()
+}
+
+/// Everything but the per-queue families: what may change from one scrape to the next (process and
+/// delivery figures, cluster up/down and freshness). Small; rendered on every scrape.
+pub fn render_head(clusters: &[Arc<ClusterView>], extras: &Extras<'_>, now: Timestamp) -> String {
+    head(clusters, &fresh_clusters(clusters, now), extras)
+}
+
+fn head(clusters: &[Arc<ClusterView>], fresh: &[&ClusterView], extras: &Extras<'_>) -> String {
     let mut o = Out {
         buf: String::with_capacity(16 * 1024),
     };
@@ -457,14 +483,14 @@ pub fn render_chunked(
     }
     for (name, help, value) in CLUSTER_QUEUE_FAMILIES {
         o.family(name, "gauge", help);
-        for c in &fresh {
+        for c in fresh {
             o.sample(name, &label("cluster", &c.name), value(c) as f64);
         }
     }
 
     for (name, help, value) in NODE_FAMILIES {
         o.family(name, "gauge", help);
-        for c in &fresh {
+        for c in fresh {
             for n in c.nodes.iter() {
                 let l = format!("{},{}", label("cluster", &c.name), label("node", &n.name));
                 o.sample(name, &l, value(n));
@@ -478,13 +504,43 @@ pub fn render_chunked(
     if let Some(p) = extras.process {
         render_process(&mut o, p);
     }
+    o.buf
+}
 
+/// The per-queue families of the clusters fresh at `now`, in pieces of about `chunk` bytes. They depend
+/// only on those clusters' published queue lists, so they change once per poll cycle (`QueueCache`).
+pub fn render_queues(
+    clusters: &[Arc<ClusterView>],
+    now: Timestamp,
+    chunk: usize,
+    emit: &mut dyn FnMut(String) -> ControlFlow<()>,
+) -> ControlFlow<()> {
+    render_queues_into_pieces(&fresh_clusters(clusters, now), chunk, emit)
+}
+
+fn render_queues_into_pieces(
+    fresh: &[&ClusterView],
+    chunk: usize,
+    emit: &mut dyn FnMut(String) -> ControlFlow<()>,
+) -> ControlFlow<()> {
     let mut out = Chunker {
-        buf: o.buf,
+        buf: String::with_capacity(chunk.min(CHUNK_BYTES) + 4096),
         chunk,
         emit,
     };
-    out.full()?;
+    render_queues_into(fresh, &mut out)?;
+    out.finish()
+}
+
+fn fresh_clusters(clusters: &[Arc<ClusterView>], now: Timestamp) -> Vec<&ClusterView> {
+    clusters
+        .iter()
+        .map(Arc::as_ref)
+        .filter(|c| c.is_fresh(now))
+        .collect()
+}
+
+fn render_queues_into(fresh: &[&ClusterView], out: &mut Chunker<'_>) -> ControlFlow<()> {
     let queues = || fresh.iter().flat_map(|c| c.queues.iter());
     for (name, kind, help, value) in QUEUE_FAMILIES {
         push_family(&mut out.buf, name, kind, help);
@@ -512,7 +568,7 @@ pub fn render_chunked(
         buf.push_str("\"} 1\n");
         out.full()?;
     }
-    out.finish()
+    ControlFlow::Continue(())
 }
 
 fn render_alerting(o: &mut Out, x: &Extras<'_>) {
@@ -793,7 +849,7 @@ mod tests {
     use crate::snapshot::QueueSample;
     use std::time::Duration;
 
-    fn view(up: bool, last_success: Option<i64>) -> ClusterView {
+    pub(super) fn view(up: bool, last_success: Option<i64>) -> ClusterView {
         let mut v = ClusterView::new("local", Duration::from_secs(10));
         v.up = up;
         v.last_success = last_success.map(Timestamp);

@@ -42,6 +42,8 @@ pub struct HttpState {
     pub scaling: Arc<Scaling>,
     /// The canaries (`probe:` entries) of every cluster.
     pub probes: Arc<Vec<Arc<Probe>>>,
+    /// The per-queue families of the latest cycle, deflated once and sent to every gzip scrape.
+    pub metrics_cache: Arc<export::QueueCache>,
 }
 
 impl HttpState {
@@ -79,7 +81,12 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(st): State<HttpState>) -> Response {
+async fn metrics(State(st): State<HttpState>, headers: header::HeaderMap) -> Response {
+    let gzip = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(export::accepts_gzip);
     let views = st.views();
     let alerts = st.engine.alerts();
     let counts = crate::outbox::on_disk(st.engine.store(), |s| s.counts())
@@ -90,6 +97,7 @@ async fn metrics(State(st): State<HttpState>) -> Response {
     let reload_status = st.reload_status.clone();
     let scalers = st.scaling.statuses();
     let probes = st.probes.clone();
+    let metrics_cache = st.metrics_cache.clone();
     // Rendering 100k queues takes a while: it runs on a blocking thread and sends the text in pieces
     // while it goes, a few pieces ahead of the client at most, so memory stays at a few pieces.
     let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(4);
@@ -105,29 +113,46 @@ async fn metrics(State(st): State<HttpState>) -> Response {
             scalers: &scalers,
             probes: &probes,
         };
-        let sent = export::render_chunked(
-            &views,
-            &extras,
-            Timestamp::now(),
-            export::CHUNK_BYTES,
-            &mut |text| match tx.blocking_send(Piece::Text(text)) {
-                Ok(()) => std::ops::ControlFlow::Continue(()),
-                Err(_) => std::ops::ControlFlow::Break(()),
-            },
-        );
+        let mut send = |piece: axum::body::Bytes| match tx.blocking_send(Piece::Data(piece)) {
+            Ok(()) => std::ops::ControlFlow::Continue(()),
+            Err(_) => std::ops::ControlFlow::Break(()),
+        };
+        // Prometheus asks for gzip: the per-queue part comes compressed from the cache (built by the
+        // first scrape of a cycle). Other clients get the text rendered now, as it is written.
+        let sent = if gzip {
+            metrics_cache.serve(&views, &extras, Timestamp::now(), &mut send)
+        } else {
+            export::render_chunked(
+                &views,
+                &extras,
+                Timestamp::now(),
+                export::CHUNK_BYTES,
+                &mut |text| send(text.into()),
+            )
+        };
         if sent.is_continue() {
             let _ = tx.blocking_send(Piece::End);
         }
     });
-    (
-        [(header::CONTENT_TYPE, export::CONTENT_TYPE)],
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, export::CONTENT_TYPE),
+            (header::VARY, "accept-encoding"),
+        ],
         axum::body::Body::new(Streamed { rx, ended: false }),
     )
-        .into_response()
+        .into_response();
+    if gzip {
+        response.headers_mut().insert(
+            header::CONTENT_ENCODING,
+            header::HeaderValue::from_static("gzip"),
+        );
+    }
+    response
 }
 
 enum Piece {
-    Text(String),
+    Data(axum::body::Bytes),
     /// Rendering finished; without it a closed channel means the renderer died midway.
     End,
 }
@@ -158,8 +183,8 @@ impl http_body::Body for Streamed {
         }
         match self.rx.poll_recv(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Piece::Text(text))) => {
-                Poll::Ready(Some(Ok(http_body::Frame::data(text.into()))))
+            Poll::Ready(Some(Piece::Data(data))) => {
+                Poll::Ready(Some(Ok(http_body::Frame::data(data))))
             }
             Poll::Ready(Some(Piece::End)) => {
                 self.ended = true;
@@ -359,6 +384,9 @@ impl ProbeStatus {
 struct StatusBody {
     version: &'static str,
     started_at: f64,
+    /// The daemon's CPU time so far (nanosecond clock; `process_cpu_seconds_total` on `/metrics`),
+    /// readable without rendering `/metrics`: scripts/bench takes CPU per poll cycle from it.
+    process_cpu_seconds: Option<f64>,
     clusters: Vec<ClusterStatus>,
 }
 
@@ -407,6 +435,7 @@ async fn status(State(st): State<HttpState>) -> Json<StatusBody> {
     Json(StatusBody {
         version: env!("CARGO_PKG_VERSION"),
         started_at: st.started_at.as_secs_f64(),
+        process_cpu_seconds: crate::process::cpu_seconds(),
         clusters,
     })
 }

@@ -298,3 +298,88 @@ async fn the_daemon_reports_its_own_memory_cpu_and_files() {
     value("rabbitwatch_heap_free_bytes");
     drop(daemon);
 }
+
+/// Prometheus asks for gzip. The answer must be one gzip member (a decoder that stops after the first
+/// member still reads all of it) holding exactly the series a client without gzip gets, and a scrape
+/// after the next cycle must show that cycle's values, not the kept ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_scrape_holds_exactly_the_series_of_a_plain_one() {
+    use std::io::Read;
+    let vhost = TestVhost::create().await;
+    let daemon = Daemon::start(&config_for(vhost.name(), free_port(), &Tuning::default())).await;
+    let _publisher = publish_at_rate(&vhost.amqp_url(), "gzip.q", 20).await;
+    let raw = reqwest::Client::builder()
+        .no_gzip()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client without automatic decompression");
+    let url = format!("{}/metrics", daemon.base_url());
+    let scrape = async |gzip: bool| -> Result<(Option<String>, String), String> {
+        let mut request = raw.get(&url);
+        if gzip {
+            request = request.header("accept-encoding", "gzip");
+        }
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        let encoding = response
+            .headers()
+            .get("content-encoding")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = response.bytes().await.map_err(|e| e.to_string())?;
+        let text = if encoding.is_some() {
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(&body[..])
+                .read_to_string(&mut text)
+                .map_err(|e| format!("gzip body: {e}"))?;
+            text
+        } else {
+            String::from_utf8(body.to_vec()).map_err(|e| e.to_string())?
+        };
+        Ok((encoding, text))
+    };
+    let depth = |text: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("rabbitwatch_queue_messages{") && l.contains("queue=\"gzip.q\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    let first = eventually(
+        Duration::from_secs(30),
+        "the queue's depth in a gzip scrape",
+        async || {
+            let (_, text) = scrape(true).await?;
+            depth(&text)
+                .filter(|d| *d > 0.0)
+                .ok_or_else(|| "no backlog yet".to_string())
+        },
+    )
+    .await;
+    let series = |text: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(_) => l.to_string(),
+                None => l.rsplit_once(' ').map_or(l, |(s, _)| s).to_string(),
+            })
+            .collect()
+    };
+    let (encoding, gzipped) = scrape(true).await.expect("gzip scrape");
+    assert_eq!(encoding.as_deref(), Some("gzip"));
+    let (encoding, plain) = scrape(false).await.expect("plain scrape");
+    assert_eq!(encoding, None);
+    assert_eq!(series(&gzipped), series(&plain));
+    // The publisher keeps the backlog growing: later cycles must show larger depths through gzip too.
+    eventually(
+        Duration::from_secs(30),
+        "a deeper queue in a later gzip scrape",
+        async || {
+            let (_, text) = scrape(true).await?;
+            match depth(&text) {
+                Some(d) if d > first => Ok(()),
+                d => Err(format!("depth {d:?}, first seen {first}")),
+            }
+        },
+    )
+    .await;
+    drop(daemon);
+}
