@@ -99,3 +99,161 @@ async fn rates_of_quorum_and_classic_queues_fed_through_both_nodes_match_the_cli
         t.stop().await;
     }
 }
+
+/// Runs `scripts/rabbitmq4 ARGS` (stop-node/start-node) and fails the test if it fails.
+fn rabbitmq4(args: &[&str]) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rabbitmq4");
+    let out = std::process::Command::new(&script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "scripts/rabbitmq4 {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Node rabbit4b stops mid-run and comes back. A daemon reading the cluster through rabbit4b's API
+/// fails its cycles while it is gone (`rabbitwatch_up 0`, /readyz says why) and keeps the queue it was
+/// watching rather than reporting it vanished; a daemon reading through rabbit4a carries on and sees
+/// the node down. Once rabbit4b is back, neither reports a negative or spiked rate for the queue (on
+/// rabbit4a, traffic going on throughout). Ignored in the shared passes because it stops a node of the
+/// shared cluster: `scripts/test` runs it alone after the RabbitMQ 4.0 pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stops a node of the shared RabbitMQ 4.0 cluster: scripts/test runs it alone"]
+async fn a_node_stopped_mid_run_fails_the_cycles_through_it_and_after_it_returns_no_rate_spikes() {
+    if !on_rabbitmq4() {
+        eprintln!(
+            "skipped: needs the two-node RabbitMQ 4.0 cluster (RABBITWATCH_TEST_BROKER=rabbitmq4)"
+        );
+        return;
+    }
+    let vhost = TestVhost::create().await;
+    let via_a = vhost.amqp_url();
+    let queue = "classic.on-a";
+    let tuning = Tuning {
+        poll_interval: "1s",
+        window: "20s",
+        ..Tuning::default()
+    };
+    let clusters = [
+        crate::util::cluster_yaml(
+            "via-a",
+            crate::util::management_url(),
+            vhost.name(),
+            &tuning,
+        ),
+        crate::util::cluster_yaml("via-b", "http://127.0.0.1:15674", vhost.name(), &tuning),
+    ];
+    let daemon = Daemon::start(&crate::util::config_with_clusters(
+        free_port(),
+        &tuning,
+        &clusters,
+    ))
+    .await;
+    let publisher = publish_at_rate(&via_a, queue, 20).await;
+    let consumer = consume_at_rate(&via_a, queue, 20).await;
+    let labels = |cluster| {
+        [
+            ("cluster", cluster),
+            ("vhost", vhost.name()),
+            ("queue", queue),
+        ]
+    };
+    let steady = async |what: &str| {
+        eventually(Duration::from_secs(60), what, async || {
+            let metrics = daemon.metrics().await?;
+            let mut wrong = Vec::new();
+            for cluster in ["via-a", "via-b"] {
+                let p = find(&metrics, "rabbitwatch_queue_publish_rate", &labels(cluster));
+                let up = find(&metrics, "rabbitwatch_up", &[("cluster", cluster)]);
+                if up != Some(1.0) || !p.is_some_and(|p| near(p, 20.0, 0.15)) {
+                    wrong.push(format!("{cluster}: up={up:?} publish_rate={p:?}"));
+                }
+            }
+            if wrong.is_empty() {
+                Ok(())
+            } else {
+                Err(wrong.join("; "))
+            }
+        })
+        .await
+    };
+    steady("both daemons' views up with publish_rate 20/s ±15%").await;
+
+    rabbitmq4(&["stop-node", "rabbit4b"]);
+    // Whatever happens next, the node comes back for the tests after this one.
+    let node_back = StartsNodeOnDrop("rabbit4b");
+    eventually(
+        Duration::from_secs(30),
+        "via-b down (up 0, /readyz 503 naming it) with its queue kept; via-a up, rabbit4b not running",
+        async || {
+            let metrics = daemon.metrics().await?;
+            let up_b = find(&metrics, "rabbitwatch_up", &[("cluster", "via-b")]);
+            let up_a = find(&metrics, "rabbitwatch_up", &[("cluster", "via-a")]);
+            let kept = find(&metrics, "rabbitwatch_queue_messages", &labels("via-b"));
+            let node_b = find(
+                &metrics,
+                "rabbitwatch_node_running",
+                &[("cluster", "via-a"), ("node", "rabbit4b@localhost")],
+            );
+            let (status, ready) = daemon.get_json("/readyz").await?;
+            let named = ready["checks"].as_array().is_some_and(|checks| {
+                checks.iter().any(|c| c["name"] == "cluster:via-b" && c["ok"] == false)
+            });
+            (up_b == Some(0.0) && up_a == Some(1.0) && kept.is_some() && node_b == Some(0.0) && status == 503 && named)
+                .then_some(())
+                .ok_or(format!(
+                    "via-b up={up_b:?} queue kept={kept:?}; via-a up={up_a:?} rabbit4b running={node_b:?}; /readyz {status} {ready}"
+                ))
+        },
+    )
+    .await;
+    drop(node_back);
+
+    steady("both views back, publish_rate 20/s ±15%").await;
+    crate::util::always_for(
+        Duration::from_secs(10),
+        "no negative or spiked rate after the node returned",
+        async || {
+            let metrics = daemon.metrics().await?;
+            for cluster in ["via-a", "via-b"] {
+                for family in [
+                    "rabbitwatch_queue_publish_rate",
+                    "rabbitwatch_queue_consume_rate",
+                ] {
+                    if let Some(rate) = find(&metrics, family, &labels(cluster))
+                        && !(0.0..=30.0).contains(&rate)
+                    {
+                        return Err(format!("{cluster} {family} = {rate}"));
+                    }
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+    publisher.stop().await;
+    consumer.stop().await;
+}
+
+/// Starts node `.0` of scripts/rabbitmq4's cluster again when dropped, also while a failed assertion
+/// unwinds.
+struct StartsNodeOnDrop(&'static str);
+
+impl Drop for StartsNodeOnDrop {
+    fn drop(&mut self) {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rabbitmq4");
+        match std::process::Command::new(&script)
+            .args(["start-node", self.0])
+            .status()
+        {
+            Ok(status) if status.success() => {}
+            other => eprintln!(
+                "warning: scripts/rabbitmq4 start-node {}: {other:?}",
+                self.0
+            ),
+        }
+    }
+}
