@@ -209,58 +209,59 @@ const CLUSTER_QUEUE_FAMILIES: &[ClusterCount] = &[
     ),
 ];
 
-type NodeGauge = (&'static str, &'static str, fn(&NodeSample) -> f64);
+/// A node figure the broker did not list (`None`) has no sample: unknown is never zero.
+type NodeGauge = (&'static str, &'static str, fn(&NodeSample) -> Option<f64>);
 
 const NODE_FAMILIES: &[NodeGauge] = &[
     (
         "rabbitwatch_node_running",
         "1 if the node is running.",
-        |n| f64::from(u8::from(n.running)),
+        |n| Some(f64::from(u8::from(n.running))),
     ),
     (
         "rabbitwatch_node_mem_used_bytes",
         "Memory used by the node.",
-        |n| n.mem_used as f64,
+        |n| n.mem_used.map(|v| v as f64),
     ),
     (
         "rabbitwatch_node_mem_limit_bytes",
         "Memory high watermark of the node.",
-        |n| n.mem_limit as f64,
+        |n| n.mem_limit.map(|v| v as f64),
     ),
     (
         "rabbitwatch_node_mem_alarm",
         "1 while the memory alarm blocks publishers.",
-        |n| f64::from(u8::from(n.mem_alarm)),
+        |n| n.mem_alarm.map(|a| f64::from(u8::from(a))),
     ),
     (
         "rabbitwatch_node_disk_free_bytes",
         "Free disk space on the node.",
-        |n| n.disk_free as f64,
+        |n| n.disk_free.map(|v| v as f64),
     ),
     (
         "rabbitwatch_node_disk_free_limit_bytes",
         "Free disk space below which the disk alarm fires.",
-        |n| n.disk_free_limit as f64,
+        |n| n.disk_free_limit.map(|v| v as f64),
     ),
     (
         "rabbitwatch_node_disk_alarm",
         "1 while the disk alarm blocks publishers.",
-        |n| f64::from(u8::from(n.disk_alarm)),
+        |n| n.disk_alarm.map(|a| f64::from(u8::from(a))),
     ),
     (
         "rabbitwatch_node_fd_used",
         "File descriptors in use.",
-        |n| n.fd_used as f64,
+        |n| n.fd_used.map(|v| v as f64),
     ),
     (
         "rabbitwatch_node_fd_limit",
         "File descriptors available.",
-        |n| n.fd_total as f64,
+        |n| n.fd_total.map(|v| v as f64),
     ),
     (
         "rabbitwatch_node_partitions",
         "Nodes this node sees as partitioned away.",
-        |n| n.partitions as f64,
+        |n| n.partitions.map(|v| v as f64),
     ),
 ];
 
@@ -492,8 +493,9 @@ fn head(clusters: &[Arc<ClusterView>], fresh: &[&ClusterView], extras: &Extras<'
         o.family(name, "gauge", help);
         for c in fresh {
             for n in c.nodes.iter() {
+                let Some(v) = value(n) else { continue };
                 let l = format!("{},{}", label("cluster", &c.name), label("node", &n.name));
-                o.sample(name, &l, value(n));
+                o.sample(name, &l, v);
             }
         }
     }

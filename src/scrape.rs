@@ -203,23 +203,23 @@ struct NodeDto {
     #[serde(default)]
     running: bool,
     #[serde(default)]
-    mem_used: u64,
+    mem_used: Option<u64>,
     #[serde(default)]
-    mem_limit: u64,
+    mem_limit: Option<u64>,
     #[serde(default)]
-    mem_alarm: bool,
+    mem_alarm: Option<bool>,
     #[serde(default)]
-    disk_free: u64,
+    disk_free: Option<u64>,
     #[serde(default)]
-    disk_free_limit: u64,
+    disk_free_limit: Option<u64>,
     #[serde(default)]
-    disk_free_alarm: bool,
+    disk_free_alarm: Option<bool>,
     #[serde(default)]
-    fd_used: u64,
+    fd_used: Option<u64>,
     #[serde(default)]
-    fd_total: u64,
+    fd_total: Option<u64>,
     #[serde(default)]
-    partitions: Vec<serde::de::IgnoredAny>,
+    partitions: Option<Vec<serde::de::IgnoredAny>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1013,7 +1013,7 @@ fn node_sample(n: NodeDto) -> NodeSample {
         disk_alarm: n.disk_free_alarm,
         fd_used: n.fd_used,
         fd_total: n.fd_total,
-        partitions: n.partitions.len() as u64,
+        partitions: n.partitions.map(|p| p.len() as u64),
     }
 }
 
@@ -1263,8 +1263,26 @@ mod tests {
         .unwrap();
         assert_eq!(nodes.len(), 2);
         assert!(nodes[0].running && !nodes[1].running);
-        assert_eq!((nodes[0].mem_used, nodes[0].partitions), (5, 1));
+        assert_eq!((nodes[0].mem_used, nodes[0].partitions), (Some(5), Some(1)));
         assert!(decode_nodes(br#"[{"running":true}]"#).is_err());
+    }
+
+    #[test]
+    fn a_node_listed_without_figures_has_them_unknown_not_zero() {
+        // RabbitMQ 4.0.5 with `deprecated_features.permit.management_metrics_collection = false`
+        // (seen here): /api/nodes lists name, type, running and being_drained, nothing else.
+        let nodes = decode_nodes(
+            br#"[{"name":"rabbit4a@localhost","type":"disc","running":true,"being_drained":false}]"#,
+        )
+        .unwrap();
+        let n = &nodes[0];
+        assert!(n.running);
+        assert_eq!(
+            (n.mem_used, n.mem_limit, n.disk_free, n.disk_free_limit),
+            (None, None, None, None)
+        );
+        assert_eq!((n.mem_alarm, n.disk_alarm), (None, None));
+        assert_eq!((n.fd_used, n.fd_total, n.partitions), (None, None, None));
     }
 
     #[test]

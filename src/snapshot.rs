@@ -57,19 +57,23 @@ pub struct QueueSample {
     pub stats_pending: bool,
 }
 
+/// One node as the management API lists it. Every figure but `running` is `None` when the broker did
+/// not say: RabbitMQ 4.0 with `management_metrics_collection` denied (and 3.x with
+/// `management_agent.disable_metrics_collector`) lists only name, type and running. Unknown is
+/// never zero, and an alarm nobody reported is not "no alarm".
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeSample {
     pub name: String,
     pub running: bool,
-    pub mem_used: u64,
-    pub mem_limit: u64,
-    pub mem_alarm: bool,
-    pub disk_free: u64,
-    pub disk_free_limit: u64,
-    pub disk_alarm: bool,
-    pub fd_used: u64,
-    pub fd_total: u64,
-    pub partitions: u64,
+    pub mem_used: Option<u64>,
+    pub mem_limit: Option<u64>,
+    pub mem_alarm: Option<bool>,
+    pub disk_free: Option<u64>,
+    pub disk_free_limit: Option<u64>,
+    pub disk_alarm: Option<bool>,
+    pub fd_used: Option<u64>,
+    pub fd_total: Option<u64>,
+    pub partitions: Option<u64>,
 }
 
 /// Everything one successful scrape of a cluster produced.

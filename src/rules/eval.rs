@@ -88,11 +88,12 @@ impl Env for NodeEnv<'_> {
     fn get(&self, f: FieldId) -> Option<Value<'_>> {
         use field::node as n;
         let s = self.n;
-        let num = |v: u64| Some(Value::Num(v as f64));
+        // A figure the broker did not list is unknown (None), never zero.
+        let num = |v: Option<u64>| v.map(|v| Value::Num(v as f64));
         match f {
             n::RUNNING => Some(Value::Bool(s.running)),
-            n::MEM_ALARM => Some(Value::Bool(s.mem_alarm)),
-            n::DISK_ALARM => Some(Value::Bool(s.disk_alarm)),
+            n::MEM_ALARM => s.mem_alarm.map(Value::Bool),
+            n::DISK_ALARM => s.disk_alarm.map(Value::Bool),
             n::MEM_USED => num(s.mem_used),
             n::MEM_LIMIT => num(s.mem_limit),
             n::DISK_FREE => num(s.disk_free),
@@ -225,13 +226,16 @@ pub fn evaluate(rules: &RuleSet, view: &ClusterView, now: Timestamp) -> Evaluati
                     if let Some(holds) = verdict(rules, i, &env) {
                         let labels =
                             labels(rules, i, &[("cluster", &view.name), ("node", &n.name)]);
-                        let values = BTreeMap::from([
-                            ("mem_used".to_string(), n.mem_used as f64),
-                            ("mem_limit".to_string(), n.mem_limit as f64),
-                            ("disk_free".to_string(), n.disk_free as f64),
-                            ("disk_free_limit".to_string(), n.disk_free_limit as f64),
-                            ("partitions".to_string(), n.partitions as f64),
-                        ]);
+                        let values: BTreeMap<String, f64> = [
+                            ("mem_used", n.mem_used),
+                            ("mem_limit", n.mem_limit),
+                            ("disk_free", n.disk_free),
+                            ("disk_free_limit", n.disk_free_limit),
+                            ("partitions", n.partitions),
+                        ]
+                        .into_iter()
+                        .filter_map(|(k, v)| Some((k.to_string(), v? as f64)))
+                        .collect();
                         eval.outcomes
                             .push(outcome(rules, i, &env, labels, holds, values));
                     }
@@ -540,15 +544,15 @@ mod tests {
                 nodes: vec![crate::snapshot::NodeSample {
                     name: "rabbit@a".into(),
                     running: true,
-                    mem_used: 1,
-                    mem_limit: 2,
-                    mem_alarm: false,
-                    disk_free: 3,
-                    disk_free_limit: 4,
-                    disk_alarm: false,
-                    fd_used: 5,
-                    fd_total: 6,
-                    partitions: 0,
+                    mem_used: Some(1),
+                    mem_limit: Some(2),
+                    mem_alarm: Some(false),
+                    disk_free: Some(3),
+                    disk_free_limit: Some(4),
+                    disk_alarm: Some(false),
+                    fd_used: Some(5),
+                    fd_total: Some(6),
+                    partitions: Some(0),
                 }],
                 ..Snapshot::default()
             };
