@@ -904,6 +904,41 @@ mod tests {
     }
 
     #[test]
+    fn node_figures_the_broker_did_not_list_have_no_series() {
+        // RabbitMQ 4.0 without management metrics collection lists only whether a node runs.
+        let mut v = view(true, Some(100_000));
+        v.nodes = Arc::new(vec![NodeSample {
+            name: "rabbit4a@localhost".into(),
+            running: true,
+            mem_used: None,
+            mem_limit: None,
+            mem_alarm: None,
+            disk_free: None,
+            disk_free_limit: None,
+            disk_alarm: None,
+            fd_used: None,
+            fd_total: Some(20_000),
+            partitions: None,
+        }]);
+        let text = render(&[Arc::new(v)], Timestamp(105_000));
+        let l = r#"{cluster="local",node="rabbit4a@localhost"}"#;
+        assert!(text.contains(&format!("rabbitwatch_node_running{l} 1\n")));
+        assert!(text.contains(&format!("rabbitwatch_node_fd_limit{l} 20000\n")));
+        for absent in [
+            "mem_used_bytes",
+            "mem_alarm",
+            "disk_free_bytes",
+            "disk_alarm",
+            "fd_used",
+        ] {
+            assert!(
+                !text.contains(&format!("rabbitwatch_node_{absent}{{")),
+                "{absent}: {text}"
+            );
+        }
+    }
+
+    #[test]
     fn each_family_is_one_contiguous_block_across_clusters_and_pieces() {
         let queue = |labels: &str| {
             let mut q = Arc::into_inner(view(true, None).queues).unwrap().remove(0);
