@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::util::{
     CLUSTER, Daemon, TestVhost, Tuning, config_for, consume_at_rate, eventually, find, free_port,
-    on_rabbitmq4, publish_at_rate,
+    near, on_rabbitmq4, publish_at_rate,
 };
 
 /// Node rabbit4b's AMQP address (rabbit4a's is the suite's `amqp_addr()`).
@@ -22,10 +22,6 @@ fn skipped_without_cluster4() -> bool {
         );
     }
     !on_rabbitmq4()
-}
-
-fn near(observed: f64, expected: f64, tolerance: f64) -> bool {
-    (observed - expected).abs() <= expected * tolerance
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

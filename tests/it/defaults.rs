@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::util::{
     CLUSTER, Daemon, TestVhost, Tuning, always_for, cluster_yaml, config_for, config_with_clusters,
-    consume_at_rate, delete_queue, eventually, find, free_port, publish_at_rate, publish_n,
+    consume_at_rate, delete_queue, eventually, find, free_port, near, publish_at_rate, publish_n,
     requeue_at_rate, run_cli,
 };
 use crate::util_faults::{Fault, FaultyApi, On};
@@ -31,11 +31,6 @@ fn queue_labels<'a>(vhost: &'a TestVhost, queue: &'a str) -> [(&'static str, &'a
         ("vhost", vhost.name()),
         ("queue", queue),
     ]
-}
-
-/// Whether `observed` is within `tolerance` (a fraction) of `expected`.
-fn near(observed: f64, expected: f64, tolerance: f64) -> bool {
-    (observed - expected).abs() <= expected * tolerance
 }
 
 /// The alerting half of a config: `rules.yaml`, one webhook receiver `hook` at `HOOK` taking every

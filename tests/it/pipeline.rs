@@ -11,8 +11,8 @@ use std::time::Duration;
 use crate::util::{
     CLUSTER, Daemon, Sample, TestVhost, Tuning, always_for, cluster_yaml, config_for,
     config_with_clusters, consume_at_rate, declare_queues, delete_queue, eventually, find,
-    free_port, has_labels, hold_unacked, management_url, parse_metrics, publish_at_rate, publish_n,
-    queue_status, run_cli,
+    free_port, has_labels, hold_unacked, management_url, near, parse_metrics, publish_at_rate,
+    publish_n, queue_status, run_cli,
 };
 
 /// The labels of `queue`'s series on the cluster `config_for` names.
@@ -22,11 +22,6 @@ fn queue_labels<'a>(vhost: &'a TestVhost, queue: &'a str) -> [(&'static str, &'a
         ("vhost", vhost.name()),
         ("queue", queue),
     ]
-}
-
-/// Whether `observed` is within `tolerance` (a fraction) of `expected`.
-fn near(observed: f64, expected: f64, tolerance: f64) -> bool {
-    (observed - expected).abs() <= expected * tolerance
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

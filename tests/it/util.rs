@@ -1036,6 +1036,11 @@ fn is_label_name(name: &str) -> bool {
 }
 
 /// The value of the first sample called `name` whose labels include all of `labels`.
+/// Whether `observed` is within `tolerance` (a fraction) of `expected`.
+pub fn near(observed: f64, expected: f64, tolerance: f64) -> bool {
+    (observed - expected).abs() <= expected * tolerance
+}
+
 pub fn find(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     samples
         .iter()
