@@ -23,6 +23,7 @@ use crate::receivers::{
     SlackReceiver, WebhookReceiver,
 };
 use crate::scrape::{ScrapeReason, Scraper};
+use crate::snapshot::Source;
 use crate::store::Store;
 use crate::view::{ClusterHandle, CycleEvent, Tracker};
 
@@ -636,8 +637,30 @@ fn log_cycle_event(event: CycleEvent) {
         CycleEvent::Reachable { queues, version } => {
             info!(queues, version = %version, "cluster reachable")
         }
-        CycleEvent::DepthOnly => warn!(
+        CycleEvent::DepthOnly {
+            source: Source::Management,
+        } => warn!(
             "broker keeps no message statistics (disable_stats or rates_mode none): depth-only analysis, rates unknown"
+        ),
+        CycleEvent::DepthOnly {
+            source: Source::Prometheus,
+        } => warn!(
+            "the Prometheus plugin lists no per-queue message counters (RabbitMQ 3.x): depth-only analysis, rates unknown; source: management gives rates"
+        ),
+        CycleEvent::Source {
+            source,
+            reason: None,
+        } => info!(
+            source = source.as_str(),
+            "reading queue figures from this source"
+        ),
+        CycleEvent::Source {
+            source,
+            reason: Some(reason),
+        } => warn!(
+            source = source.as_str(),
+            reason = %reason,
+            "source auto: reading the management API instead of the Prometheus plugin"
         ),
         CycleEvent::Truncated { watched, dropped } => warn!(
             watched,

@@ -24,7 +24,9 @@ use crate::receivers::{
 };
 use crate::rules::RuleSet;
 use crate::scale::{RawScalerConfig, ScalerConfig};
-pub use crate::scrape::{ClusterConfig, DEFAULT_MAX_RESPONSE_SIZE, NameFilter, TlsConfig};
+pub use crate::scrape::{
+    ClusterConfig, DEFAULT_MAX_RESPONSE_SIZE, NameFilter, SourceChoice, TlsConfig,
+};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9488";
 /// `route.group_by` when the top-level route sets none: one message per rule and vhost, however
@@ -264,8 +266,17 @@ struct RawCluster {
     max_queues: Option<Spanned<usize>>,
     max_response_size: Option<S>,
     cycle_timeout: Option<S>,
+    source: Option<S>,
+    prometheus: Option<Spanned<RawPrometheus>>,
     #[serde(default)]
     probe: Vec<RawProbeConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrometheus {
+    #[serde(default)]
+    urls: Vec<S>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -973,7 +984,49 @@ impl Validator<'_> {
                 ),
             );
         }
+        let source = match rc.source.as_ref().map(|s| (s, self.string(s))) {
+            None => SourceChoice::Auto,
+            Some((_, v)) if v == "auto" => SourceChoice::Auto,
+            Some((_, v)) if v == "management" => SourceChoice::Management,
+            Some((_, v)) if v == "prometheus" => SourceChoice::Prometheus,
+            Some((at, other)) => {
+                self.error_at(
+                    at,
+                    format!(
+                        "source: unknown value {other:?}; expected auto, management or prometheus"
+                    ),
+                );
+                SourceChoice::Auto
+            }
+        };
+        let mut prometheus_urls = Vec::new();
+        for u in rc.prometheus.iter().flat_map(|p| &p.value.urls) {
+            let text = self.string(u);
+            match reqwest::Url::parse(text.trim_end_matches('/')) {
+                Ok(url) if !url.username().is_empty() || url.password().is_some() => self.error_at(
+                    u,
+                    "prometheus.urls must not contain credentials (the cluster's username and password are sent)",
+                ),
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                    prometheus_urls.push(url)
+                }
+                Ok(_) | Err(_) => self.error_at(
+                    u,
+                    format!("prometheus.urls: {text:?} is not an http(s) URL of a node's rabbitmq_prometheus listener, e.g. http://10.0.0.1:15692"),
+                ),
+            }
+        }
+        if let Some(p) = &rc.prometheus
+            && p.value.urls.is_empty()
+        {
+            self.error_at(
+                p,
+                "prometheus.urls is empty; leave prometheus out to read each node's host on port 15692",
+            );
+        }
         ClusterConfig {
+            source,
+            prometheus_urls,
             max_response_size,
             cycle_timeout,
             name,
@@ -1337,6 +1390,49 @@ mod tests {
         let errs = errors(&format!("{MINIMAL}    max_response_size: 12 parsecs\n"));
         assert!(
             errs[0].contains("max_response_size") && errs[0].contains(":6:"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn source_defaults_to_auto_and_its_mistakes_are_located_together() {
+        let c = parse_str(MINIMAL).unwrap();
+        assert_eq!(c.clusters[0].source, SourceChoice::Auto);
+        assert!(c.clusters[0].prometheus_urls.is_empty());
+        let c = parse_str(&format!(
+            "{MINIMAL}    source: prometheus\n    prometheus: {{ urls: [http://10.0.0.1:15692, http://10.0.0.2:15692/] }}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.clusters[0].source, SourceChoice::Prometheus);
+        let urls: Vec<&str> = c.clusters[0]
+            .prometheus_urls
+            .iter()
+            .map(|u| u.as_str())
+            .collect();
+        assert_eq!(urls, ["http://10.0.0.1:15692/", "http://10.0.0.2:15692/"]);
+
+        let errs = errors(&format!(
+            "{MINIMAL}    source: plugin\n    prometheus: {{ urls: [ftp://x, 'http://u:p@h:15692'] }}\n"
+        ));
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(
+            errs[0].contains(":6:") && errs[0].contains("expected auto, management or prometheus"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].contains(":7:") && errs[1].contains("\"ftp://x\""),
+            "{errs:?}"
+        );
+        assert!(
+            errs[2].contains(":7:") && errs[2].contains("credentials"),
+            "{errs:?}"
+        );
+        let errs = errors(&format!(
+            "{MINIMAL}    prometheus: {{ url: http://h:15692 }}\n"
+        ));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(":6:") && e.contains("unknown field `url`")),
             "{errs:?}"
         );
     }

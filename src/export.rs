@@ -14,7 +14,7 @@ use crate::domain::{Histogram, StatsMode, Timestamp};
 use crate::engine::{Published, ReloadStatus, ScalerStatus};
 use crate::outbox::Stats;
 use crate::probe::Probe;
-use crate::snapshot::NodeSample;
+use crate::snapshot::{NodeSample, Source};
 use crate::view::{ClusterView, QueueView, escape_label_value};
 
 mod gzip;
@@ -478,6 +478,22 @@ fn head(clusters: &[Arc<ClusterView>], fresh: &[&ClusterView], extras: &Extras<'
                     "rabbitwatch_cluster_stats_mode",
                     &format!("{l},{}", label("mode", m.as_str())),
                     f64::from(u8::from(c.stats_mode == m)),
+                );
+            }
+        }
+    }
+    o.family(
+        "rabbitwatch_cluster_source",
+        "gauge",
+        "1 for the source the queue figures are read from (management, or prometheus: the rabbitmq_prometheus plugin).",
+    );
+    for (c, l) in clusters.iter().zip(&cl) {
+        if c.last_success.is_some() {
+            for src in Source::ALL {
+                o.sample(
+                    "rabbitwatch_cluster_source",
+                    &format!("{l},{}", label("source", src.as_str())),
+                    f64::from(u8::from(c.source == src)),
                 );
             }
         }

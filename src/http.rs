@@ -308,6 +308,10 @@ struct ClusterStatus {
     up: bool,
     rabbitmq_version: String,
     stats_mode: &'static str,
+    /// Where the queue figures come from: `management` or `prometheus`.
+    source: &'static str,
+    /// Why `source: auto` reads the management API rather than the Prometheus plugin.
+    source_reason: Option<String>,
     last_success: Option<f64>,
     last_error: Option<LastError>,
     scrape_duration_seconds: Option<f64>,
@@ -416,6 +420,8 @@ async fn status(State(st): State<HttpState>) -> Json<StatusBody> {
             up: v.up,
             rabbitmq_version: v.rabbitmq_version.clone(),
             stats_mode: v.stats_mode.as_str(),
+            source: v.source.as_str(),
+            source_reason: v.source_reason.clone(),
             last_success: v.last_success.map(Timestamp::as_secs_f64),
             last_error: v.last_error.clone(),
             scrape_duration_seconds: v.scrape_duration,

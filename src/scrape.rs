@@ -12,6 +12,9 @@ use regex::Regex;
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+pub mod prometheus;
+pub mod promtext;
+
 use crate::domain::{QueueKey, StatsMode, Timestamp};
 use crate::snapshot::{
     Binding, Counters, DeadLettering, Destination, Exchange, ExchangeKind, Exchanges, NodeSample,
@@ -41,6 +44,22 @@ pub struct ClusterConfig {
     /// scrape (`timeout`): a hung request must not stall the loop. Default: 3 × `poll_interval` +
     /// `watchdog.grace` (what `/healthz` tolerates), at least `timeout`.
     pub cycle_timeout: Duration,
+    /// Where queue figures are read (DESIGN.md §5 "Sources").
+    pub source: SourceChoice,
+    /// Each node's `rabbitmq_prometheus` listener; empty: every listed node's host, port 15692
+    /// (15691 when `url` is https).
+    pub prometheus_urls: Vec<reqwest::Url>,
+}
+
+/// The `source` setting of a cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SourceChoice {
+    /// The Prometheus plugin on RabbitMQ 4.0+ when every node's endpoint answers, else the
+    /// management API; re-tried every `AUTO_RETRY_CYCLES` cycles while on the management API.
+    #[default]
+    Auto,
+    Management,
+    Prometheus,
 }
 
 /// `max_response_size` default: a columns-limited `/api/queues` of 100k+ queues fits with room.
@@ -123,6 +142,10 @@ pub enum ScrapeError {
         "the poll cycle did not finish within cycle_timeout ({limit:?}); cut off (raise cycle_timeout if the broker is only slow)"
     )]
     CycleDeadline { limit: Duration },
+    /// The Prometheus plugin's endpoints do not add up to the cluster: a node unread, read twice,
+    /// or an endpoint of another cluster.
+    #[error("prometheus source: {detail}")]
+    Source { detail: String },
 }
 
 /// Why a start-up access check failed.
@@ -151,6 +174,8 @@ pub enum ScrapeReason {
     Decode,
     TooLarge,
     Client,
+    /// The prometheus source's endpoints do not cover the cluster's nodes one to one.
+    Source,
 }
 
 impl ScrapeReason {
@@ -164,6 +189,7 @@ impl ScrapeReason {
             ScrapeReason::Decode => "decode",
             ScrapeReason::TooLarge => "too_large",
             ScrapeReason::Client => "client",
+            ScrapeReason::Source => "source",
         }
     }
 }
@@ -181,6 +207,7 @@ impl ScrapeError {
             ScrapeError::Decode { .. } => ScrapeReason::Decode,
             ScrapeError::TooLarge { .. } => ScrapeReason::TooLarge,
             ScrapeError::Client(_) => ScrapeReason::Client,
+            ScrapeError::Source { .. } => ScrapeReason::Source,
         }
     }
 }
@@ -346,6 +373,85 @@ impl<'de> Deserialize<'de> for PolicyDefinitionDto {
     }
 }
 
+/// `/api/policies`, as far as dead-lettering goes, for listings that do not say which policy
+/// applies to a queue (`disable_stats=true`, as the prometheus source lists queues). RabbitMQ
+/// applies one policy to a queue: of those of its vhost whose `pattern` matches its name and whose
+/// `apply-to` covers it (`all`, `queues`, or its type's), the one of highest priority.
+#[derive(Debug, Default)]
+pub struct Policies {
+    /// Highest priority first (ties keep the broker's listing order).
+    rules: Vec<PolicyRule>,
+    /// Policies whose pattern this reader cannot compile (an Erlang regex beyond Rust's): queues
+    /// they may apply to could be missing a dead-letter exchange.
+    pub unreadable: Vec<String>,
+}
+
+#[derive(Debug)]
+struct PolicyRule {
+    vhost: String,
+    pattern: Regex,
+    apply_to: String,
+    priority: i64,
+    dead_letter_exchange: Option<String>,
+    dead_letter_routing_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PolicyDto {
+    vhost: String,
+    name: String,
+    pattern: String,
+    #[serde(rename = "apply-to", default)]
+    apply_to: String,
+    #[serde(default)]
+    priority: i64,
+    #[serde(default)]
+    definition: PolicyDefinitionDto,
+}
+
+impl Policies {
+    pub fn decode(bytes: &[u8]) -> Result<Policies, serde_json::Error> {
+        let dtos: Vec<PolicyDto> = serde_json::from_slice(bytes)?;
+        let mut out = Policies::default();
+        for p in dtos {
+            match Regex::new(&p.pattern) {
+                Ok(pattern) => out.rules.push(PolicyRule {
+                    vhost: p.vhost,
+                    pattern,
+                    apply_to: p.apply_to,
+                    priority: p.priority,
+                    dead_letter_exchange: p.definition.dead_letter_exchange,
+                    dead_letter_routing_key: p.definition.dead_letter_routing_key,
+                }),
+                Err(_) => out
+                    .unreadable
+                    .push(format!("{} (vhost {})", p.name, p.vhost)),
+            }
+        }
+        out.rules.sort_by_key(|r| std::cmp::Reverse(r.priority));
+        Ok(out)
+    }
+
+    /// The dead-letter part of the policy RabbitMQ applies to the queue.
+    pub fn effective(&self, vhost: &str, name: &str, kind: &str) -> PolicyDefinitionDto {
+        let applies = |r: &PolicyRule| match r.apply_to.as_str() {
+            "all" | "queues" => true,
+            "classic_queues" => kind == "classic",
+            "quorum_queues" => kind == "quorum",
+            "streams" => kind == "stream",
+            _ => false,
+        };
+        self.rules
+            .iter()
+            .find(|r| r.vhost == vhost && applies(r) && r.pattern.is_match(name))
+            .map(|r| PolicyDefinitionDto {
+                dead_letter_exchange: r.dead_letter_exchange.clone(),
+                dead_letter_routing_key: r.dead_letter_routing_key.clone(),
+            })
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub struct MessageStatsDto {
     #[serde(default)]
@@ -435,6 +541,11 @@ pub struct QueueCollector<'f> {
     samples: Vec<QueueSample>,
     pending: usize,
     dead_letterings: Vec<DeadLettering>,
+    /// For listings without `effective_policy_definition`: the policies to work it out from.
+    policies: Option<&'f Policies>,
+    /// With `indexing_every_queue`: every listed queue's `prometheus::queue_key`, with the index
+    /// of its sample when it is watched.
+    index: Option<foldhash::HashMap<Box<str>, Option<usize>>>,
 }
 
 impl<'f> QueueCollector<'f> {
@@ -448,7 +559,21 @@ impl<'f> QueueCollector<'f> {
             samples: Vec::new(),
             pending: 0,
             dead_letterings: Vec::new(),
+            policies: None,
+            index: None,
         }
+    }
+
+    /// Keeps an index of every listed queue, watched or not (`finish_indexed`).
+    pub fn indexing_every_queue(mut self) -> Self {
+        self.index = Some(Default::default());
+        self
+    }
+
+    /// Works out each queue's policy from `policies` when the listing does not say it.
+    pub fn with_policies(mut self, policies: &'f Policies) -> Self {
+        self.policies = Some(policies);
+        self
     }
 
     /// Decodes one response body (a page or an unpaged array) into samples; returns the page count
@@ -482,8 +607,30 @@ impl<'f> QueueCollector<'f> {
         (self.samples, self.dead_letterings)
     }
 
+    /// With `indexing_every_queue`: also the index of every listed queue (else empty).
+    #[allow(clippy::type_complexity)]
+    pub fn finish_indexed(
+        self,
+    ) -> (
+        Vec<QueueSample>,
+        Vec<DeadLettering>,
+        foldhash::HashMap<Box<str>, Option<usize>>,
+    ) {
+        (
+            self.samples,
+            self.dead_letterings,
+            self.index.unwrap_or_default(),
+        )
+    }
+
     fn push(&mut self, mut q: QueueDto<'_>) {
         // Before the filters: a queue nobody watches can dead-letter into one that is watched.
+        if q.effective_policy_definition.is_none()
+            && let Some(p) = self.policies
+        {
+            let kind = q.kind.unwrap_or("classic");
+            q.effective_policy_definition = Some(p.effective(&q.vhost, &q.name, kind));
+        }
         let (args, policy) = (q.arguments.as_mut(), q.effective_policy_definition.as_mut());
         // RabbitMQ lets a queue's argument win over its policy, the exchange and the key separately.
         let exchange = args
@@ -504,9 +651,14 @@ impl<'f> QueueCollector<'f> {
                 routing_key: routing_key.map(Into::into),
             });
         }
-        if self.vhost_filter.is_some_and(|f| !f.matches(&q.vhost))
-            || self.queue_filter.is_some_and(|f| !f.matches(&q.name))
-        {
+        let watched = !(self.vhost_filter.is_some_and(|f| !f.matches(&q.vhost))
+            || self.queue_filter.is_some_and(|f| !f.matches(&q.name)));
+        if let Some(index) = &mut self.index {
+            let mut key = String::new();
+            prometheus::queue_key(&mut key, &q.vhost, &q.name);
+            index.insert(key.into(), watched.then_some(self.samples.len()));
+        }
+        if !watched {
             return;
         }
         let vhost = intern(&mut self.vhosts, &q.vhost);
@@ -641,7 +793,59 @@ pub struct Scraper {
     /// The last dead-letter topology read, reused while the queues' dead-letter settings stay the
     /// same, for up to `TOPOLOGY_REFRESH_CYCLES` cycles.
     topology: std::sync::Mutex<Option<TopologyCache>>,
+    /// `source: auto`: what it decided, and why.
+    auto: std::sync::Mutex<AutoState>,
+    /// The prometheus source's queue list (names, types, dead-letter settings), read again when the
+    /// queues the nodes list differ from it, or after `TOPOLOGY_REFRESH_CYCLES` cycles.
+    /// With the cycles it has been reused.
+    listing: std::sync::Mutex<Option<(Arc<ListingCache>, u64)>>,
 }
+
+/// While `source: auto` reads the management API, the Prometheus plugin is tried again after this
+/// many cycles (5 minutes at the default 10 s poll), so enabling the plugin needs no restart.
+pub const AUTO_RETRY_CYCLES: u64 = 30;
+
+#[derive(Debug, Default)]
+struct AutoState {
+    /// `None` until the first cycle that could decide.
+    active: Option<crate::snapshot::Source>,
+    reason: Option<String>,
+    /// Cycles on the management API since the plugin was last tried.
+    since_try: u64,
+}
+
+/// Why a prometheus-source cycle failed, as far as `source: auto` cares.
+enum PromError {
+    /// The management API (overview, nodes, queue list) failed: the cycle fails, whatever the source.
+    Management(ScrapeError),
+    /// A node's endpoint failed, or the endpoints do not cover the cluster.
+    Endpoint(ScrapeError),
+    /// The broker's plugin lists no per-queue counters (RabbitMQ 3.x): `auto` prefers the API.
+    NoCounters(String),
+}
+
+impl PromError {
+    fn into_scrape(self) -> ScrapeError {
+        match self {
+            PromError::Management(e) | PromError::Endpoint(e) => e,
+            PromError::NoCounters(detail) => ScrapeError::Source { detail },
+        }
+    }
+}
+
+/// The queues as `/api/queues?disable_stats=true` lists them, with their figures pending: what
+/// the prometheus source fills in from the nodes' figures.
+struct ListingCache {
+    samples: Vec<QueueSample>,
+    /// Every listed queue's `prometheus::queue_key`, watched or not; `Some(i)`: `samples[i]`.
+    index: foldhash::HashMap<Box<str>, Option<usize>>,
+    dead_letterings: Vec<DeadLettering>,
+    /// Policies whose patterns could not be read, when there are some.
+    policy_problem: Option<String>,
+}
+
+/// The queue list the prometheus source reads: no statistics, so the broker only lists names.
+const LISTING_QUERY: &str = "disable_stats=true&columns=name,vhost,type,durable,arguments";
 
 struct TopologyCache {
     /// The (vhost, exchange) pairs queues dead-lettered into when it was read.
@@ -687,6 +891,8 @@ impl Scraper {
             http,
             cfg,
             topology: std::sync::Mutex::new(None),
+            auto: std::sync::Mutex::new(AutoState::default()),
+            listing: std::sync::Mutex::new(None),
         })
     }
 
@@ -699,7 +905,23 @@ impl Scraper {
     }
 
     async fn get(&self, path: &str) -> Result<Vec<u8>, ScrapeError> {
-        let url = self.url(path);
+        let mut body = Vec::new();
+        self.fetch(self.url(path), &mut |chunk| {
+            body.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
+        Ok(body)
+    }
+
+    /// GETs `url`, handing the body to `sink` chunk by chunk as it arrives (decompressed); a
+    /// `sink` error is a decode error. Bodies of error answers are read (200 bytes of them
+    /// reported), never given to `sink`.
+    async fn fetch(
+        &self,
+        url: String,
+        sink: &mut (dyn FnMut(&[u8]) -> Result<(), String> + Send),
+    ) -> Result<(), ScrapeError> {
         let classify = |e: reqwest::Error| {
             if timed_out(&e) {
                 ScrapeError::Timeout {
@@ -739,20 +961,29 @@ impl Scraper {
             return Err(ScrapeError::TooLarge { url, limit });
         }
         let mut resp = resp;
-        let mut body = Vec::new();
+        let mut read = 0u64;
+        let mut error_body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(classify)? {
-            if (body.len() + chunk.len()) as u64 > limit {
+            read += chunk.len() as u64;
+            if read > limit {
                 return Err(ScrapeError::TooLarge { url, limit });
             }
-            body.extend_from_slice(&chunk);
+            if (200..=299).contains(&status) {
+                sink(&chunk).map_err(|detail| ScrapeError::Decode {
+                    url: url.clone(),
+                    detail,
+                })?;
+            } else if error_body.len() < 200 {
+                error_body.extend_from_slice(&chunk[..chunk.len().min(200 - error_body.len())]);
+            }
         }
         match status {
-            200..=299 => Ok(body),
+            200..=299 => Ok(()),
             401 | 403 => Err(ScrapeError::Auth { url, status }),
             _ => Err(ScrapeError::Http {
                 url,
                 status,
-                body: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+                body: String::from_utf8_lossy(&error_body).into_owned(),
             }),
         }
     }
@@ -790,11 +1021,66 @@ impl Scraper {
         Ok(tags)
     }
 
-    /// One full scrape: overview (stats mode), nodes, then every watched queue, page by page.
+    /// One full scrape from the configured `source`; either a whole snapshot or an error.
     pub async fn scrape(
         &self,
         now: impl Fn() -> Timestamp,
         progress: &(dyn Fn() + Sync),
+    ) -> Result<Snapshot, ScrapeError> {
+        use crate::snapshot::Source;
+        match self.cfg.source {
+            SourceChoice::Management => self.scrape_management(&now, progress, None).await,
+            SourceChoice::Prometheus => self
+                .scrape_prometheus(&now, progress, false)
+                .await
+                .map_err(PromError::into_scrape),
+            SourceChoice::Auto => {
+                let (try_plugin, chosen, reason) = {
+                    let mut st = self.auto.lock().unwrap_or_else(|p| p.into_inner());
+                    let try_plugin = st.active != Some(Source::Management)
+                        || st.since_try + 1 >= AUTO_RETRY_CYCLES;
+                    if !try_plugin {
+                        st.since_try += 1;
+                    }
+                    (try_plugin, st.active, st.reason.clone())
+                };
+                if !try_plugin {
+                    return self.scrape_management(&now, progress, reason).await;
+                }
+                let reason = match self.scrape_prometheus(&now, progress, true).await {
+                    Ok(snap) => {
+                        *self.auto.lock().unwrap_or_else(|p| p.into_inner()) = AutoState {
+                            active: Some(Source::Prometheus),
+                            reason: None,
+                            since_try: 0,
+                        };
+                        return Ok(snap);
+                    }
+                    Err(PromError::Management(e)) => return Err(e),
+                    // Once chosen, a node that fails fails the cycle, as a failed page does: its
+                    // queues must not look gone, nor its counters reset, by reading another source.
+                    Err(PromError::Endpoint(e)) if chosen == Some(Source::Prometheus) => {
+                        return Err(e);
+                    }
+                    Err(PromError::Endpoint(e)) => e.to_string(),
+                    Err(PromError::NoCounters(why)) => why,
+                };
+                *self.auto.lock().unwrap_or_else(|p| p.into_inner()) = AutoState {
+                    active: Some(Source::Management),
+                    reason: Some(reason.clone()),
+                    since_try: 0,
+                };
+                self.scrape_management(&now, progress, Some(reason)).await
+            }
+        }
+    }
+
+    /// The management source: overview (stats mode), nodes, then every watched queue, page by page.
+    async fn scrape_management(
+        &self,
+        now: &impl Fn() -> Timestamp,
+        progress: &(dyn Fn() + Sync),
+        source_reason: Option<String>,
     ) -> Result<Snapshot, ScrapeError> {
         let (rabbitmq_version, stats_mode) =
             self.get_decoded("/api/overview", decode_overview).await?;
@@ -804,27 +1090,8 @@ impl Scraper {
             .await?;
         progress();
         let mut collector = QueueCollector::new(&self.cfg.vhosts, &self.cfg.queues, stats_mode);
-        if self.cfg.vhosts.is_match_all() {
-            self.scrape_queues("/api/queues", &mut collector, progress)
-                .await?;
-        } else {
-            let entries: Vec<VhostEntry> = self.get_json("/api/vhosts?columns=name").await?;
-            let vhosts = named_vhosts(&entries).map_err(|detail| ScrapeError::Decode {
-                url: self.url("/api/vhosts?columns=name"),
-                detail,
-            })?;
-            for vhost in vhosts.into_iter().filter(|v| self.cfg.vhosts.matches(v)) {
-                let path = format!(
-                    "/api/queues/{}",
-                    utf8_percent_encode(vhost, NON_ALPHANUMERIC)
-                );
-                match self.scrape_queues(&path, &mut collector, progress).await {
-                    // Deleted since the list was made: it has no queues, which is the truth.
-                    Err(ScrapeError::Http { status: 404, .. }) => {}
-                    result => result?,
-                }
-            }
-        }
+        let query = format!("columns={QUEUE_COLUMNS}");
+        self.list_queues(&query, &mut collector, progress).await?;
         let stats_pending = collector.stats_pending();
         let (mut queues, dead_letterings) = collector.finish_with_dead_letterings();
         let truncated = keep_largest(&mut queues, self.cfg.max_queues);
@@ -836,6 +1103,8 @@ impl Scraper {
         Ok(Snapshot {
             taken_at: now(),
             stats_mode,
+            source: crate::snapshot::Source::Management,
+            source_reason,
             rabbitmq_version,
             nodes,
             queues,
@@ -845,6 +1114,284 @@ impl Scraper {
             exchanges,
             topology_error,
         })
+    }
+
+    /// Every watched vhost's queues with `query` (`columns=…` and the like): in one request when
+    /// every vhost is watched, else vhost by vhost.
+    async fn list_queues(
+        &self,
+        query: &str,
+        collector: &mut QueueCollector<'_>,
+        progress: &(dyn Fn() + Sync),
+    ) -> Result<(), ScrapeError> {
+        if self.cfg.vhosts.is_match_all() {
+            return self
+                .scrape_queues("/api/queues", query, collector, progress)
+                .await;
+        }
+        let entries: Vec<VhostEntry> = self.get_json("/api/vhosts?columns=name").await?;
+        let vhosts = named_vhosts(&entries).map_err(|detail| ScrapeError::Decode {
+            url: self.url("/api/vhosts?columns=name"),
+            detail,
+        })?;
+        for vhost in vhosts.into_iter().filter(|v| self.cfg.vhosts.matches(v)) {
+            let path = format!(
+                "/api/queues/{}",
+                utf8_percent_encode(vhost, NON_ALPHANUMERIC)
+            );
+            match self.scrape_queues(&path, query, collector, progress).await {
+                // Deleted since the list was made: it has no queues, which is the truth.
+                Err(ScrapeError::Http { status: 404, .. }) => {}
+                result => result?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The prometheus source: overview and nodes from the management API, every node's
+    /// `/metrics/detailed` at once, summed per queue (`prometheus::NodeReading`), laid over the
+    /// queue list (`ListingCache`). `auto`: a plugin without per-queue counters is refused
+    /// (`NoCounters`) rather than read depth-only.
+    async fn scrape_prometheus(
+        &self,
+        now: &impl Fn() -> Timestamp,
+        progress: &(dyn Fn() + Sync),
+        auto: bool,
+    ) -> Result<Snapshot, PromError> {
+        use prometheus::{NodeReading, Sums, queue_key};
+        let (rabbitmq_version, _) = self
+            .get_decoded("/api/overview", decode_overview)
+            .await
+            .map_err(PromError::Management)?;
+        progress();
+        let major: u32 = rabbitmq_version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        if auto && major < 4 {
+            return Err(PromError::NoCounters(format!(
+                "RabbitMQ {rabbitmq_version}: its Prometheus plugin lists no per-queue message counters (RabbitMQ 4.0 and later do), so the management API gives rates"
+            )));
+        }
+        let nodes = self
+            .get_decoded(&format!("/api/nodes?columns={NODE_COLUMNS}"), decode_nodes)
+            .await
+            .map_err(PromError::Management)?;
+        progress();
+        let source_error = |detail: String| PromError::Endpoint(ScrapeError::Source { detail });
+        let urls: Vec<reqwest::Url> = if self.cfg.prometheus_urls.is_empty() {
+            nodes
+                .iter()
+                .map(|n| {
+                    prometheus::default_url(&self.cfg.url, &n.name).ok_or_else(|| {
+                        source_error(format!(
+                            "node {:?} has no host in its name; set prometheus.urls",
+                            n.name
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        } else {
+            self.cfg.prometheus_urls.clone()
+        };
+        let readings = futures_util::future::join_all(urls.iter().map(|u| self.read_node(u))).await;
+        progress();
+        let mut merged = NodeReading::default();
+        let mut read_nodes: Vec<(String, &reqwest::Url)> = Vec::new();
+        for (url, reading) in urls.iter().zip(readings) {
+            let reading = reading.map_err(PromError::Endpoint)?;
+            let Some(node) = reading.node.clone() else {
+                return Err(source_error(format!(
+                    "{url} does not say which node it is (no rabbitmq_identity_info): is it a rabbitmq_prometheus listener?"
+                )));
+            };
+            if !nodes.iter().any(|n| n.name == node) {
+                return Err(source_error(format!(
+                    "{url} is node {node}, not a node of this cluster ({})",
+                    nodes
+                        .iter()
+                        .map(|n| n.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            if let Some((_, other)) = read_nodes.iter().find(|(n, _)| *n == node) {
+                return Err(source_error(format!(
+                    "{other} and {url} are both node {node}"
+                )));
+            }
+            read_nodes.push((node, url));
+            if read_nodes.len() == 1 {
+                merged = reading;
+            } else {
+                merged.merge(reading);
+            }
+        }
+        if let Some(n) = nodes
+            .iter()
+            .find(|n| n.running && !read_nodes.iter().any(|(r, _)| *r == n.name))
+        {
+            return Err(source_error(format!(
+                "running node {} is not read: add its listener to prometheus.urls",
+                n.name
+            )));
+        }
+        let stats_mode = if !read_nodes.is_empty() && merged.lists_counters() {
+            StatsMode::Full
+        } else {
+            StatsMode::DepthOnly
+        };
+        if auto && stats_mode == StatsMode::DepthOnly {
+            return Err(PromError::NoCounters(format!(
+                "the Prometheus plugin of RabbitMQ {rabbitmq_version} lists no per-queue message counters"
+            )));
+        }
+        let listing = self
+            .queue_listing(&merged.queues, progress)
+            .await
+            .map_err(PromError::Management)?;
+        let mut key = String::new();
+        let mut queues = Vec::with_capacity(listing.samples.len());
+        let mut stats_pending = 0;
+        for template in &listing.samples {
+            queue_key(&mut key, &template.key.vhost, &template.key.name);
+            let sums = merged.queues.get(key.as_str());
+            let mut q = template.clone();
+            match sums {
+                Some(s) if s.has_depth() => {
+                    q.messages_ready = s.ready.unwrap_or(0);
+                    q.messages_unacked = s.unacked.unwrap_or(0);
+                    q.messages = s
+                        .messages
+                        .unwrap_or(q.messages_ready.saturating_add(q.messages_unacked));
+                    q.consumers = s.consumers.unwrap_or(0);
+                    q.stats_pending = false;
+                }
+                // Listed, and no node has its figures yet (a node starting): not known, not empty.
+                _ => {
+                    q.stats_pending = true;
+                    stats_pending += 1;
+                }
+            }
+            q.counters = match stats_mode {
+                // No counter rows on any node: no traffic through any node yet.
+                StatsMode::Full => Some(sums.map_or_else(Default::default, |s: &Sums| s.counters)),
+                StatsMode::DepthOnly => None,
+            };
+            queues.push(q);
+        }
+        let truncated = keep_largest(&mut queues, self.cfg.max_queues);
+        let (exchanges, topology_error) = match self
+            .dead_letter_exchanges(&listing.dead_letterings, progress)
+            .await
+        {
+            Ok(x) => (Some(x), listing.policy_problem.clone()),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        Ok(Snapshot {
+            taken_at: now(),
+            stats_mode,
+            source: crate::snapshot::Source::Prometheus,
+            source_reason: None,
+            rabbitmq_version,
+            nodes,
+            queues,
+            truncated,
+            stats_pending,
+            dead_letterings: listing.dead_letterings.clone(),
+            exchanges,
+            topology_error,
+        })
+    }
+
+    /// One node's queue figures, parsed as they stream in.
+    async fn read_node(&self, base: &reqwest::Url) -> Result<prometheus::NodeReading, ScrapeError> {
+        let url = format!(
+            "{}{}",
+            base.as_str().trim_end_matches('/'),
+            prometheus::DETAILED_PATH
+        );
+        let mut parser = promtext::Parser::new();
+        let mut reading = prometheus::NodeReading::default();
+        self.fetch(url.clone(), &mut |chunk| {
+            parser
+                .feed(chunk, |line| reading.add(line))
+                .map_err(|e| e.to_string())
+        })
+        .await?;
+        parser
+            .finish(|line| reading.add(line))
+            .map_err(|e| ScrapeError::Decode {
+                url,
+                detail: e.to_string(),
+            })?;
+        Ok(reading)
+    }
+
+    /// The prometheus source's queue list: the cached one while it agrees with the queues the
+    /// nodes list, else read again (`/api/queues?disable_stats=true`, and `/api/policies` for
+    /// the dead-letter settings a policy gives). Also read again every `TOPOLOGY_REFRESH_CYCLES`
+    /// cycles, so a changed policy shows.
+    async fn queue_listing(
+        &self,
+        listed: &prometheus::QueueSums,
+        progress: &(dyn Fn() + Sync),
+    ) -> Result<Arc<ListingCache>, ScrapeError> {
+        let cached = self
+            .listing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some((c, reused)) = cached
+            && reused + 1 < TOPOLOGY_REFRESH_CYCLES
+            && self.listing_agrees(&c, listed)
+        {
+            *self.listing.lock().unwrap_or_else(|p| p.into_inner()) = Some((c.clone(), reused + 1));
+            return Ok(c);
+        }
+        let policies = self.get_decoded("/api/policies", Policies::decode).await?;
+        progress();
+        let mut collector =
+            QueueCollector::new(&self.cfg.vhosts, &self.cfg.queues, StatsMode::Full)
+                .with_policies(&policies)
+                .indexing_every_queue();
+        self.list_queues(LISTING_QUERY, &mut collector, progress)
+            .await?;
+        let (samples, dead_letterings, index) = collector.finish_indexed();
+        let c = Arc::new(ListingCache {
+            samples,
+            index,
+            dead_letterings,
+            policy_problem: (!policies.unreadable.is_empty()).then(|| {
+                format!(
+                    "policies with patterns this reader cannot compile, whose dead-letter settings are not known: {}",
+                    policies.unreadable.join(", ")
+                )
+            }),
+        });
+        *self.listing.lock().unwrap_or_else(|p| p.into_inner()) = Some((c.clone(), 0));
+        Ok(c)
+    }
+
+    /// True when every watched queue of `c` has figures in `listed` and every queue in `listed`
+    /// is in `c`: nothing created, deleted or pending since `c` was read.
+    fn listing_agrees(&self, c: &ListingCache, listed: &prometheus::QueueSums) -> bool {
+        // Queues of vhosts not watched are not listed (the listing goes vhost by vhost then).
+        let watched_vhost = |k: &str| {
+            self.cfg.vhosts.is_match_all()
+                || self
+                    .cfg
+                    .vhosts
+                    .matches(k.split_once('\0').map_or(k, |(v, _)| v))
+        };
+        let all_known = listed
+            .keys()
+            .all(|k| c.index.contains_key(k) || !watched_vhost(k));
+        all_known
+            && c.index
+                .iter()
+                .all(|(k, i)| i.is_none() || listed.get(k).is_some_and(prometheus::Sums::has_depth))
     }
 
     /// The exchanges the listed queues dead-letter into, with their bindings, following
@@ -945,16 +1492,17 @@ impl Scraper {
     async fn scrape_queues(
         &self,
         base: &str,
+        query: &str,
         collector: &mut QueueCollector<'_>,
         progress: &(dyn Fn() + Sync),
     ) -> Result<(), ScrapeError> {
         let mut page = 1u32;
         loop {
             let path = if self.cfg.page_size == 0 {
-                format!("{base}?columns={QUEUE_COLUMNS}")
+                format!("{base}?{query}")
             } else {
                 format!(
-                    "{base}?page={page}&page_size={}&columns={QUEUE_COLUMNS}",
+                    "{base}?page={page}&page_size={}&{query}",
                     self.cfg.page_size
                 )
             };
@@ -1050,6 +1598,47 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_policy_rabbitmq_applies_is_the_matching_one_of_highest_priority() {
+        let policies = Policies::decode(
+            br#"[
+              {"vhost":"shop","name":"low","pattern":"^orders","apply-to":"queues","priority":0,
+               "definition":{"dead-letter-exchange":"low.dlx"}},
+              {"vhost":"shop","name":"high","pattern":"^orders\\.eu","apply-to":"all","priority":5,
+               "definition":{"message-ttl":1000}},
+              {"vhost":"shop","name":"quorum-only","pattern":".*","apply-to":"quorum_queues","priority":9,
+               "definition":{"dead-letter-exchange":"qq.dlx","dead-letter-routing-key":"dead"}},
+              {"vhost":"shop","name":"exchanges","pattern":".*","apply-to":"exchanges","priority":99,
+               "definition":{"dead-letter-exchange":"never"}},
+              {"vhost":"other","name":"elsewhere","pattern":".*","apply-to":"queues","priority":50,
+               "definition":{"dead-letter-exchange":"other.dlx"}},
+              {"vhost":"shop","name":"erlang-only","pattern":"(?<=x)y","apply-to":"queues","priority":1,
+               "definition":{}}
+            ]"#,
+        )
+        .unwrap();
+        let dlx = |vhost, name, kind| {
+            let d = policies.effective(vhost, name, kind);
+            (d.dead_letter_exchange, d.dead_letter_routing_key)
+        };
+        assert_eq!(
+            dlx("shop", "orders.us", "classic"),
+            (Some("low.dlx".into()), None)
+        );
+        // One policy applies: the higher one has no dead-letter exchange, so the queue has none.
+        assert_eq!(dlx("shop", "orders.eu", "classic"), (None, None));
+        assert_eq!(
+            dlx("shop", "orders.us", "quorum"),
+            (Some("qq.dlx".into()), Some("dead".into()))
+        );
+        assert_eq!(dlx("shop", "payments", "classic"), (None, None));
+        assert_eq!(
+            dlx("other", "x", "stream"),
+            (Some("other.dlx".into()), None)
+        );
+        assert_eq!(policies.unreadable, ["erlang-only (vhost shop)"]);
+    }
 
     #[test]
     fn a_vhost_deleted_while_listed_is_skipped_not_a_failed_cycle() {

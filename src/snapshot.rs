@@ -76,11 +76,38 @@ pub struct NodeSample {
     pub partitions: Option<u64>,
 }
 
+/// Where a scrape read the queues' figures (config `source`, DESIGN.md §5 "Sources").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The management API's `/api/queues`.
+    #[default]
+    Management,
+    /// Every node's `rabbitmq_prometheus` `/metrics/detailed`, summed per queue.
+    Prometheus,
+}
+
+impl Source {
+    pub const ALL: [Source; 2] = [Source::Management, Source::Prometheus];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Management => "management",
+            Source::Prometheus => "prometheus",
+        }
+    }
+}
+
 /// Everything one successful scrape of a cluster produced.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub taken_at: Timestamp,
     pub stats_mode: StatsMode,
+    /// The source this scrape read.
+    pub source: Source,
+    /// Why `source: auto` reads the management API rather than the Prometheus plugin; `None` when
+    /// the source is the one configured or preferred.
+    pub source_reason: Option<String>,
     pub rabbitmq_version: String,
     pub nodes: Vec<NodeSample>,
     pub queues: Vec<QueueSample>,

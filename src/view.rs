@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::analysis::{self, Activity, Latest, Params, QueueHealth};
 use crate::domain::{QueueKey, StatsMode, Timestamp};
 use crate::scrape::{ScrapeError, ScrapeReason};
-use crate::snapshot::{NodeSample, ProbeSample, QueueSample, Snapshot, Window};
+use crate::snapshot::{NodeSample, ProbeSample, QueueSample, Snapshot, Source, Window};
 
 #[derive(Debug)]
 pub struct QueueView {
@@ -45,6 +45,10 @@ pub struct ClusterView {
     pub last_error: Option<LastError>,
     pub scrape_duration: Option<f64>,
     pub stats_mode: StatsMode,
+    /// The source the last successful scrape read.
+    pub source: Source,
+    /// Why `source: auto` reads the management API (see `Snapshot::source_reason`).
+    pub source_reason: Option<String>,
     pub rabbitmq_version: String,
     pub nodes: Arc<Vec<NodeSample>>,
     pub queues: Arc<Vec<QueueView>>,
@@ -72,6 +76,8 @@ impl ClusterView {
             last_error: None,
             scrape_duration: None,
             stats_mode: StatsMode::Full,
+            source: Source::Management,
+            source_reason: None,
             rabbitmq_version: String::new(),
             nodes: Arc::default(),
             queues: Arc::default(),
@@ -97,8 +103,15 @@ impl ClusterView {
 pub enum CycleEvent {
     /// The cluster answered, for the first time or after failing.
     Reachable { queues: usize, version: String },
-    /// The broker keeps no message statistics (now, or since the first scrape): rates are unknown.
-    DepthOnly,
+    /// The broker keeps no message statistics (now, or since the first scrape), or its Prometheus
+    /// plugin lists no per-queue counters (`source`): rates are unknown.
+    DepthOnly { source: Source },
+    /// The scrape reads another source than before, or, at the first scrape, the Prometheus plugin
+    /// or the management API for a reason (`source: auto` falling back).
+    Source {
+        source: Source,
+        reason: Option<String>,
+    },
     /// More queues than `max_queues`: the largest backlogs are watched.
     Truncated { watched: usize, dropped: usize },
     /// The broker started listing queues without statistics.
@@ -358,7 +371,20 @@ impl Tracker {
                 if snap.stats_mode == StatsMode::DepthOnly
                     && (prev.stats_mode != StatsMode::DepthOnly || prev.last_success.is_none())
                 {
-                    events.push(CycleEvent::DepthOnly);
+                    events.push(CycleEvent::DepthOnly {
+                        source: snap.source,
+                    });
+                }
+                let source_changed = if prev.last_success.is_none() {
+                    snap.source != Source::Management || snap.source_reason.is_some()
+                } else {
+                    snap.source != prev.source || snap.source_reason != prev.source_reason
+                };
+                if source_changed {
+                    events.push(CycleEvent::Source {
+                        source: snap.source,
+                        reason: snap.source_reason.clone(),
+                    });
                 }
                 if snap.truncated > 0 {
                     events.push(CycleEvent::Truncated {
@@ -398,6 +424,8 @@ impl Tracker {
                     last_error: None,
                     scrape_duration: Some(elapsed.as_secs_f64()),
                     stats_mode: snap.stats_mode,
+                    source: snap.source,
+                    source_reason: snap.source_reason,
                     rabbitmq_version: snap.rabbitmq_version,
                     nodes: Arc::new(snap.nodes),
                     queues: Arc::new(queues),
@@ -590,6 +618,8 @@ mod tests {
         Snapshot {
             taken_at: Timestamp(at_s * 1000),
             stats_mode: StatsMode::Full,
+            source: Default::default(),
+            source_reason: None,
             rabbitmq_version: "3.10.8".into(),
             nodes: Vec::new(),
             queues: queues(names),
@@ -677,6 +707,43 @@ mod tests {
                 skipped: 2
             }]
         );
+
+        // 7. the source changes (source: auto falling back, then the plugin read): said each time
+        let via = |at, source, reason: Option<&str>| Snapshot {
+            source,
+            source_reason: reason.map(String::from),
+            ..snapshot(at, &[("a", 9)])
+        };
+        let why = Some("RabbitMQ 3.10.8: no per-queue counters");
+        let (v9, ev) = t.next_view(
+            &v8,
+            Ok(via(90, Source::Management, why)),
+            fast,
+            Timestamp(90_000),
+        );
+        assert_eq!(
+            ev,
+            [CycleEvent::Source {
+                source: Source::Management,
+                reason: why.map(String::from)
+            }]
+        );
+        assert_eq!(v9.source_reason.as_deref(), why);
+        let (v10, ev) = t.next_view(
+            &v9,
+            Ok(via(100, Source::Management, why)),
+            fast,
+            Timestamp(100_000),
+        );
+        assert_eq!(kinds(&ev), Vec::<String>::new(), "said once");
+        let (v11, ev) = t.next_view(
+            &v10,
+            Ok(via(110, Source::Prometheus, None)),
+            fast,
+            Timestamp(110_000),
+        );
+        assert_eq!(kinds(&ev), ["Source"]);
+        assert_eq!((v11.source, v11.source_reason), (Source::Prometheus, None));
     }
 
     #[test]

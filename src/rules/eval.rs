@@ -534,6 +534,8 @@ mod tests {
             let snap = Snapshot {
                 taken_at: at,
                 stats_mode: StatsMode::Full,
+                source: Default::default(),
+                source_reason: None,
                 queues: vec![sample(i)],
                 dead_letterings: vec![DeadLettering {
                     queue: key("orders"),

@@ -19,6 +19,7 @@ mod rules_export;
 mod scaling;
 mod secrets;
 mod sharding;
+mod sources;
 mod startup;
 mod storm;
 mod tls;
