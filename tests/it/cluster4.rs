@@ -121,12 +121,14 @@ fn rabbitmq4(args: &[&str]) {
     );
 }
 
-/// Node rabbit4b stops mid-run and comes back. A daemon reading the cluster through rabbit4b's API
-/// fails its cycles while it is gone (`rabbitwatch_up 0`, /readyz says why) and keeps the queue it was
-/// watching rather than reporting it vanished; a daemon reading through rabbit4a carries on and sees
-/// the node down. Once rabbit4b is back, neither reports a negative or spiked rate for the queue (on
-/// rabbit4a, traffic going on throughout). Ignored in the shared passes because it stops a node of the
-/// shared cluster: `scripts/test` runs it alone after the RabbitMQ 4.0 pass.
+/// Node rabbit4b stops mid-run and comes back. Three views of the cluster: the management source
+/// through rabbit4a's API (`via-a`) and through rabbit4b's (`via-b`), and the prometheus source
+/// (`plugin`: both nodes' plugins). `via-b` and `plugin` fail their cycles while the node is gone
+/// (`rabbitwatch_up 0`, /readyz says why) and keep the queue they were watching rather than
+/// reporting it vanished; `via-a` carries on and sees the node down. Once rabbit4b is back, none
+/// reports a negative or spiked rate for the queue (on rabbit4a, traffic going on throughout).
+/// Ignored in the shared passes because it stops a node of the shared cluster: `scripts/test` runs it
+/// alone after the RabbitMQ 4.0 pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "stops a node of the shared RabbitMQ 4.0 cluster: scripts/test runs it alone"]
 async fn a_node_stopped_mid_run_fails_the_cycles_through_it_and_after_it_returns_no_rate_spikes() {
@@ -141,15 +143,22 @@ async fn a_node_stopped_mid_run_fails_the_cycles_through_it_and_after_it_returns
         window: "20s",
         ..Tuning::default()
     };
+    let management = |name, url| {
+        let yaml = crate::util::cluster_yaml(name, url, vhost.name(), &tuning);
+        format!("{yaml}    source: management\n")
+    };
     let clusters = [
+        management("via-a", crate::util::management_url()),
+        management("via-b", "http://127.0.0.1:15674"),
+        // auto, told both plugins' URLs by cluster_yaml: the prometheus source.
         crate::util::cluster_yaml(
-            "via-a",
+            "plugin",
             crate::util::management_url(),
             vhost.name(),
             &tuning,
         ),
-        crate::util::cluster_yaml("via-b", "http://127.0.0.1:15674", vhost.name(), &tuning),
     ];
+    const VIEWS: [&str; 3] = ["via-a", "via-b", "plugin"];
     let daemon = Daemon::start(&crate::util::config_with_clusters(
         free_port(),
         &tuning,
@@ -169,7 +178,7 @@ async fn a_node_stopped_mid_run_fails_the_cycles_through_it_and_after_it_returns
         eventually(Duration::from_secs(60), what, async || {
             let metrics = daemon.metrics().await?;
             let mut wrong = Vec::new();
-            for cluster in ["via-a", "via-b"] {
+            for cluster in VIEWS {
                 let p = find(&metrics, "rabbitwatch_queue_publish_rate", &labels(cluster));
                 let up = find(&metrics, "rabbitwatch_up", &[("cluster", cluster)]);
                 if up != Some(1.0) || !p.is_some_and(|p| near(p, 20.0, 0.15)) {
@@ -184,45 +193,64 @@ async fn a_node_stopped_mid_run_fails_the_cycles_through_it_and_after_it_returns
         })
         .await
     };
-    steady("both daemons' views up with publish_rate 20/s ±15%").await;
+    steady("the three views up with publish_rate 20/s ±15%").await;
+    let (_, status) = daemon.get_json("/api/v1/status").await.expect("status");
+    let sources: Vec<String> = VIEWS
+        .iter()
+        .map(|v| {
+            let c = status["clusters"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["name"] == *v));
+            format!("{v}:{}", c.map_or("?".into(), |c| c["source"].to_string()))
+        })
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            "via-a:\"management\"",
+            "via-b:\"management\"",
+            "plugin:\"prometheus\""
+        ]
+    );
 
     rabbitmq4(&["stop-node", "rabbit4b"]);
     // Whatever happens next, the node comes back for the tests after this one.
     let node_back = StartsNodeOnDrop("rabbit4b");
     eventually(
         Duration::from_secs(30),
-        "via-b down (up 0, /readyz 503 naming it) with its queue kept; via-a up, rabbit4b not running",
+        "via-b and plugin down (up 0, /readyz 503 naming each) with their queue kept; via-a up, rabbit4b not running",
         async || {
             let metrics = daemon.metrics().await?;
-            let up_b = find(&metrics, "rabbitwatch_up", &[("cluster", "via-b")]);
-            let up_a = find(&metrics, "rabbitwatch_up", &[("cluster", "via-a")]);
-            let kept = find(&metrics, "rabbitwatch_queue_messages", &labels("via-b"));
+            let up = |c| find(&metrics, "rabbitwatch_up", &[("cluster", c)]);
+            let kept = |c| find(&metrics, "rabbitwatch_queue_messages", &labels(c));
             let node_b = find(
                 &metrics,
                 "rabbitwatch_node_running",
                 &[("cluster", "via-a"), ("node", "rabbit4b@localhost")],
             );
             let (status, ready) = daemon.get_json("/readyz").await?;
-            let named = ready["checks"].as_array().is_some_and(|checks| {
-                checks.iter().any(|c| c["name"] == "cluster:via-b" && c["ok"] == false)
+            let named = |c: &str| ready["checks"].as_array().is_some_and(|checks| {
+                checks.iter().any(|x| x["name"] == format!("cluster:{c}") && x["ok"] == false)
             });
-            (up_b == Some(0.0) && up_a == Some(1.0) && kept.is_some() && node_b == Some(0.0) && status == 503 && named)
+            let down = |c| up(c) == Some(0.0) && kept(c).is_some() && named(c);
+            (down("via-b") && down("plugin") && up("via-a") == Some(1.0) && node_b == Some(0.0) && status == 503)
                 .then_some(())
                 .ok_or(format!(
-                    "via-b up={up_b:?} queue kept={kept:?}; via-a up={up_a:?} rabbit4b running={node_b:?}; /readyz {status} {ready}"
+                    "via-b up={:?} kept={:?}; plugin up={:?} kept={:?}; via-a up={:?} rabbit4b running={node_b:?}; /readyz {status} {ready}",
+                    up("via-b"), kept("via-b"), up("plugin"), kept("plugin"), up("via-a")
                 ))
         },
     )
     .await;
     drop(node_back);
 
-    steady("both views back, publish_rate 20/s ±15%").await;
+    steady("the three views back, publish_rate 20/s ±15%").await;
     crate::util::always_for(
         Duration::from_secs(10),
         "no negative or spiked rate after the node returned",
         async || {
             let metrics = daemon.metrics().await?;
-            for cluster in ["via-a", "via-b"] {
+            for cluster in VIEWS {
                 for family in [
                     "rabbitwatch_queue_publish_rate",
                     "rabbitwatch_queue_consume_rate",

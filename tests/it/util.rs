@@ -632,11 +632,22 @@ pub fn config_with_clusters(port: u16, tuning: &Tuning, clusters: &[String]) -> 
 pub fn cluster_yaml(name: &str, url: &str, vhost: &str, tuning: &Tuning) -> String {
     // Single-quoted YAML: the escaped regex is full of backslashes, which double quotes would interpret.
     let include = format!("^{}$", regex::escape(vhost)).replace('\'', "''");
+    // In the RabbitMQ 4.0 pass, a cluster read straight from the broker (not through a test's
+    // proxy) is told where both nodes' Prometheus plugins listen, so `source: auto` reads them: the
+    // 3.10 pass covers the management source, the 4.0 pass the prometheus source.
+    let plugin = if on_rabbitmq4() && RABBITMQ4_MANAGEMENT_URLS.contains(&url) {
+        "    prometheus: { urls: [http://127.0.0.1:15694, http://127.0.0.1:15695] }\n"
+    } else {
+        ""
+    };
     format!(
-        "  - name: {name}\n    url: {url}\n    username: {USERNAME}\n    password: {PASSWORD}\n    poll_interval: {}\n    timeout: 5s\n    page_size: {}\n    vhosts: {{ include: '{include}' }}\n",
+        "  - name: {name}\n    url: {url}\n    username: {USERNAME}\n    password: {PASSWORD}\n    poll_interval: {}\n    timeout: 5s\n    page_size: {}\n    vhosts: {{ include: '{include}' }}\n{plugin}",
         tuning.poll_interval, tuning.page_size
     )
 }
+
+/// The management APIs of scripts/rabbitmq4's two nodes.
+const RABBITMQ4_MANAGEMENT_URLS: [&str; 2] = ["http://127.0.0.1:15673", "http://127.0.0.1:15674"];
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
