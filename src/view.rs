@@ -5,11 +5,13 @@
 //! poll loop. Queues missing from a successful snapshot are forgotten here, which is what makes a deleted
 //! queue's series vanish; a failed scrape never reaches the tracker.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use hashbrown::HashTable;
 use serde::Serialize;
 
 use crate::analysis::{self, Activity, Latest, Params, QueueHealth};
@@ -143,10 +145,13 @@ impl ClusterHandle {
 }
 
 struct Tracked {
+    key: QueueKey,
     window: Window,
     prom_labels: Arc<str>,
     /// The last cycle that listed this queue.
     seen: u64,
+    /// Where the last listing had it in `Tracker::order`.
+    pos: u32,
     carried: Carried,
     activity: Activity,
 }
@@ -194,12 +199,18 @@ impl Tracked {
 pub struct Tracker {
     cluster: String,
     params: Params,
-    /// Queue → its slot in `slots`. The histories live outside the table so an entry is 40 bytes, not
-    /// ~200: queues coming and going leave tombstones that make the table double once even at a steady
-    /// queue count (hashbrown grows rather than rehashing in place while more than half full), and
-    /// with the histories inline that step alone was +3.3 MB at 10k queues and ~26 MB at 100k.
-    index: HashMap<QueueKey, u32, foldhash::fast::RandomState>,
+    /// Slots by their queue's key, which the slot holds (so the table keeps no second copy). The
+    /// histories live outside the table: queues coming and going leave tombstones that make the table
+    /// double once even at a steady queue count (hashbrown grows rather than rehashing in place while
+    /// more than half full), and with the histories inline that step alone was +3.3 MB at 10k queues.
+    index: HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
     slots: Slots,
+    /// The slots in the order of the last listing. RabbitMQ lists queues in the same order every
+    /// cycle, so each queue is first compared with the slot after the one matched last, and the index
+    /// is asked only when that is not it (a queue added, deleted or moved): no hashing, and the slots
+    /// are read in the order they were filled rather than at random.
+    order: Vec<u32>,
     cycle: u64,
 }
 
@@ -226,6 +237,12 @@ impl Slots {
         u32::try_from(self.items.len() - 1).expect("fewer than 4 billion queues")
     }
 
+    fn get(&self, i: u32) -> &Tracked {
+        self.items[i as usize]
+            .as_ref()
+            .expect("the index names live slots only")
+    }
+
     fn get_mut(&mut self, i: u32) -> &mut Tracked {
         self.items[i as usize]
             .as_mut()
@@ -243,8 +260,10 @@ impl Tracker {
         Tracker {
             cluster: cluster.to_string(),
             params,
-            index: HashMap::default(),
+            index: HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
             slots: Slots::default(),
+            order: Vec::new(),
             cycle: 0,
         }
     }
@@ -280,13 +299,21 @@ impl Tracker {
         let cycle = self.cycle;
         let span = self.params.window_ms;
         let mut views = Vec::with_capacity(queues.len());
+        let mut order = Vec::with_capacity(queues.len());
+        // Where the last listing continues: `self.order[next]` is the queue expected next.
+        let mut next = 0;
         for mut q in queues {
-            let tracked = match self.index.get(&q.key) {
-                Some(&i) => {
+            let found = match self.order.get(next) {
+                Some(&i) if self.slots.get(i).key == q.key => Some(i),
+                _ => self.find(&q.key),
+            };
+            let tracked = match found {
+                Some(i) => {
                     let t = self.slots.get_mut(i);
                     if t.seen == cycle {
                         continue;
                     }
+                    next = t.pos as usize + 1;
                     if q.stats_pending {
                         if at.0 - t.window.last().at.0 > span {
                             continue;
@@ -297,22 +324,30 @@ impl Tracker {
                         t.activity = t.activity.after_push(&t.window, push);
                         t.carried = Carried::of(&q);
                     }
+                    order.push(i);
                     t
                 }
                 None if q.stats_pending => continue,
                 None => {
                     let i = self.slots.insert(Tracked {
+                        key: q.key.clone(),
                         window: Window::new(at, q.messages, q.counters),
                         prom_labels: prom_labels(&self.cluster, &q.key).into(),
                         seen: cycle,
+                        pos: 0,
                         carried: Carried::of(&q),
                         activity: Activity::default(),
                     });
-                    self.index.insert(q.key.clone(), i);
+                    let (slots, hasher) = (&self.slots, &self.hasher);
+                    self.index.insert_unique(key_hash(hasher, &q.key), i, |&j| {
+                        key_hash(hasher, &slots.get(j).key)
+                    });
+                    order.push(i);
                     self.slots.get_mut(i)
                 }
             };
             tracked.seen = cycle;
+            tracked.pos = u32::try_from(order.len() - 1).expect("fewer than 4 billion queues");
             let latest = Latest {
                 consumers: q.consumers,
                 head_message_timestamp: q.head_message_timestamp,
@@ -325,18 +360,33 @@ impl Tracker {
                 sample: q,
             });
         }
-        if views.len() != self.index.len() {
+        if order.len() != self.index.len() {
             let slots = &mut self.slots;
-            self.index.retain(|_, &mut i| {
-                let keep = slots.get_mut(i).seen == cycle;
+            self.index.retain(|&mut i| {
+                let keep = slots.get(i).seen == cycle;
                 if !keep {
                     slots.remove(i);
                 }
                 keep
             });
         }
+        self.order = order;
         views
     }
+}
+
+impl Tracker {
+    fn find(&self, key: &QueueKey) -> Option<u32> {
+        self.index
+            .find(key_hash(&self.hasher, key), |&i| {
+                self.slots.get(i).key == *key
+            })
+            .copied()
+    }
+}
+
+fn key_hash(hasher: &foldhash::fast::RandomState, key: &QueueKey) -> u64 {
+    hasher.hash_one(key)
 }
 
 impl Tracker {
@@ -558,6 +608,94 @@ mod tests {
         );
         let a = views.iter().find(|v| &*v.sample.key.name == "a").unwrap();
         assert!(a.health.publish_rate.is_some());
+    }
+
+    /// Checks a run of listings, one every 5 s, against what the tracker must make of any order: each
+    /// queue published once, in listing order, with a rate from its own history only (every queue
+    /// publishes at its own rate, so a history matched to the wrong queue shows), and a rate exactly
+    /// when the listing before also had it (a queue missing once starts afresh).
+    fn check_listings(listings: &[Vec<&str>]) {
+        let rate_of = |n: &str| 1 + u64::from(n.as_bytes()[0] - b'a');
+        let mut t = Tracker::new("c", Params { window_ms: 60_000 });
+        let mut before: Vec<&str> = Vec::new();
+        for (c, listing) in listings.iter().enumerate() {
+            let at_s = 5 * c as i64;
+            let listed: Vec<(&str, u64)> = listing
+                .iter()
+                .map(|n| (*n, rate_of(n) * at_s as u64))
+                .collect();
+            let views = observe(&mut t, at_s, &listed);
+            let mut expected: Vec<&str> = Vec::new();
+            for n in listing {
+                if !expected.contains(n) {
+                    expected.push(n);
+                }
+            }
+            let names: Vec<&str> = views.iter().map(|v| &*v.sample.key.name).collect();
+            assert_eq!(names, expected, "cycle {c}: {listing:?}");
+            assert_eq!(t.len(), expected.len(), "cycle {c}: {listing:?}");
+            for v in &views {
+                let name = &*v.sample.key.name;
+                match v.health.publish_rate {
+                    Some(r) => {
+                        assert!(before.contains(&name), "cycle {c}: {name} kept a history");
+                        assert!(
+                            (r - rate_of(name) as f64).abs() < 1e-6,
+                            "cycle {c}: {name} {r}"
+                        );
+                    }
+                    None => assert!(
+                        !before.contains(&name),
+                        "cycle {c}: {name} lost its history"
+                    ),
+                }
+            }
+            before = expected;
+        }
+    }
+
+    #[test]
+    fn queues_keep_their_own_history_whatever_order_they_are_listed_in() {
+        fn l(s: &'static str) -> Vec<&'static str> {
+            s.split(' ').collect()
+        }
+        check_listings(&[
+            l("a b c d e"),
+            l("a b c d e"),
+            l("e d c b a"),       // reversed
+            l("a b f c d e"),     // f declared mid-list
+            l("a c d e f"),       // b deleted
+            l("a c a d e f"),     // a listed twice, apart
+            l("b a c d e f"),     // b declared again: a new history in a reused slot
+            l("b a d c e f"),     // two swapped
+            l("b a d c e f f f"), // f listed three times, at the end
+            l("g h"),             // everything replaced
+            l("g h a b c d e f"), // and back
+        ]);
+    }
+
+    #[test]
+    fn queues_keep_their_own_history_through_random_listings() {
+        let mut rng = fastrand::Rng::with_seed(18);
+        let pool = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+        let mut listing: Vec<&str> = pool.to_vec();
+        let mut listings = Vec::new();
+        for _ in 0..300 {
+            match rng.u8(0..8) {
+                0 => rng.shuffle(&mut listing),
+                1 if !listing.is_empty() => {
+                    listing.remove(rng.usize(0..listing.len()));
+                }
+                2 => listing.insert(rng.usize(0..=listing.len()), pool[rng.usize(0..pool.len())]),
+                3 if listing.len() > 1 => {
+                    let (i, j) = (rng.usize(0..listing.len()), rng.usize(0..listing.len()));
+                    listing.swap(i, j);
+                }
+                _ => {}
+            }
+            listings.push(listing.clone());
+        }
+        check_listings(&listings);
     }
 
     /// How a node that has just started lists a queue: no counts, no consumers, no `message_stats`.
