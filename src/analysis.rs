@@ -208,12 +208,12 @@ fn growing_for(w: &Window) -> Option<f64> {
     if w.len() < 2 {
         return None;
     }
-    let points: Vec<Point> = w.iter().collect();
-    let last = points[points.len() - 1];
+    // Walked back from the latest point as it is unpacked: no copy of the window per queue per cycle.
+    let last = w.last();
     let mut last_rise = None;
     let mut start = last;
-    for pair in points.windows(2).rev() {
-        let (before, after) = (pair[0], pair[1]);
+    let mut after = last;
+    for before in w.iter().rev().skip(1) {
         if after.messages < before.messages {
             break;
         }
@@ -228,6 +228,7 @@ fn growing_for(w: &Window) -> Option<f64> {
             break;
         }
         start = before;
+        after = before;
     }
     Some(match last_rise {
         Some(_) => last.at.secs_since(start.at),
@@ -262,8 +263,11 @@ fn slopes<const N: usize>(w: &Window, f: impl Fn(&Point) -> [u64; N]) -> [Option
         sx += x;
         sxx += x * x;
         for (i, v) in f(&p).into_iter().enumerate() {
-            // Offsets from the first value keep the sums small and the arithmetic exact for huge counters.
-            let y = v as f64 - y0[i] as f64;
+            // Offsets from the first value keep the sums small and the arithmetic exact for huge
+            // counters. Subtracted as integers, then converted signed (a depth can fall below its
+            // first value): one instruction, where converting each u64 took several (this loop was
+            // the largest single cost of `Tracker::observe`).
+            let y = v.wrapping_sub(y0[i]) as i64 as f64;
             sy[i] += y;
             sxy[i] += x * y;
         }
