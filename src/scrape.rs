@@ -844,6 +844,9 @@ struct ListingCache {
     policy_problem: Option<String>,
 }
 
+/// The prometheus source names at most this many watched vhosts in its query to the nodes.
+const MAX_VHOSTS_IN_QUERY: usize = 100;
+
 /// The queue list the prometheus source reads: no statistics, so the broker only lists names.
 const LISTING_QUERY: &str = "disable_stats=true&columns=name,vhost,type,durable,arguments";
 
@@ -1129,15 +1132,10 @@ impl Scraper {
                 .scrape_queues("/api/queues", query, collector, progress)
                 .await;
         }
-        let entries: Vec<VhostEntry> = self.get_json("/api/vhosts?columns=name").await?;
-        let vhosts = named_vhosts(&entries).map_err(|detail| ScrapeError::Decode {
-            url: self.url("/api/vhosts?columns=name"),
-            detail,
-        })?;
-        for vhost in vhosts.into_iter().filter(|v| self.cfg.vhosts.matches(v)) {
+        for vhost in self.watched_vhosts().await? {
             let path = format!(
                 "/api/queues/{}",
-                utf8_percent_encode(vhost, NON_ALPHANUMERIC)
+                utf8_percent_encode(&vhost, NON_ALPHANUMERIC)
             );
             match self.scrape_queues(&path, query, collector, progress).await {
                 // Deleted since the list was made: it has no queues, which is the truth.
@@ -1146,6 +1144,20 @@ impl Scraper {
             }
         }
         Ok(())
+    }
+
+    /// The vhosts the `vhosts` filter selects, as the broker lists them now.
+    async fn watched_vhosts(&self) -> Result<Vec<String>, ScrapeError> {
+        let entries: Vec<VhostEntry> = self.get_json("/api/vhosts?columns=name").await?;
+        let vhosts = named_vhosts(&entries).map_err(|detail| ScrapeError::Decode {
+            url: self.url("/api/vhosts?columns=name"),
+            detail,
+        })?;
+        Ok(vhosts
+            .into_iter()
+            .filter(|v| self.cfg.vhosts.matches(v))
+            .map(String::from)
+            .collect())
     }
 
     /// The prometheus source: overview and nodes from the management API, every node's
@@ -1195,7 +1207,20 @@ impl Scraper {
         } else {
             self.cfg.prometheus_urls.clone()
         };
-        let readings = futures_util::future::join_all(urls.iter().map(|u| self.read_node(u))).await;
+        // With a vhost filter, the nodes list only the watched vhosts' queues (up to 100 named in
+        // the query; past that, everything, filtered here).
+        let mut only = String::new();
+        if !self.cfg.vhosts.is_match_all() {
+            let vhosts = self.watched_vhosts().await.map_err(PromError::Management)?;
+            if (1..=MAX_VHOSTS_IN_QUERY).contains(&vhosts.len()) {
+                for v in vhosts {
+                    only.push_str("&vhost=");
+                    only.extend(utf8_percent_encode(&v, NON_ALPHANUMERIC));
+                }
+            }
+        }
+        let readings =
+            futures_util::future::join_all(urls.iter().map(|u| self.read_node(u, &only))).await;
         progress();
         let mut merged = NodeReading::default();
         let mut read_nodes: Vec<(String, &reqwest::Url)> = Vec::new();
@@ -1306,9 +1331,13 @@ impl Scraper {
     }
 
     /// One node's queue figures, parsed as they stream in.
-    async fn read_node(&self, base: &reqwest::Url) -> Result<prometheus::NodeReading, ScrapeError> {
+    async fn read_node(
+        &self,
+        base: &reqwest::Url,
+        query: &str,
+    ) -> Result<prometheus::NodeReading, ScrapeError> {
         let url = format!(
-            "{}{}",
+            "{}{}{query}",
             base.as_str().trim_end_matches('/'),
             prometheus::DETAILED_PATH
         );
