@@ -1281,7 +1281,7 @@ impl Scraper {
         let mut stats_pending = 0;
         for template in &listing.samples {
             queue_key(&mut key, &template.key.vhost, &template.key.name);
-            let sums = merged.queues.get(key.as_str());
+            let sums = merged.queues.get(&key);
             let mut q = template.clone();
             match sums {
                 Some(s) if s.has_depth() => {
