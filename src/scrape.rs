@@ -491,6 +491,17 @@ pub fn decode_overview(bytes: &[u8]) -> Result<(String, StatsMode), serde_json::
     Ok((overview.rabbitmq_version, stats_mode))
 }
 
+/// Decodes `/api/overview` for the prometheus source: the version, and whether channels count
+/// per-queue statistics at all. With `management.rates_mode = none` they do not, and RabbitMQ 4.0's
+/// plugin then lists the counter families with no rows: read as zero, every queue would look idle.
+/// (`disable_stats`, from `management_agent.disable_metrics_collector`, stops only the management
+/// API's copy: the plugin still lists the counters.)
+pub fn decode_overview_for_plugin(bytes: &[u8]) -> Result<(String, bool), serde_json::Error> {
+    let overview: OverviewDto = serde_json::from_slice(bytes)?;
+    let counted = overview.rates_mode.as_deref() != Some("none");
+    Ok((overview.rabbitmq_version, counted))
+}
+
 /// Decodes `/api/nodes?columns=…`.
 pub fn decode_nodes(bytes: &[u8]) -> Result<Vec<NodeSample>, serde_json::Error> {
     let nodes: Vec<NodeDto> = serde_json::from_slice(bytes)?;
@@ -1171,8 +1182,8 @@ impl Scraper {
         auto: bool,
     ) -> Result<Snapshot, PromError> {
         use prometheus::{NodeReading, Sums, queue_key};
-        let (rabbitmq_version, _) = self
-            .get_decoded("/api/overview", decode_overview)
+        let (rabbitmq_version, counted) = self
+            .get_decoded("/api/overview", decode_overview_for_plugin)
             .await
             .map_err(PromError::Management)?;
         progress();
@@ -1262,16 +1273,17 @@ impl Scraper {
                 n.name
             )));
         }
-        let stats_mode = if !read_nodes.is_empty() && merged.lists_counters() {
-            StatsMode::Full
-        } else {
-            StatsMode::DepthOnly
-        };
-        if auto && stats_mode == StatsMode::DepthOnly {
+        if auto && !merged.lists_counters() {
             return Err(PromError::NoCounters(format!(
                 "the Prometheus plugin of RabbitMQ {rabbitmq_version} lists no per-queue message counters"
             )));
         }
+        // With rates_mode none the management API has no rates either: the plugin stays, depth-only.
+        let stats_mode = if !read_nodes.is_empty() && merged.lists_counters() && counted {
+            StatsMode::Full
+        } else {
+            StatsMode::DepthOnly
+        };
         let listing = self
             .queue_listing(&merged.queues, progress)
             .await
@@ -1627,6 +1639,24 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plugins_counters_are_counted_unless_rates_mode_is_none() {
+        let read = |json: &str| decode_overview_for_plugin(json.as_bytes()).unwrap();
+        assert_eq!(
+            read(r#"{"rabbitmq_version":"4.0.5","rates_mode":"basic"}"#),
+            ("4.0.5".into(), true)
+        );
+        assert_eq!(
+            read(r#"{"rabbitmq_version":"4.0.5","rates_mode":"none"}"#),
+            ("4.0.5".into(), false)
+        );
+        // disable_stats stops the management API's copy only; the plugin still counts.
+        assert_eq!(
+            read(r#"{"rabbitmq_version":"4.0.5","rates_mode":"basic","disable_stats":true}"#),
+            ("4.0.5".into(), true)
+        );
+    }
 
     #[test]
     fn the_policy_rabbitmq_applies_is_the_matching_one_of_highest_priority() {
