@@ -152,7 +152,7 @@ async fn the_prometheus_source_on_rabbitmq_3_shows_depths_and_leaves_rates_unkno
     assert!(
         daemon
             .logs()
-            .contains("lists no per-queue message counters"),
+            .contains("no per-queue message counters from the Prometheus plugin"),
         "the depth-only mode is logged with its reason"
     );
 }
