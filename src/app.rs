@@ -645,7 +645,7 @@ fn log_cycle_event(event: CycleEvent) {
         CycleEvent::DepthOnly {
             source: Source::Prometheus,
         } => warn!(
-            "the Prometheus plugin lists no per-queue message counters (RabbitMQ 3.x): depth-only analysis, rates unknown; source: management gives rates"
+            "no per-queue message counters from the Prometheus plugin (RabbitMQ 3.x's lists none; on 4.x, management.rates_mode = none stops channels counting): depth-only analysis, rates unknown"
         ),
         CycleEvent::Source {
             source,

@@ -491,6 +491,17 @@ pub fn decode_overview(bytes: &[u8]) -> Result<(String, StatsMode), serde_json::
     Ok((overview.rabbitmq_version, stats_mode))
 }
 
+/// Decodes `/api/overview` for the prometheus source: the version, and whether channels count
+/// per-queue statistics at all. With `management.rates_mode = none` they do not, and RabbitMQ 4.0's
+/// plugin then lists the counter families with no rows: read as zero, every queue would look idle.
+/// (`disable_stats`, from `management_agent.disable_metrics_collector`, stops only the management
+/// API's copy: the plugin still lists the counters.)
+pub fn decode_overview_for_plugin(bytes: &[u8]) -> Result<(String, bool), serde_json::Error> {
+    let overview: OverviewDto = serde_json::from_slice(bytes)?;
+    let counted = overview.rates_mode.as_deref() != Some("none");
+    Ok((overview.rabbitmq_version, counted))
+}
+
 /// Decodes `/api/nodes?columns=…`.
 pub fn decode_nodes(bytes: &[u8]) -> Result<Vec<NodeSample>, serde_json::Error> {
     let nodes: Vec<NodeDto> = serde_json::from_slice(bytes)?;
@@ -844,6 +855,9 @@ struct ListingCache {
     policy_problem: Option<String>,
 }
 
+/// The prometheus source names at most this many watched vhosts in its query to the nodes.
+const MAX_VHOSTS_IN_QUERY: usize = 100;
+
 /// The queue list the prometheus source reads: no statistics, so the broker only lists names.
 const LISTING_QUERY: &str = "disable_stats=true&columns=name,vhost,type,durable,arguments";
 
@@ -1129,15 +1143,10 @@ impl Scraper {
                 .scrape_queues("/api/queues", query, collector, progress)
                 .await;
         }
-        let entries: Vec<VhostEntry> = self.get_json("/api/vhosts?columns=name").await?;
-        let vhosts = named_vhosts(&entries).map_err(|detail| ScrapeError::Decode {
-            url: self.url("/api/vhosts?columns=name"),
-            detail,
-        })?;
-        for vhost in vhosts.into_iter().filter(|v| self.cfg.vhosts.matches(v)) {
+        for vhost in self.watched_vhosts().await? {
             let path = format!(
                 "/api/queues/{}",
-                utf8_percent_encode(vhost, NON_ALPHANUMERIC)
+                utf8_percent_encode(&vhost, NON_ALPHANUMERIC)
             );
             match self.scrape_queues(&path, query, collector, progress).await {
                 // Deleted since the list was made: it has no queues, which is the truth.
@@ -1146,6 +1155,20 @@ impl Scraper {
             }
         }
         Ok(())
+    }
+
+    /// The vhosts the `vhosts` filter selects, as the broker lists them now.
+    async fn watched_vhosts(&self) -> Result<Vec<String>, ScrapeError> {
+        let entries: Vec<VhostEntry> = self.get_json("/api/vhosts?columns=name").await?;
+        let vhosts = named_vhosts(&entries).map_err(|detail| ScrapeError::Decode {
+            url: self.url("/api/vhosts?columns=name"),
+            detail,
+        })?;
+        Ok(vhosts
+            .into_iter()
+            .filter(|v| self.cfg.vhosts.matches(v))
+            .map(String::from)
+            .collect())
     }
 
     /// The prometheus source: overview and nodes from the management API, every node's
@@ -1159,8 +1182,8 @@ impl Scraper {
         auto: bool,
     ) -> Result<Snapshot, PromError> {
         use prometheus::{NodeReading, Sums, queue_key};
-        let (rabbitmq_version, _) = self
-            .get_decoded("/api/overview", decode_overview)
+        let (rabbitmq_version, counted) = self
+            .get_decoded("/api/overview", decode_overview_for_plugin)
             .await
             .map_err(PromError::Management)?;
         progress();
@@ -1195,7 +1218,20 @@ impl Scraper {
         } else {
             self.cfg.prometheus_urls.clone()
         };
-        let readings = futures_util::future::join_all(urls.iter().map(|u| self.read_node(u))).await;
+        // With a vhost filter, the nodes list only the watched vhosts' queues (up to 100 named in
+        // the query; past that, everything, filtered here).
+        let mut only = String::new();
+        if !self.cfg.vhosts.is_match_all() {
+            let vhosts = self.watched_vhosts().await.map_err(PromError::Management)?;
+            if (1..=MAX_VHOSTS_IN_QUERY).contains(&vhosts.len()) {
+                for v in vhosts {
+                    only.push_str("&vhost=");
+                    only.extend(utf8_percent_encode(&v, NON_ALPHANUMERIC));
+                }
+            }
+        }
+        let readings =
+            futures_util::future::join_all(urls.iter().map(|u| self.read_node(u, &only))).await;
         progress();
         let mut merged = NodeReading::default();
         let mut read_nodes: Vec<(String, &reqwest::Url)> = Vec::new();
@@ -1237,16 +1273,17 @@ impl Scraper {
                 n.name
             )));
         }
-        let stats_mode = if !read_nodes.is_empty() && merged.lists_counters() {
-            StatsMode::Full
-        } else {
-            StatsMode::DepthOnly
-        };
-        if auto && stats_mode == StatsMode::DepthOnly {
+        if auto && !merged.lists_counters() {
             return Err(PromError::NoCounters(format!(
                 "the Prometheus plugin of RabbitMQ {rabbitmq_version} lists no per-queue message counters"
             )));
         }
+        // With rates_mode none the management API has no rates either: the plugin stays, depth-only.
+        let stats_mode = if !read_nodes.is_empty() && merged.lists_counters() && counted {
+            StatsMode::Full
+        } else {
+            StatsMode::DepthOnly
+        };
         let listing = self
             .queue_listing(&merged.queues, progress)
             .await
@@ -1256,7 +1293,7 @@ impl Scraper {
         let mut stats_pending = 0;
         for template in &listing.samples {
             queue_key(&mut key, &template.key.vhost, &template.key.name);
-            let sums = merged.queues.get(key.as_str());
+            let sums = merged.queues.get(&key);
             let mut q = template.clone();
             match sums {
                 Some(s) if s.has_depth() => {
@@ -1306,9 +1343,13 @@ impl Scraper {
     }
 
     /// One node's queue figures, parsed as they stream in.
-    async fn read_node(&self, base: &reqwest::Url) -> Result<prometheus::NodeReading, ScrapeError> {
+    async fn read_node(
+        &self,
+        base: &reqwest::Url,
+        query: &str,
+    ) -> Result<prometheus::NodeReading, ScrapeError> {
         let url = format!(
-            "{}{}",
+            "{}{}{query}",
             base.as_str().trim_end_matches('/'),
             prometheus::DETAILED_PATH
         );
@@ -1598,6 +1639,24 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plugins_counters_are_counted_unless_rates_mode_is_none() {
+        let read = |json: &str| decode_overview_for_plugin(json.as_bytes()).unwrap();
+        assert_eq!(
+            read(r#"{"rabbitmq_version":"4.0.5","rates_mode":"basic"}"#),
+            ("4.0.5".into(), true)
+        );
+        assert_eq!(
+            read(r#"{"rabbitmq_version":"4.0.5","rates_mode":"none"}"#),
+            ("4.0.5".into(), false)
+        );
+        // disable_stats stops the management API's copy only; the plugin still counts.
+        assert_eq!(
+            read(r#"{"rabbitmq_version":"4.0.5","rates_mode":"basic","disable_stats":true}"#),
+            ("4.0.5".into(), true)
+        );
+    }
 
     #[test]
     fn the_policy_rabbitmq_applies_is_the_matching_one_of_highest_priority() {

@@ -72,8 +72,66 @@ impl Sums {
 }
 
 /// Queues keyed by `vhost + '\0' + name` (a name with a NUL in it would share a key; RabbitMQ
-/// names never hold one in practice), so a sample is looked up without allocating.
-pub type QueueSums = HashMap<Box<str>, Sums>;
+/// names never hold one in practice), in the order first seen. A family lists the queues in the
+/// order of the table it reads, and the families of one table (the coarse depths, consumer counts,
+/// the delivery counters) mostly in the same order: a cursor tries the row after the last one
+/// first, so most samples cost a string comparison instead of a hash probe into a 100k-row table
+/// (benches/promtext: parse + sum at 100k queues 454 → see docs/performance.md).
+#[derive(Debug, Default)]
+pub struct QueueSums {
+    keys: Vec<Box<str>>,
+    rows: Vec<Sums>,
+    index: HashMap<Box<str>, u32>,
+    cursor: usize,
+}
+
+impl QueueSums {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Sums> {
+        self.index.get(key).map(|&i| &self.rows[i as usize])
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|k| &**k)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Sums> {
+        self.rows.iter()
+    }
+
+    /// The next lookups start from the first row (a new family begins).
+    fn rewind(&mut self) {
+        self.cursor = 0;
+    }
+
+    /// The row of `key`, added when new.
+    fn row_mut(&mut self, key: &str) -> &mut Sums {
+        let c = self.cursor;
+        let i = if self.keys.get(c).is_some_and(|k| **k == *key) {
+            c
+        } else if c > 0 && *self.keys[c - 1] == *key {
+            // The same queue again (the exchange family lists one row per exchange).
+            c - 1
+        } else if let Some(&i) = self.index.get(key) {
+            i as usize
+        } else {
+            let i = self.rows.len();
+            self.keys.push(key.into());
+            self.index.insert(key.into(), i as u32);
+            self.rows.push(Sums::default());
+            i
+        };
+        self.cursor = i + 1;
+        &mut self.rows[i]
+    }
+}
 
 /// The map key of a queue.
 pub fn queue_key(buf: &mut String, vhost: &str, name: &str) {
@@ -109,6 +167,7 @@ impl NodeReading {
                 if let Some(i) = COUNTER_FAMILIES.iter().position(|f| *f == family) {
                     self.counter_families[i] = true;
                 }
+                self.queues.rewind();
             }
             Line::Sample(s) => self.sample(&s),
         }
@@ -158,26 +217,17 @@ impl NodeReading {
             return;
         };
         queue_key(&mut self.key, &vhost, &queue);
-        if let Some(q) = self.queues.get_mut(self.key.as_str()) {
-            apply(q, v);
-        } else {
-            let mut q = Sums::default();
-            apply(&mut q, v);
-            self.queues.insert(self.key.as_str().into(), q);
-        }
+        apply(self.queues.row_mut(&self.key), v);
     }
 
     /// Adds another node's figures to these.
-    pub fn merge(&mut self, other: NodeReading) {
+    pub fn merge(&mut self, mut other: NodeReading) {
         if self.queues.len() < other.queues.len() {
-            let mine = std::mem::replace(&mut self.queues, other.queues);
-            for (k, s) in mine {
-                self.queues.entry(k).or_default().merge(&s);
-            }
-        } else {
-            for (k, s) in other.queues {
-                self.queues.entry(k).or_default().merge(&s);
-            }
+            std::mem::swap(&mut self.queues, &mut other.queues);
+        }
+        self.queues.rewind();
+        for (k, s) in other.queues.keys.iter().zip(&other.queues.rows) {
+            self.queues.row_mut(k).merge(s);
         }
         for (a, b) in self.counter_families.iter_mut().zip(other.counter_families) {
             *a &= b;
@@ -211,7 +261,7 @@ mod tests {
     fn get<'a>(r: &'a NodeReading, vhost: &str, name: &str) -> Option<&'a Sums> {
         let mut k = String::new();
         queue_key(&mut k, vhost, name);
-        r.queues.get(k.as_str())
+        r.queues.get(&k)
     }
 
     // What RabbitMQ 4.0.5 answered for two nodes: `qq` a quorum queue led by rabbit4b, `cq` a
@@ -318,6 +368,62 @@ rabbitmq_identity_info{rabbitmq_node="rabbit4b@localhost",rabbitmq_cluster="rabb
         assert_eq!(get(&r, "v\\1", "say \"hi\"").unwrap().messages, Some(2));
         assert!(get(&r, "v", "nan").is_none() && get(&r, "v", "neg").is_none());
         assert_eq!(r.queues.len(), 1);
+    }
+
+    #[test]
+    fn families_in_other_orders_and_repeated_rows_land_on_the_right_queue() {
+        let mut body = String::from("# TYPE rabbitmq_detailed_queue_messages gauge\n");
+        let names = ["a", "b", "c", "d"];
+        for (i, q) in names.iter().enumerate() {
+            body += &format!("rabbitmq_detailed_queue_messages{{vhost=\"v\",queue=\"{q}\"}} {i}\n");
+        }
+        // Reversed, one queue missing, then a queue no other family has.
+        body += "# TYPE rabbitmq_detailed_queue_messages_acked_total counter\n";
+        for (i, q) in ["d", "c", "a", "e"].iter().enumerate() {
+            body += &format!(
+                "rabbitmq_detailed_queue_messages_acked_total{{vhost=\"v\",queue=\"{q}\"}} {}\n",
+                10 * (i + 1)
+            );
+        }
+        // One row per exchange: each queue twice in a row, and `b` again later.
+        body += "# TYPE rabbitmq_detailed_queue_exchange_messages_published_total counter\n";
+        for q in ["b", "b", "a", "a", "c", "b"] {
+            body += &format!(
+                "rabbitmq_detailed_queue_exchange_messages_published_total{{vhost=\"v\",exchange=\"x\",queue=\"{q}\"}} 1\n"
+            );
+        }
+        let r = read(&body);
+        let row = |q| get(&r, "v", q).copied().unwrap_or_default();
+        let got: Vec<(Option<u64>, u64, u64)> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|q| {
+                (
+                    row(q).messages,
+                    row(q).counters.ack,
+                    row(q).counters.publish,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some(0), 30, 2),
+                (Some(1), 0, 3),
+                (Some(2), 20, 1),
+                (Some(3), 10, 0),
+                (None, 40, 0)
+            ]
+        );
+        assert_eq!(r.queues.len(), 5);
+        let keys: Vec<&str> = r.queues.keys().collect();
+        assert_eq!(keys, ["v\0a", "v\0b", "v\0c", "v\0d", "v\0e"]);
+
+        // Merging a node that lists them in another order adds to the same rows.
+        let mut all = read(&body);
+        all.merge(r);
+        assert_eq!(get(&all, "v", "b").unwrap().counters.publish, 6);
+        assert_eq!(get(&all, "v", "e").unwrap().counters.ack, 80);
+        assert_eq!(all.queues.len(), 5);
     }
 
     #[test]

@@ -127,9 +127,11 @@ impl Parser {
         let mut rest = chunk;
         if !self.pending.is_empty() {
             let Some(end) = find_newline(rest) else {
-                self.pending.extend_from_slice(rest);
-                return self.check_pending();
+                return self.keep(rest);
             };
+            if self.pending.len() + end > MAX_LINE {
+                return Err(too_long(self.lines + 1));
+            }
             self.pending.extend_from_slice(&rest[..end]);
             rest = &rest[end + 1..];
             self.lines += 1;
@@ -141,8 +143,7 @@ impl Parser {
             parse_line(&rest[..end], self.lines, &mut self.labels, &mut f)?;
             rest = &rest[end + 1..];
         }
-        self.pending.extend_from_slice(rest);
-        self.check_pending()
+        self.keep(rest)
     }
 
     /// Parses the last line, when the body does not end with a newline.
@@ -153,10 +154,13 @@ impl Parser {
         parse_line(&self.pending, self.lines + 1, &mut self.labels, &mut f)
     }
 
-    fn check_pending(&self) -> Result<(), ParseError> {
-        if self.pending.len() > MAX_LINE {
+    /// Keeps the start of a line until its end arrives, refusing (before copying) to hold more than
+    /// a line may have.
+    fn keep(&mut self, start: &[u8]) -> Result<(), ParseError> {
+        if self.pending.len() + start.len() > MAX_LINE {
             return Err(too_long(self.lines + 1));
         }
+        self.pending.extend_from_slice(start);
         Ok(())
     }
 }
@@ -169,7 +173,7 @@ pub fn parse(body: &[u8], mut f: impl FnMut(Line<'_>)) -> Result<(), ParseError>
 }
 
 fn find_newline(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n')
+    memchr::memchr(b'\n', bytes)
 }
 
 fn too_long(line: usize) -> ParseError {
@@ -729,12 +733,19 @@ mod tests {
             .find_map(|_| parser.feed(&chunk, |_| {}).err())
             .unwrap();
         assert_eq!(fed.line, 1);
-        assert!(parser.pending.len() <= MAX_LINE + chunk.len());
+        assert!(parser.pending.len() <= MAX_LINE);
         let mut whole_line = long.clone();
         whole_line.extend_from_slice(b" 1\n");
         assert_eq!(whole(&whole_line).unwrap_err().line, 1);
+        let ends_late = chunked([&long[..MAX_LINE - 10], &[b'm'; 20], b" 1\n"]).unwrap_err();
+        assert_eq!((ends_late.line, ends_late.column), (1, MAX_LINE + 1));
+        // Exactly MAX_LINE bytes before the newline, in three pieces: accepted.
+        let in_pieces = chunked([&long[..MAX_LINE - 10], &[b'm'; 8], b" 1\n"]);
+        assert_eq!(in_pieces.map(|lines| lines.len()), Ok(1));
         let mut at_limit = vec![b'm'; MAX_LINE - 2];
         at_limit.extend_from_slice(b" 1\n");
         assert_eq!(whole(&at_limit).unwrap().len(), 1);
+        let (head, tail) = at_limit.split_at(MAX_LINE / 2);
+        assert_eq!(chunked([head, tail]).unwrap().len(), 1);
     }
 }

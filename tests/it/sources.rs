@@ -152,7 +152,7 @@ async fn the_prometheus_source_on_rabbitmq_3_shows_depths_and_leaves_rates_unkno
     assert!(
         daemon
             .logs()
-            .contains("lists no per-queue message counters"),
+            .contains("no per-queue message counters from the Prometheus plugin"),
         "the depth-only mode is logged with its reason"
     );
 }
@@ -271,4 +271,97 @@ async fn both_sources_agree_on_rates_growth_and_status_within_5_percent() {
     for t in traffic {
         t.stop().await;
     }
+}
+
+/// RabbitMQ 4.0 with `management.rates_mode = none` (scripts/rabbitmq4's lone node rabbit4c): channels
+/// count nothing per queue, and the plugin lists its counter families with no rows. Read as zeros,
+/// every queue would look idle; the prometheus source is depth-only instead (what `auto` picks there:
+/// the management API has no rates either), with depths and growth and no rate at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rates_mode_none_on_rabbitmq_4_leaves_the_prometheus_source_depth_only_not_zero() {
+    if !on_rabbitmq4() {
+        eprintln!(
+            "skipped: needs scripts/rabbitmq4's node rabbit4c (RABBITWATCH_TEST_BROKER=rabbitmq4)"
+        );
+        return;
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rabbitmq4");
+    let out = std::process::Command::new(script)
+        .args(["start-node", "rabbit4c"])
+        .output()
+        .expect("running scripts/rabbitmq4");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    const API: &str = "http://127.0.0.1:15675";
+    let vhost = format!("rw-rates-none-{}", std::process::id());
+    let http = crate::util::http_client();
+    let put = async |path: String, body: &str| {
+        let r = http
+            .put(format!("{API}{path}"))
+            .basic_auth("guest", Some("guest"))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("rabbit4c's management API");
+        assert!(r.status().is_success(), "PUT {path}: {}", r.status());
+    };
+    put(format!("/api/vhosts/{vhost}"), "{}").await;
+    put(
+        format!("/api/permissions/{vhost}/guest"),
+        r#"{"configure":".*","write":".*","read":".*"}"#,
+    )
+    .await;
+    let amqp = format!("amqp://guest:guest@127.0.0.1:5675/{vhost}");
+    let publisher = publish_at_rate(&amqp, "orders", 10).await;
+
+    let include = format!("^{}$", regex::escape(&vhost));
+    let config = format!(
+        "server:\n  listen: 127.0.0.1:{}\nstate:\n  path: ./state\nclusters:\n  - name: {CLUSTER}\n    url: {API}\n    username: guest\n    password: guest\n    poll_interval: 1s\n    vhosts: {{ include: '{include}' }}\n    prometheus: {{ urls: [http://127.0.0.1:15696] }}\nanalysis:\n  window: 30s\n",
+        free_port()
+    );
+    let daemon = Daemon::start(&config).await;
+    let (source, reason, mode) = source_of(&daemon).await;
+    assert_eq!(
+        (source.as_str(), reason, mode.as_str()),
+        ("prometheus", None, "depth_only")
+    );
+    let labels = [
+        ("cluster", CLUSTER),
+        ("vhost", vhost.as_str()),
+        ("queue", "orders"),
+    ];
+    let metrics = eventually(
+        Duration::from_secs(45),
+        "orders' backlog seen growing",
+        async || {
+            let m = daemon.metrics().await?;
+            let growth = find(&m, "rabbitwatch_queue_backlog_growth_rate", &labels);
+            match growth {
+                Some(g) if g > 5.0 => Ok(m),
+                other => Err(format!("growth {other:?}")),
+            }
+        },
+    )
+    .await;
+    for rate in [
+        "rabbitwatch_queue_publish_rate",
+        "rabbitwatch_queue_consume_rate",
+        "rabbitwatch_queue_published_total",
+    ] {
+        assert_eq!(
+            find(&metrics, rate, &labels),
+            None,
+            "{rate} is unknown, not 0"
+        );
+    }
+    publisher.stop().await;
+    let _ = http
+        .delete(format!("{API}/api/vhosts/{vhost}"))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await;
 }
