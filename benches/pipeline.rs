@@ -20,6 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
+use cpu_time::{measure, median};
+
 use rabbitwatch::analysis::Params;
 use rabbitwatch::config::NameFilter;
 use rabbitwatch::domain::{StatsMode, Timestamp};
@@ -248,49 +252,6 @@ fn pages_to_samples(pages: &[Vec<u8>], vf: &NameFilter, qf: &NameFilter) -> Vec<
         c.add_listing(body).expect("valid page");
     }
     c.finish()
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-/// CPU time this thread has run (`CLOCK_THREAD_CPUTIME_ID`, ns precision), so that other processes
-/// competing for the cores (builds, tests) slow a run down without adding to it. `None` off Linux.
-#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
-fn thread_cpu() -> Option<Duration> {
-    #[repr(C)]
-    struct Timespec {
-        tv_sec: i64,
-        tv_nsec: i64,
-    }
-    unsafe extern "C" {
-        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
-    }
-    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-    let mut ts = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: glibc's clock_gettime writes one timespec (two 64-bit fields on this target) into `ts`.
-    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
-}
-
-#[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
-fn thread_cpu() -> Option<Duration> {
-    None
-}
-
-/// Thread CPU time of `f` (wall-clock time where the kernel has no schedstat).
-fn measure<T>(f: impl FnOnce() -> T) -> (T, Duration) {
-    let (t, c) = (Instant::now(), thread_cpu());
-    let out = black_box(f());
-    let spent = match (c, thread_cpu()) {
-        (Some(a), Some(b)) => b - a,
-        _ => t.elapsed(),
-    };
-    (out, spent)
 }
 
 fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> Duration {

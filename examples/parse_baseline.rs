@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+#[path = "../benches/common/cpu_time.rs"]
+mod cpu_time;
+use cpu_time::thread_cpu;
+
 #[derive(Deserialize)]
 #[allow(dead_code)]
 struct Page<'a> {
@@ -82,33 +86,6 @@ fn parse_all(pages: &[Vec<u8>]) -> usize {
             }
         })
         .sum()
-}
-
-/// CPU time this thread has run (`CLOCK_THREAD_CPUTIME_ID`, ns precision), so that other processes
-/// competing for the cores (builds, tests) slow a run down without adding to it. `None` off Linux.
-#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
-fn thread_cpu() -> Option<Duration> {
-    #[repr(C)]
-    struct Timespec {
-        tv_sec: i64,
-        tv_nsec: i64,
-    }
-    unsafe extern "C" {
-        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
-    }
-    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-    let mut ts = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: glibc's clock_gettime writes one timespec (two 64-bit fields on this target) into `ts`.
-    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
-}
-
-#[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
-fn thread_cpu() -> Option<Duration> {
-    None
 }
 
 /// Median CPU time of `reps` runs (wall-clock time where the kernel has no schedstat).

@@ -34,6 +34,21 @@ fn config_with_source(vhost: &str, source: &str, extra: &str) -> String {
     )
 }
 
+/// The queue's rate and counter series are absent: unknown, not 0.
+fn assert_rates_unknown(metrics: &[crate::util::Sample], labels: &[(&str, &str)]) {
+    for rate in [
+        "rabbitwatch_queue_publish_rate",
+        "rabbitwatch_queue_consume_rate",
+        "rabbitwatch_queue_published_total",
+    ] {
+        assert_eq!(
+            find(metrics, rate, labels),
+            None,
+            "{rate} is unknown, not 0"
+        );
+    }
+}
+
 /// `(source, source_reason, stats_mode)` of the daemon's one cluster, once it has answered.
 async fn source_of(daemon: &Daemon) -> (String, Option<String>, String) {
     eventually(
@@ -130,17 +145,7 @@ async fn the_prometheus_source_on_rabbitmq_3_shows_depths_and_leaves_rates_unkno
         }
     })
     .await;
-    for rate in [
-        "rabbitwatch_queue_publish_rate",
-        "rabbitwatch_queue_consume_rate",
-        "rabbitwatch_queue_published_total",
-    ] {
-        assert_eq!(
-            find(&metrics, rate, &labels),
-            None,
-            "{rate} is unknown, not 0"
-        );
-    }
+    assert_rates_unknown(&metrics, &labels);
     assert_eq!(
         find(
             &metrics,
@@ -347,17 +352,7 @@ async fn rates_mode_none_on_rabbitmq_4_leaves_the_prometheus_source_depth_only_n
         },
     )
     .await;
-    for rate in [
-        "rabbitwatch_queue_publish_rate",
-        "rabbitwatch_queue_consume_rate",
-        "rabbitwatch_queue_published_total",
-    ] {
-        assert_eq!(
-            find(&metrics, rate, &labels),
-            None,
-            "{rate} is unknown, not 0"
-        );
-    }
+    assert_rates_unknown(&metrics, &labels);
     publisher.stop().await;
     let _ = http
         .delete(format!("{API}/api/vhosts/{vhost}"))
