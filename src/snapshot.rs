@@ -266,6 +266,13 @@ impl Window {
         self.has_counters
     }
 
+    /// The next sample's counters come from elsewhere (another source) and cannot be compared with
+    /// these: the next push restarts the window, as a counter reset does, rather than reading the
+    /// difference between two sources' counters as traffic.
+    pub fn forget_counters(&mut self) {
+        self.has_counters = false;
+    }
+
     pub fn len(&self) -> usize {
         self.points.len()
     }
@@ -541,6 +548,26 @@ mod tests {
         assert_eq!(w.push(Timestamp(2_000), 0, c(3, 0), 60_000), Push::Reset);
         assert_eq!(w.len(), 1);
         assert_eq!(w.first().counters.publish, 3);
+    }
+
+    #[test]
+    fn forgotten_counters_restart_the_window_at_the_next_push() {
+        let mut w = Window::new(Timestamp(0), 5, c(100, 50));
+        assert_eq!(
+            w.push(Timestamp(1_000), 5, c(110, 60), 60_000),
+            Push::Appended
+        );
+        w.forget_counters();
+        // Higher counters from another source: a restart, not 890 messages in a second.
+        assert_eq!(
+            w.push(Timestamp(2_000), 5, c(1_000, 60), 60_000),
+            Push::Reset
+        );
+        assert_eq!(w.len(), 1);
+        assert_eq!(
+            w.push(Timestamp(3_000), 5, c(1_010, 70), 60_000),
+            Push::Appended
+        );
     }
 
     #[test]

@@ -268,6 +268,15 @@ impl Tracker {
         }
     }
 
+    /// The next snapshot's counters come from another source (`source: auto` switching): every
+    /// window restarts at its next sample instead of reading the jump between the two sources'
+    /// counters as traffic. Depths are kept.
+    pub fn forget_counters(&mut self) {
+        for t in self.slots.items.iter_mut().flatten() {
+            t.window.forget_counters();
+        }
+    }
+
     /// Queues with history: those of the last listing.
     pub fn len(&self) -> usize {
         self.index.len()
@@ -454,6 +463,9 @@ impl Tracker {
                     events.push(CycleEvent::TopologyUnreadable {
                         error: error.clone(),
                     });
+                }
+                if prev.last_success.is_some() && snap.source != prev.source {
+                    self.forget_counters();
                 }
                 let mut queues = self.observe(std::mem::take(&mut snap.queues), snap.taken_at, now);
                 if let Some(exchanges) = &snap.exchanges {
@@ -882,6 +894,35 @@ mod tests {
         );
         assert_eq!(kinds(&ev), ["Source"]);
         assert_eq!((v11.source, v11.source_reason), (Source::Prometheus, None));
+    }
+
+    #[test]
+    fn a_source_switch_restarts_the_windows_instead_of_reading_the_jump_as_traffic() {
+        let mut t = Tracker::new("c", Params { window_ms: 60_000 });
+        let fast = Duration::from_millis(100);
+        let rate = |v: &ClusterView| v.queues[0].health.publish_rate;
+        let v0 = ClusterView::new("c", Duration::from_secs(10));
+        let (v1, _) = t.next_view(&v0, Ok(snapshot(0, &[("a", 100)])), fast, Timestamp(0));
+        let (v2, _) = t.next_view(
+            &v1,
+            Ok(snapshot(10, &[("a", 200)])),
+            fast,
+            Timestamp(10_000),
+        );
+        let before = rate(&v2).expect("a rate from two samples");
+        // The plugin's sum for the same queue is far above the management API's counter.
+        let plugin = |at, publish| Snapshot {
+            source: Source::Prometheus,
+            ..snapshot(at, &[("a", publish)])
+        };
+        let (v3, _) = t.next_view(&v2, Ok(plugin(20, 5_000)), fast, Timestamp(20_000));
+        assert_eq!(
+            rate(&v3),
+            None,
+            "one sample since the switch: not known yet, not a spike"
+        );
+        let (v4, _) = t.next_view(&v3, Ok(plugin(30, 5_100)), fast, Timestamp(30_000));
+        assert_eq!(rate(&v4), Some(before));
     }
 
     #[test]
