@@ -1105,7 +1105,8 @@ impl Scraper {
         progress();
         let mut collector = QueueCollector::new(&self.cfg.vhosts, &self.cfg.queues, stats_mode);
         let query = format!("columns={QUEUE_COLUMNS}");
-        self.list_queues(&query, &mut collector, progress).await?;
+        self.list_queues(&query, None, &mut collector, progress)
+            .await?;
         let stats_pending = collector.stats_pending();
         let (mut queues, dead_letterings) = collector.finish_with_dead_letterings();
         let truncated = keep_largest(&mut queues, self.cfg.max_queues);
@@ -1131,10 +1132,12 @@ impl Scraper {
     }
 
     /// Every watched vhost's queues with `query` (`columns=…` and the like): in one request when
-    /// every vhost is watched, else vhost by vhost.
+    /// every vhost is watched, else vhost by vhost (`watched`: the list this cycle already read,
+    /// else it is read here).
     async fn list_queues(
         &self,
         query: &str,
+        watched: Option<&[String]>,
         collector: &mut QueueCollector<'_>,
         progress: &(dyn Fn() + Sync),
     ) -> Result<(), ScrapeError> {
@@ -1143,10 +1146,18 @@ impl Scraper {
                 .scrape_queues("/api/queues", query, collector, progress)
                 .await;
         }
-        for vhost in self.watched_vhosts().await? {
+        let read;
+        let vhosts = match watched {
+            Some(v) => v,
+            None => {
+                read = self.watched_vhosts().await?;
+                &read
+            }
+        };
+        for vhost in vhosts {
             let path = format!(
                 "/api/queues/{}",
-                utf8_percent_encode(&vhost, NON_ALPHANUMERIC)
+                utf8_percent_encode(vhost, NON_ALPHANUMERIC)
             );
             match self.scrape_queues(&path, query, collector, progress).await {
                 // Deleted since the list was made: it has no queues, which is the truth.
@@ -1220,14 +1231,18 @@ impl Scraper {
         };
         // With a vhost filter, the nodes list only the watched vhosts' queues (up to 100 named in
         // the query; past that, everything, filtered here).
+        let watched = if self.cfg.vhosts.is_match_all() {
+            None
+        } else {
+            Some(self.watched_vhosts().await.map_err(PromError::Management)?)
+        };
         let mut only = String::new();
-        if !self.cfg.vhosts.is_match_all() {
-            let vhosts = self.watched_vhosts().await.map_err(PromError::Management)?;
-            if (1..=MAX_VHOSTS_IN_QUERY).contains(&vhosts.len()) {
-                for v in vhosts {
-                    only.push_str("&vhost=");
-                    only.extend(utf8_percent_encode(&v, NON_ALPHANUMERIC));
-                }
+        if let Some(vhosts) = &watched
+            && (1..=MAX_VHOSTS_IN_QUERY).contains(&vhosts.len())
+        {
+            for v in vhosts {
+                only.push_str("&vhost=");
+                only.extend(utf8_percent_encode(v, NON_ALPHANUMERIC));
             }
         }
         let readings =
@@ -1285,7 +1300,7 @@ impl Scraper {
             StatsMode::DepthOnly
         };
         let listing = self
-            .queue_listing(&merged.queues, progress)
+            .queue_listing(&merged.queues, watched.as_deref(), progress)
             .await
             .map_err(PromError::Management)?;
         let mut key = String::new();
@@ -1377,6 +1392,7 @@ impl Scraper {
     async fn queue_listing(
         &self,
         listed: &prometheus::QueueSums,
+        watched: Option<&[String]>,
         progress: &(dyn Fn() + Sync),
     ) -> Result<Arc<ListingCache>, ScrapeError> {
         let cached = self
@@ -1397,7 +1413,7 @@ impl Scraper {
             QueueCollector::new(&self.cfg.vhosts, &self.cfg.queues, StatsMode::Full)
                 .with_policies(&policies)
                 .indexing_every_queue();
-        self.list_queues(LISTING_QUERY, &mut collector, progress)
+        self.list_queues(LISTING_QUERY, watched, &mut collector, progress)
             .await?;
         let (samples, dead_letterings, index) = collector.finish_indexed();
         let c = Arc::new(ListingCache {
