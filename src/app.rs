@@ -444,6 +444,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
     let addr = listener.local_addr()?;
     info!(listen = %addr, "serving /metrics /healthz /readyz /api/v1");
+    let metrics_cache = Arc::new(crate::export::QueueCache::default());
+    let published = Arc::new(tokio::sync::Notify::new());
     let state = HttpState {
         clusters: Arc::new(handles.clone()),
         liveness: liveness.clone(),
@@ -455,7 +457,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         reload_status: reload_status.clone(),
         scaling: scaling.clone(),
         probes: Arc::new(probes.clone()),
-        metrics_cache: Arc::default(),
+        metrics_cache: metrics_cache.clone(),
     };
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
@@ -516,9 +518,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     }));
+    loops.push(tokio::spawn(prebuild_metrics(
+        handles.clone(),
+        metrics_cache,
+        published.clone(),
+    )));
     loops.extend(scrapers.into_iter().zip(&handles).zip(poll_beats).map(
         |((scraper, handle), beat)| {
             tokio::spawn(poll_loop(PollLoop {
+                published: published.clone(),
                 handle: handle.clone(),
                 beat,
                 scraper,
@@ -685,11 +693,26 @@ fn log_cycle_event(event: CycleEvent) {
     }
 }
 
-/// One cluster's loop: scrape, fold into history, publish the view. Cycles never overlap: a cycle
-/// longer than the interval makes the loop skip (and count) the ticks it overran.
+/// Builds `/metrics`' gzip block of each published cycle ahead of the next scrape (see
+/// `QueueCache::prebuild`). Publications during a build coalesce into one more build after it.
+async fn prebuild_metrics(
+    clusters: Vec<Arc<ClusterHandle>>,
+    cache: Arc<crate::export::QueueCache>,
+    published: Arc<tokio::sync::Notify>,
+) {
+    loop {
+        published.notified().await;
+        let views: Vec<_> = clusters.iter().map(|c| c.view.load_full()).collect();
+        let cache = cache.clone();
+        let _ = tokio::task::spawn_blocking(move || cache.prebuild(&views, Timestamp::now())).await;
+    }
+}
+
 /// One cluster's poll loop and everything its cycles feed.
 struct PollLoop {
     handle: Arc<ClusterHandle>,
+    /// Told each time a cycle's view is published (`prebuild_metrics`).
+    published: Arc<tokio::sync::Notify>,
     beat: Arc<Beat>,
     scraper: Scraper,
     params: Params,
@@ -700,8 +723,11 @@ struct PollLoop {
     fault: Fault,
 }
 
+/// One cluster's loop: scrape, fold into history, publish the view. Cycles never overlap: a cycle
+/// longer than the interval makes the loop skip (and count) the ticks it overran.
 async fn poll_loop(l: PollLoop) {
     let PollLoop {
+        published,
         handle,
         beat,
         scraper,
@@ -760,6 +786,8 @@ async fn poll_loop(l: PollLoop) {
             let jitter = poll.mul_f64(0.1 * fastrand::f64());
             started + poll * (skipped + 1) + jitter - poll.mul_f64(0.05)
         };
+        // After the previous view is dropped, so its queues are not held while /metrics is built.
+        published.notify_one();
         if fault.is(Fault::StallPollLoop) {
             warn!(cluster = %cfg.name, "RABBITWATCH_FAULT=stall-poll-loop: this poll loop now hangs");
             std::future::pending::<()>().await;

@@ -14,8 +14,15 @@
 //!
 //! Only the compressed bytes are kept (~1/20 of the text): clients without gzip get the text rendered
 //! afresh and streamed as before, rather than a second copy of the whole exposition held in memory.
+//!
+//! Once a gzip scraper has read a block, the next cycle's block is built as soon as the cycle is
+//! published (`QueueCache::prebuild`), off the scrape path: the scrape after a cycle then sends kept
+//! pieces instead of waiting for the render and deflate (~0.3 s of CPU at 100k queues). A block
+//! nobody read is not followed by another one built ahead, so a daemon nobody scrapes, or scrapes
+//! less often than it polls, does not render every cycle for nothing.
 
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
@@ -48,6 +55,8 @@ struct Block {
     pieces: Vec<Bytes>,
     crc: crc32fast::Hasher,
     text_len: u64,
+    /// A scrape sent it (or is sending it): what makes the next cycle's block worth building ahead.
+    read: AtomicBool,
 }
 
 impl Block {
@@ -79,6 +88,8 @@ pub struct CacheStats {
     pub builds: u64,
     /// Scrapes served from a block already built.
     pub hits: u64,
+    /// Of the builds, those made ahead of any scrape as a cycle was published (`prebuild`).
+    pub prebuilds: u64,
     /// Size of the block kept: compressed bytes, and the text they stand for.
     pub compressed_bytes: usize,
     pub text_bytes: u64,
@@ -117,6 +128,7 @@ impl QueueCache {
 
         let fresh = fresh_clusters(clusters, now);
         let block = self.block_for(&fresh, emit)?;
+        block.read.store(true, Ordering::Relaxed);
         crc.combine(&block.crc);
         let mut trailer = Vec::with_capacity(8);
         trailer.extend_from_slice(&crc.finalize().to_le_bytes());
@@ -124,6 +136,29 @@ impl QueueCache {
         let len = head.len() as u64 + block.text_len;
         trailer.extend_from_slice(&(len as u32).to_le_bytes());
         emit(Bytes::from(trailer))
+    }
+
+    /// Builds the block of the clusters fresh at `now` ahead of the next scrape, when a scrape read the
+    /// block it replaces; returns whether it built. Called as a poll cycle is published, on a thread
+    /// that may block: a scrape arriving meanwhile waits for this build instead of starting another.
+    pub fn prebuild(&self, clusters: &[Arc<ClusterView>], now: Timestamp) -> bool {
+        let fresh = fresh_clusters(clusters, now);
+        {
+            let kept = lock(&self.block);
+            let Some(b) = kept.as_ref() else {
+                return false; // no gzip scrape yet
+            };
+            if b.is_of(&fresh) || !b.read.load(Ordering::Relaxed) {
+                return false;
+            }
+        }
+        let built = self
+            .build(&fresh, &mut |_| ControlFlow::Continue(()))
+            .is_some();
+        if built {
+            lock(&self.stats).prebuilds += 1;
+        }
+        built
     }
 
     /// The block for `fresh`: the kept one when it is of these queue lists, else a new one, built
@@ -135,15 +170,42 @@ impl QueueCache {
         fresh: &[&ClusterView],
         emit: &mut dyn FnMut(Bytes) -> ControlFlow<()>,
     ) -> ControlFlow<(), Arc<Block>> {
-        // One scrape builds while concurrent ones wait here, then read what it built.
-        let mut kept = lock(&self.block);
-        if let Some(b) = kept.as_ref().filter(|b| b.is_of(fresh)).cloned() {
-            drop(kept);
-            lock(&self.stats).hits += 1;
-            for p in &b.pieces {
-                emit(p.clone())?;
+        loop {
+            if let Some(b) = self.kept_of(fresh) {
+                lock(&self.stats).hits += 1;
+                for p in &b.pieces {
+                    emit(p.clone())?;
+                }
+                return ControlFlow::Continue(b);
             }
-            return ControlFlow::Continue(b);
+            if let Some((b, client)) = self.build(fresh, emit) {
+                client?;
+                return ControlFlow::Continue(b);
+            }
+            // A prebuild made it while this scrape waited: sent from the top.
+        }
+    }
+
+    fn kept_of(&self, fresh: &[&ClusterView]) -> Option<Arc<Block>> {
+        lock(&self.block)
+            .as_ref()
+            .filter(|b| b.is_of(fresh))
+            .cloned()
+    }
+
+    /// Renders and deflates the queue families of `fresh` into a new kept block, handing each piece to
+    /// `emit` as it is made until `emit` breaks (the block is completed regardless); returns the block
+    /// and whether `emit` took every piece. `None` when the kept block turns out to be of `fresh`
+    /// already (built by another thread meanwhile).
+    fn build(
+        &self,
+        fresh: &[&ClusterView],
+        emit: &mut dyn FnMut(Bytes) -> ControlFlow<()>,
+    ) -> Option<(Arc<Block>, ControlFlow<()>)> {
+        // One thread builds while concurrent scrapes and prebuilds wait here, then read what it built.
+        let mut kept = lock(&self.block);
+        if kept.as_ref().is_some_and(|b| b.is_of(fresh)) {
+            return None;
         }
         // The old cycle's block goes before the new one is built, so the two are never held at once.
         *kept = None;
@@ -198,6 +260,7 @@ impl QueueCache {
             pieces,
             crc,
             text_len,
+            read: AtomicBool::new(false),
         });
         *kept = Some(block.clone());
         drop(kept);
@@ -205,9 +268,7 @@ impl QueueCache {
         stats.builds += 1;
         stats.compressed_bytes = block.compressed_len();
         stats.text_bytes = block.text_len;
-        drop(stats);
-        client?;
-        ControlFlow::Continue(block)
+        Some((block, client))
     }
 }
 
@@ -353,6 +414,40 @@ mod tests {
             "rabbitwatch_queue_messages{cluster=\"local\",vhost=\"/\",queue=\"orders-3\"} 10\n"
         ));
         assert_eq!(cache.stats().builds, 2);
+    }
+
+    #[test]
+    fn a_cycle_is_built_ahead_only_for_a_scraper_that_read_the_last_block() {
+        let cache = QueueCache::default();
+        let first = [with_queues(100_000, 50, 7)];
+        // Nobody has scraped with gzip yet: nothing is built ahead.
+        assert!(!cache.prebuild(&first, Timestamp(100_500)));
+        assert_eq!(cache.stats().builds, 0);
+        gzip_scrape(&cache, &first, Timestamp(100_500));
+
+        // The next cycle is built as it is published; its scrape sends what was kept, and shows the
+        // new cycle's values.
+        let second = [with_queues(110_000, 50, 1_000)];
+        assert!(cache.prebuild(&second, Timestamp(110_100)));
+        assert!(
+            !cache.prebuild(&second, Timestamp(110_200)),
+            "already built"
+        );
+        let text = gunzip_one_member(&gzip_scrape(&cache, &second, Timestamp(110_500)));
+        assert_eq!(text, render(&second, Timestamp(110_500)));
+        let s = cache.stats();
+        assert_eq!((s.builds, s.prebuilds, s.hits), (2, 1, 1));
+
+        // The third cycle's block is built ahead too, but nobody reads it: the fourth is not built
+        // until a scrape asks for it.
+        let third = [with_queues(120_000, 50, 2_000)];
+        assert!(cache.prebuild(&third, Timestamp(120_100)));
+        let fourth = [with_queues(130_000, 50, 3_000)];
+        assert!(!cache.prebuild(&fourth, Timestamp(130_100)));
+        let text = gunzip_one_member(&gzip_scrape(&cache, &fourth, Timestamp(130_500)));
+        assert_eq!(text, render(&fourth, Timestamp(130_500)));
+        let s = cache.stats();
+        assert_eq!((s.builds, s.prebuilds, s.hits), (4, 2, 1));
     }
 
     #[test]
