@@ -781,6 +781,9 @@ async fn poll_loop(l: PollLoop) {
             handle.view.store(view.clone());
             engine.on_cycle(&view, now);
             scaling.on_cycle(&view, now, &engine);
+            // The view this one replaced lends its buffers to the next cycle, as do the samples.
+            tracker.recycle(prev);
+            scraper.recycle_samples(tracker.take_spare_samples());
             beat.mark(now);
             // ±5% jitter keeps many daemons (or clusters) from polling in lockstep.
             let jitter = poll.mul_f64(0.1 * fastrand::f64());

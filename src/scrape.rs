@@ -575,6 +575,14 @@ impl<'f> QueueCollector<'f> {
         }
     }
 
+    /// Fills `buf` (emptied) instead of a new `Vec`: the last cycle's, whose pages are mapped already
+    /// (`view::Tracker::take_spare_samples`).
+    pub fn reusing(mut self, mut buf: Vec<QueueSample>) -> Self {
+        buf.clear();
+        self.samples = buf;
+        self
+    }
+
     /// Keeps an index of every listed queue, watched or not (`finish_indexed`).
     pub fn indexing_every_queue(mut self) -> Self {
         self.index = Some(Default::default());
@@ -688,6 +696,145 @@ fn intern(pool: &mut Vec<Arc<str>>, s: &str) -> Arc<str> {
     let v: Arc<str> = Arc::from(s);
     pool.push(v.clone());
     v
+}
+
+/// Decodes an unpaged listing (a JSON array of queues) as its body arrives, chunk by chunk, so the
+/// whole body (32 MB at 100k queues) is never held: each queue is decoded straight from the chunk it
+/// arrived in, and only a queue split across two chunks is copied, into a small buffer of its own.
+/// A queue found incomplete at the end of a chunk is decoded again once the rest of it arrives (a few
+/// hundred bytes per chunk). A body that turns out to be something else (a page object) is kept whole
+/// and decoded at the end by `QueueCollector::add_listing`, errors included.
+pub struct ListingStream<'c, 'f> {
+    collector: &'c mut QueueCollector<'f>,
+    /// Bytes not decoded yet: the start of a queue split across chunks (never more), or a whole
+    /// body that does not start with `[`.
+    carry: Vec<u8>,
+    at: Expect,
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Expect {
+    /// `[`, or anything else (then the body is buffered whole).
+    Start,
+    /// A queue or `]` (after `[`).
+    FirstItem,
+    /// A queue (after `,`).
+    Item,
+    /// `,` or `]` (after a queue).
+    Separator,
+    /// Only whitespace (after `]`).
+    End,
+    /// Not an array: buffered whole for `add_listing`.
+    Whole,
+}
+
+impl<'c, 'f> ListingStream<'c, 'f> {
+    pub fn new(collector: &'c mut QueueCollector<'f>) -> Self {
+        ListingStream {
+            collector,
+            carry: Vec::new(),
+            at: Expect::Start,
+        }
+    }
+
+    /// Decodes what `chunk` completes.
+    pub fn feed(&mut self, mut chunk: &[u8]) -> Result<(), serde_json::Error> {
+        if self.at == Expect::Whole {
+            self.carry.extend_from_slice(chunk);
+            return Ok(());
+        }
+        // First finish the queue the last chunk left incomplete: move this chunk's head over, a
+        // growing slice at a time, until it decodes; what follows it is read from the chunk itself.
+        let mut step = 256;
+        while !self.carry.is_empty() && !chunk.is_empty() {
+            let take = chunk.len().min(step);
+            let before = self.carry.len();
+            self.carry.extend_from_slice(&chunk[..take]);
+            let carry = std::mem::take(&mut self.carry);
+            let used = self.decode(&carry)?;
+            if used > before {
+                // The incomplete queue is done; the rest of what was moved over is read again
+                // from the chunk.
+                chunk = &chunk[used - before..];
+                self.carry = carry;
+                self.carry.clear();
+                break;
+            }
+            self.carry = carry;
+            self.carry.drain(..used);
+            chunk = &chunk[take..];
+            step *= 2;
+        }
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let used = self.decode(chunk)?;
+        if self.at == Expect::Whole {
+            self.carry.extend_from_slice(chunk);
+        } else {
+            self.carry.extend_from_slice(&chunk[used..]);
+        }
+        Ok(())
+    }
+
+    /// Ends the body: an error unless it was one whole listing.
+    pub fn finish(self) -> Result<(), serde_json::Error> {
+        match self.at {
+            Expect::End => Ok(()),
+            // Not an array, or cut short: `add_listing` decodes it and says what is wrong.
+            _ => self.collector.add_listing(&self.carry).map(|_| ()),
+        }
+    }
+
+    /// Decodes the complete tokens and queues at the start of `buf`; returns how many bytes they
+    /// took. Stops before a queue that `buf` holds only the start of.
+    fn decode(&mut self, buf: &[u8]) -> Result<usize, serde_json::Error> {
+        let mut pos = 0;
+        loop {
+            while buf.get(pos).is_some_and(u8::is_ascii_whitespace) {
+                pos += 1;
+            }
+            let Some(&b) = buf.get(pos) else {
+                return Ok(pos);
+            };
+            self.at = match (self.at, b) {
+                (Expect::Start, b'[') => Expect::FirstItem,
+                (Expect::Start, _) => {
+                    self.at = Expect::Whole;
+                    return Ok(0);
+                }
+                (Expect::FirstItem | Expect::Separator, b']') => Expect::End,
+                (Expect::Separator, b',') => Expect::Item,
+                (Expect::FirstItem | Expect::Item, _) => {
+                    let mut items =
+                        serde_json::Deserializer::from_slice(&buf[pos..]).into_iter::<QueueDto>();
+                    match items.next() {
+                        Some(Ok(q)) => {
+                            self.collector.push(q);
+                            pos += items.byte_offset();
+                            self.at = Expect::Separator;
+                            continue;
+                        }
+                        Some(Err(e)) if e.is_eof() => return Ok(pos),
+                        Some(Err(e)) => return Err(e),
+                        None => return Ok(pos),
+                    }
+                }
+                (at, b) => {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "unexpected {:?} in a list of queues (expected {})",
+                        char::from(b),
+                        match at {
+                            Expect::Separator => "`,` or `]`",
+                            Expect::End => "nothing after `]`",
+                            _ => "a queue",
+                        }
+                    )));
+                }
+            };
+            pos += 1;
+        }
+    }
 }
 
 struct ListingSeed<'c, 'f>(&'c mut QueueCollector<'f>);
@@ -810,6 +957,8 @@ pub struct Scraper {
     /// queues the nodes list differ from it, or after `TOPOLOGY_REFRESH_CYCLES` cycles.
     /// With the cycles it has been reused.
     listing: std::sync::Mutex<Option<(Arc<ListingCache>, u64)>>,
+    /// An emptied samples buffer of an earlier cycle for the next listing to fill (`recycle_samples`).
+    spare_samples: std::sync::Mutex<Vec<QueueSample>>,
 }
 
 /// While `source: auto` reads the management API, the Prometheus plugin is tried again after this
@@ -907,11 +1056,22 @@ impl Scraper {
             topology: std::sync::Mutex::new(None),
             auto: std::sync::Mutex::new(AutoState::default()),
             listing: std::sync::Mutex::new(None),
+            spare_samples: std::sync::Mutex::default(),
         })
     }
 
     pub fn config(&self) -> &ClusterConfig {
         &self.cfg
+    }
+
+    /// Hands back an emptied samples buffer (`view::Tracker::take_spare_samples`) for the next
+    /// management-API listing to fill: its pages are mapped already.
+    pub fn recycle_samples(&self, buf: Vec<QueueSample>) {
+        *self.spare_samples.lock().unwrap_or_else(|e| e.into_inner()) = buf;
+    }
+
+    fn take_spare_samples(&self) -> Vec<QueueSample> {
+        std::mem::take(&mut *self.spare_samples.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn url(&self, path: &str) -> String {
@@ -1103,7 +1263,8 @@ impl Scraper {
             .get_decoded(&format!("/api/nodes?columns={NODE_COLUMNS}"), decode_nodes)
             .await?;
         progress();
-        let mut collector = QueueCollector::new(&self.cfg.vhosts, &self.cfg.queues, stats_mode);
+        let mut collector = QueueCollector::new(&self.cfg.vhosts, &self.cfg.queues, stats_mode)
+            .reusing(self.take_spare_samples());
         let query = format!("columns={QUEUE_COLUMNS}");
         self.list_queues(&query, None, &mut collector, progress)
             .await?;
@@ -1553,16 +1714,26 @@ impl Scraper {
         collector: &mut QueueCollector<'_>,
         progress: &(dyn Fn() + Sync),
     ) -> Result<(), ScrapeError> {
+        if self.cfg.page_size == 0 {
+            // Decoded as it arrives: the body of an unpaged listing is never held whole.
+            let url = self.url(&format!("{base}?{query}"));
+            let mut listing = ListingStream::new(collector);
+            self.fetch(url.clone(), &mut |chunk| {
+                listing.feed(chunk).map_err(|e| e.to_string())
+            })
+            .await?;
+            progress();
+            return listing.finish().map_err(|e| ScrapeError::Decode {
+                url,
+                detail: e.to_string(),
+            });
+        }
         let mut page = 1u32;
         loop {
-            let path = if self.cfg.page_size == 0 {
-                format!("{base}?{query}")
-            } else {
-                format!(
-                    "{base}?page={page}&page_size={}&{query}",
-                    self.cfg.page_size
-                )
-            };
+            let path = format!(
+                "{base}?page={page}&page_size={}&{query}",
+                self.cfg.page_size
+            );
             let body = self.get(&path).await?;
             progress();
             let page_count = collector
@@ -1571,7 +1742,7 @@ impl Scraper {
                     url: self.url(&path),
                     detail: e.to_string(),
                 })?;
-            if self.cfg.page_size == 0 || page >= page_count {
+            if page >= page_count {
                 return Ok(());
             }
             page += 1;
@@ -1883,6 +2054,99 @@ mod tests {
                 "{} was accepted",
                 String::from_utf8_lossy(body)
             );
+        }
+    }
+
+    /// Every way of cutting `body` into chunks: the listing as it arrives.
+    fn stream(body: &[u8], cuts: &[usize]) -> Result<(Vec<QueueSample>, usize), serde_json::Error> {
+        let (v, q) = (all(), all());
+        let mut c = QueueCollector::new(&v, &q, StatsMode::Full);
+        let mut s = ListingStream::new(&mut c);
+        let mut carried = 0;
+        let mut from = 0;
+        for &to in cuts.iter().chain([&body.len()]) {
+            s.feed(&body[from..to.max(from)])?;
+            carried = carried.max(s.carry.capacity());
+            from = to.max(from);
+        }
+        s.finish()?;
+        Ok((c.finish(), carried))
+    }
+
+    fn cuts_every(n: usize, len: usize) -> Vec<usize> {
+        (n..len).step_by(n).collect()
+    }
+
+    #[test]
+    fn a_listing_decoded_as_it_streams_in_is_the_listing_decoded_whole() {
+        let queue = |i: usize| {
+            format!(
+                concat!(
+                    r#"{{"name":"q-{i} \"é\" \\ }}","vhost":"v{v}","type":"quorum","durable":true,"#,
+                    r#""messages":{i},"messages_ready":{i},"messages_unacknowledged":0,"consumers":2,"#,
+                    r#""arguments":{{"x-dead-letter-exchange":"dlx","x-max-length":7,"x-custom":[1,{{"a":"]"}}]}},"#,
+                    r#""message_stats":{{"publish":{p},"deliver_get":3,"ack":3}}}}"#
+                ),
+                i = i,
+                v = i % 3,
+                p = i * 10
+            )
+        };
+        let items: Vec<String> = (0..200).map(queue).collect();
+        let body = format!(" [\n{}\n] \n", items.join(" ,\n "));
+        let body = body.as_bytes();
+        let whole = collect(body, StatsMode::Full);
+        assert_eq!(whole.len(), 200);
+        let mut cutting: Vec<Vec<usize>> = [1, 2, 3, 7, 64, 333, 4096, body.len()]
+            .iter()
+            .map(|&n| cuts_every(n, body.len()))
+            .collect();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..50 {
+            let mut cuts: Vec<usize> = (0..rng.usize(1..40))
+                .map(|_| rng.usize(0..body.len()))
+                .collect();
+            cuts.sort_unstable();
+            cutting.push(cuts);
+        }
+        for cuts in &cutting {
+            let (streamed, carried) = stream(body, cuts).unwrap();
+            assert_eq!(streamed, whole, "cut at {cuts:?}");
+            // Only a queue split across chunks is ever copied, never the listing.
+            assert!(carried < 2048, "carried {carried} bytes, cut at {cuts:?}");
+        }
+        // A page (an object, not an array) is decoded whole at the end, and the same.
+        let page = format!(r#"{{"items":[{}],"page_count":1}}"#, items.join(","));
+        let (streamed, _) = stream(page.as_bytes(), &cuts_every(100, page.len())).unwrap();
+        assert_eq!(streamed, whole);
+        assert!(stream(b"[]", &[1]).unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn a_broken_listing_is_an_error_however_it_is_cut() {
+        for body in [
+            &b"{}"[..],
+            br#"{"page_count":3}"#,
+            br#"[{"vhost":"/"}]"#,
+            br#"[{"name":"a","vhost":"/"}"#,
+            br#"[{"name":"a","vhost":"/"},]"#,
+            br#"[{"name":"a","vhost":"/"} {"name":"b","vhost":"/"}]"#,
+            br#"[{"name":"a","vhost":"/"}"#,
+            br#"[{"name":"a","vhost":"/"}]]"#,
+            br#"[] trailing"#,
+            br#"[1]"#,
+            br#"[{"name":"a","vhost":"/""#,
+            b"",
+            b"[",
+            b"null",
+        ] {
+            for n in [1, 2, 5, body.len().max(1)] {
+                assert!(
+                    stream(body, &cuts_every(n, body.len())).is_err(),
+                    "{} was accepted in chunks of {n}",
+                    String::from_utf8_lossy(body)
+                );
+            }
         }
     }
 

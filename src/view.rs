@@ -212,6 +212,29 @@ pub struct Tracker {
     /// are read in the order they were filled rather than at random.
     order: Vec<u32>,
     cycle: u64,
+    /// Emptied buffers of earlier cycles, filled again by the next (`recycle`): their pages stay
+    /// mapped, so a cycle does not fault in tens of MB of fresh pages at 100k queues.
+    spare: Spare,
+}
+
+/// Empty buffers kept from one cycle for the next, each with the capacity it had.
+#[derive(Default)]
+struct Spare {
+    views: Vec<QueueView>,
+    samples: Vec<QueueSample>,
+    order: Vec<u32>,
+}
+
+/// A buffer is kept for reuse only while its capacity is within this factor of what a cycle needs,
+/// so a cluster that shrank from 100k queues to 1k does not hold 100k queues' worth for good.
+const SPARE_SLACK: usize = 2;
+
+fn keep_spare<T>(buf: Vec<T>, needed: usize) -> Vec<T> {
+    if buf.capacity() <= needed.saturating_mul(SPARE_SLACK).max(1024) {
+        buf
+    } else {
+        Vec::new()
+    }
 }
 
 /// The histories, in one array whose slots deleted queues hand on to new ones. One array rather than
@@ -265,7 +288,30 @@ impl Tracker {
             slots: Slots::default(),
             order: Vec::new(),
             cycle: 0,
+            spare: Spare::default(),
         }
+    }
+
+    /// Takes back the buffers of a view nobody reads any more (the one the last published view
+    /// replaced), for the next cycle to fill. A view still read elsewhere, or whose queue list the
+    /// published one shares (a failed scrape keeps the list), is simply dropped.
+    pub fn recycle(&mut self, old: Arc<ClusterView>) {
+        let Ok(old) = Arc::try_unwrap(old) else {
+            return;
+        };
+        let Ok(mut views) = Arc::try_unwrap(old.queues) else {
+            return;
+        };
+        if views.capacity() > self.spare.views.capacity() {
+            views.clear();
+            self.spare.views = keep_spare(views, self.order.len());
+        }
+    }
+
+    /// An empty buffer for the next cycle's samples (`QueueCollector::reusing`): the one the last
+    /// cycle's samples came in.
+    pub fn take_spare_samples(&mut self) -> Vec<QueueSample> {
+        std::mem::take(&mut self.spare.samples)
     }
 
     /// The next snapshot's counters come from another source (`source: auto` switching): every
@@ -300,18 +346,21 @@ impl Tracker {
     /// numbers.
     pub fn observe(
         &mut self,
-        queues: Vec<QueueSample>,
+        mut queues: Vec<QueueSample>,
         at: Timestamp,
         now: Timestamp,
     ) -> Vec<QueueView> {
         self.cycle += 1;
         let cycle = self.cycle;
         let span = self.params.window_ms;
-        let mut views = Vec::with_capacity(queues.len());
-        let mut order = Vec::with_capacity(queues.len());
+        let mut views = std::mem::take(&mut self.spare.views);
+        views.reserve(queues.len());
+        let mut order = std::mem::take(&mut self.spare.order);
+        order.clear();
+        order.reserve(queues.len());
         // Where the last listing continues: `self.order[next]` is the queue expected next.
         let mut next = 0;
-        for mut q in queues {
+        for mut q in queues.drain(..) {
             let found = match self.order.get(next) {
                 Some(&i) if self.slots.get(i).key == q.key => Some(i),
                 _ => self.find(&q.key),
@@ -379,7 +428,9 @@ impl Tracker {
                 keep
             });
         }
-        self.order = order;
+        let listed = order.len();
+        self.spare.order = keep_spare(std::mem::replace(&mut self.order, order), listed);
+        self.spare.samples = keep_spare(queues, listed);
         views
     }
 }
@@ -779,6 +830,62 @@ mod tests {
             exchanges: Some(Arc::default()),
             topology_error: None,
         }
+    }
+
+    /// The daemon's poll loop in miniature: publish each cycle's view, and hand the replaced one and
+    /// the samples' buffer back to the tracker.
+    #[test]
+    fn a_replaced_view_lends_its_buffer_to_the_cycle_after_next_and_keeps_nothing_stale() {
+        let poll = Duration::from_secs(5);
+        let mut t = Tracker::new("c", Params { window_ms: 60_000 });
+        let mut published = Arc::new(ClusterView::new("c", poll));
+        let mut buffers = Vec::new();
+        for i in 0..4u64 {
+            let prev = published.clone();
+            let names = [("a", 10 * i), ("b", 20 * i), ("c", 30 * i)];
+            let mut snap = snapshot(i as i64 * 5, &names);
+            snap.queues = {
+                let mut buf = t.take_spare_samples();
+                buf.extend(std::mem::take(&mut snap.queues));
+                buf
+            };
+            let (view, _) =
+                t.next_view(&prev, Ok(snap), Duration::ZERO, Timestamp(i as i64 * 5000));
+            published = Arc::new(view);
+            buffers.push(published.queues.as_ptr());
+            t.recycle(prev);
+            let rates: Vec<_> = published
+                .queues
+                .iter()
+                .map(|q| q.health.publish_rate)
+                .collect();
+            if i > 0 {
+                assert_eq!(rates, [Some(2.0), Some(4.0), Some(6.0)], "cycle {i}");
+            }
+        }
+        // Cycle 2 filled cycle 0's buffer, cycle 3 cycle 1's.
+        assert_eq!(buffers[2], buffers[0]);
+        assert_eq!(buffers[3], buffers[1]);
+
+        // A view still read elsewhere (a scrape of /metrics) is not taken back: the next cycle gets a
+        // buffer of its own.
+        let reader = published.clone();
+        let prev = published.clone();
+        let (view, _) = t.next_view(
+            &prev,
+            Ok(snapshot(20, &[("a", 40)])),
+            Duration::ZERO,
+            Timestamp(20_000),
+        );
+        t.recycle(prev);
+        let (next, _) = t.next_view(
+            &view,
+            Ok(snapshot(25, &[("a", 50)])),
+            Duration::ZERO,
+            Timestamp(25_000),
+        );
+        assert_ne!(next.queues.as_ptr(), reader.queues.as_ptr());
+        assert_eq!(reader.queues.len(), 3, "the reader's view is untouched");
     }
 
     fn refused() -> ScrapeError {
