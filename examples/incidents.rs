@@ -221,6 +221,19 @@ async fn channel(url: &str) -> (Connection, Channel) {
     (c, ch)
 }
 
+/// Closes its connection when dropped.
+struct ClosedOnDrop(Option<Connection>);
+
+impl Drop for ClosedOnDrop {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            tokio::spawn(async move {
+                let _ = conn.close(200, "consumer stopped".into()).await;
+            });
+        }
+    }
+}
+
 async fn declare(ch: &Channel, queue: &str, args: FieldTable) {
     ch.queue_declare(queue.into(), QueueDeclareOptions::default(), args)
         .await
@@ -306,7 +319,10 @@ async fn consume(
         std::future::ready(())
     });
     tokio::spawn(async move {
-        let _keep = (conn, consumer);
+        // Stopping the consumer (aborting this task) must take it off the queue, as a consumer
+        // process exiting does: lapin keeps a dropped connection open, which would leave the
+        // consumer attached, holding its prefetch.
+        let _keep = (ClosedOnDrop(Some(conn)), consumer);
         let mut every = pacer(per_second);
         while let Some(Ok(Some(d))) = rx.recv().await {
             match settle {
