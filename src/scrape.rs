@@ -1065,7 +1065,7 @@ impl Scraper {
     }
 
     /// Hands back an emptied samples buffer (`view::Tracker::take_spare_samples`) for the next
-    /// management-API listing to fill: its pages are mapped already.
+    /// cycle's samples, from either source: its pages are mapped already.
     pub fn recycle_samples(&self, buf: Vec<QueueSample>) {
         *self.spare_samples.lock().unwrap_or_else(|e| e.into_inner()) = buf;
     }
@@ -1465,7 +1465,9 @@ impl Scraper {
             .await
             .map_err(PromError::Management)?;
         let mut key = String::new();
-        let mut queues = Vec::with_capacity(listing.samples.len());
+        let mut queues = self.take_spare_samples();
+        queues.clear();
+        queues.reserve(listing.samples.len());
         let mut stats_pending = 0;
         for template in &listing.samples {
             queue_key(&mut key, &template.key.vhost, &template.key.name);
