@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
 use tracing::{error, info, warn};
 
-use crate::alerts::dispatch::{Dispatch, GroupState, plan};
+use crate::alerts::dispatch::{Dispatch, GroupState, ended_groups, plan};
 use crate::alerts::mute::{InhibitRule, muted};
 use crate::alerts::{Alert, AlertTable, FlapPolicy, State, Transition};
 use crate::domain::{Notification, ScalingMetrics, ScalingRequest};
@@ -467,7 +467,9 @@ impl Engine {
             write.alerts.insert(fp, None);
         }
         for f in flushes {
-            write.groups.insert(f.group_id.clone(), record(&f.state));
+            write
+                .groups
+                .insert(f.group_id.clone(), Some(record(&f.state)));
             if let Some(notification) = f.notification {
                 write.enqueue.push(OutboxEntry {
                     notification,
@@ -481,6 +483,14 @@ impl Engine {
         }
         if full {
             inner.last_full_flush = now_ms;
+            let ended: Vec<String> = ended_groups(&inner.groups, &inner.table, now_ms)
+                .into_iter()
+                .map(String::from)
+                .collect();
+            for id in ended {
+                inner.groups.remove(&id);
+                write.groups.insert(id, None);
+            }
         }
         if !write.is_empty() {
             for (fp, a) in &write.alerts {
@@ -739,6 +749,44 @@ mod tests {
             created_by: String::new(),
             comment: String::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn groups_ended_a_day_ago_leave_the_store_and_recent_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Timestamp::now().0;
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let group = |last_sent_at: i64| {
+                Some(record(&GroupState {
+                    notified: BTreeMap::new(),
+                    last_sent_at: Some(last_sent_at),
+                    sequence: 2,
+                }))
+            };
+            let ids = store
+                .commit_cycle(&CycleWrite {
+                    groups: [
+                        ("r\u{0}old".to_string(), group(now - 25 * 3_600_000)),
+                        ("r\u{0}recent".to_string(), group(now - 3_600_000)),
+                    ]
+                    .into(),
+                    enqueue: vec![],
+                    ..Default::default()
+                })
+                .unwrap();
+            assert!(ids.is_empty());
+        }
+        let (store, engine) = engine(dir.path());
+        // The next full flush (a minute after start) forgets the group that ended over a day ago.
+        engine.tick(Timestamp(now + 30_000));
+        engine.flush().await;
+        let groups: BTreeMap<String, GroupState> = store.load_groups().unwrap();
+        assert_eq!(groups.len(), 2, "not before the full flush");
+        engine.tick(Timestamp(now + 61_000));
+        engine.flush().await;
+        let groups: BTreeMap<String, GroupState> = store.load_groups().unwrap();
+        assert_eq!(groups.keys().collect::<Vec<_>>(), ["r\u{0}recent"]);
     }
 
     #[tokio::test]

@@ -159,8 +159,8 @@ pub fn record<T: Serialize>(v: &T) -> Record {
 pub struct CycleWrite {
     /// Alert fingerprint → its record, or `None` to remove it.
     pub alerts: BTreeMap<String, Option<Record>>,
-    /// Group id → its state record.
-    pub groups: BTreeMap<String, Record>,
+    /// Group id → its state record, or `None` to forget the group and its receiver handle.
+    pub groups: BTreeMap<String, Option<Record>>,
     /// Scaler name → its state record.
     pub scalers: BTreeMap<String, Record>,
     pub enqueue: Vec<OutboxEntry>,
@@ -469,8 +469,17 @@ impl Store {
                     };
                 }
                 let mut groups = tx.open_table(GROUPS)?;
+                let mut handles = tx.open_table(HANDLES)?;
                 for (id, g) in &w.groups {
-                    groups.insert(id.as_str(), g.as_slice())?;
+                    match g {
+                        Some(g) => {
+                            groups.insert(id.as_str(), g.as_slice())?;
+                        }
+                        None => {
+                            groups.remove(id.as_str())?;
+                            handles.remove(id.as_str())?;
+                        }
+                    }
                 }
                 let mut scalers = tx.open_table(SCALERS)?;
                 for (name, r) in &w.scalers {
@@ -805,7 +814,7 @@ mod tests {
         let gid = "r\u{0}g";
         let id = s
             .commit_cycle(&CycleWrite {
-                groups: [(gid.to_string(), b"{\"sequence\":1}".to_vec())].into(),
+                groups: [(gid.to_string(), Some(b"{\"sequence\":1}".to_vec()))].into(),
                 enqueue: vec![entry("g")],
                 ..Default::default()
             })
@@ -813,13 +822,46 @@ mod tests {
         s.delivered(id, Some((gid, Some("C1:1.0".into())))).unwrap();
         // The engine planned the resolve from its copy, made before the delivery.
         s.commit_cycle(&CycleWrite {
-            groups: [(gid.to_string(), b"{\"sequence\":2}".to_vec())].into(),
+            groups: [(gid.to_string(), Some(b"{\"sequence\":2}".to_vec()))].into(),
             ..Default::default()
         })
         .unwrap();
         assert_eq!(s.handle(gid).unwrap().as_deref(), Some("C1:1.0"));
         let groups: BTreeMap<String, serde_json::Value> = s.load_groups().unwrap();
         assert_eq!(groups[gid]["sequence"], 2);
+    }
+
+    #[test]
+    fn a_forgotten_group_leaves_neither_its_record_nor_its_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let (gid, other) = ("r\u{0}g", "r\u{0}h");
+        let ids = s
+            .commit_cycle(&CycleWrite {
+                groups: [
+                    (gid.to_string(), Some(b"{\"sequence\":1}".to_vec())),
+                    (other.to_string(), Some(b"{\"sequence\":4}".to_vec())),
+                ]
+                .into(),
+                enqueue: vec![entry("g"), entry("h")],
+                ..Default::default()
+            })
+            .unwrap();
+        s.delivered(ids[0], Some((gid, Some("C1:1.0".into()))))
+            .unwrap();
+        s.delivered(ids[1], Some((other, Some("C1:2.0".into()))))
+            .unwrap();
+        s.commit_cycle(&CycleWrite {
+            groups: [(gid.to_string(), None)].into(),
+            ..Default::default()
+        })
+        .unwrap();
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        let groups: BTreeMap<String, serde_json::Value> = s.load_groups().unwrap();
+        assert_eq!(groups.keys().collect::<Vec<_>>(), [other]);
+        assert_eq!(s.handle(gid).unwrap(), None);
+        assert_eq!(s.handle(other).unwrap().as_deref(), Some("C1:2.0"));
     }
 
     #[test]

@@ -261,6 +261,38 @@ pub fn plan(
     out
 }
 
+/// How long the notification log of a group whose incident is over is kept: its last send time
+/// (for `group_interval`) and the receiver's handle (the Slack message a dead-letter replay edits).
+/// Alertmanager keeps its log 120 h; a day is plenty here, since nothing waits longer than
+/// `group_interval` on an ended group, and it bounds what churning queue names leave behind.
+pub const GROUP_RETENTION_MS: i64 = 24 * 3_600_000;
+
+/// Groups to forget: nothing was sent to them for `GROUP_RETENTION_MS`, and no alert they were
+/// told about is still held (their incident resolved, or its alerts are gone: a route or rule
+/// removed). Without this, per-queue grouping (`group_by: [..., queue]`) over queues that come and go
+/// would keep a record, and a Slack handle, for every queue that ever alerted. A group forgotten
+/// and alerted again starts over as a new one (`group_wait`, a new message), as in Alertmanager.
+pub fn ended_groups<'g>(
+    groups: &'g BTreeMap<String, GroupState>,
+    alerts: &AlertTable,
+    now: i64,
+) -> Vec<&'g str> {
+    groups
+        .iter()
+        .filter(|(_, g)| {
+            g.last_sent_at
+                .is_none_or(|at| now - at > GROUP_RETENTION_MS)
+                && g.notified.keys().all(|fp| {
+                    alerts
+                        .alerts
+                        .get(fp)
+                        .is_none_or(|a| a.state == State::Resolved && !a.flapping)
+                })
+        })
+        .map(|(id, _)| id.as_str())
+        .collect()
+}
+
 fn render_labels(labels: &BTreeMap<String, String>) -> String {
     let parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
     format!("{{{}}}", parts.join(","))
@@ -421,6 +453,64 @@ mod tests {
         assert_eq!(n.status, GroupStatus::Resolved);
         apply(&mut groups, &resolved);
         assert!(plan(&d, &t, &groups, &none, 75_000).is_empty(), "and once");
+    }
+
+    #[test]
+    fn groups_whose_incident_ended_a_day_ago_are_forgotten_and_the_others_kept() {
+        // Per-queue grouping over queues that come and go: each queue that alerted has a group.
+        let d = dispatch(0);
+        let day = GROUP_RETENTION_MS;
+        let mut groups = BTreeMap::new();
+        // q1 fired and resolved; both sent.
+        let mut t = table(vec![alert("q1", "warning", State::Firing, 0)]);
+        let f = plan(&d, &t, &groups, &HashSet::new(), 0);
+        apply(&mut groups, &f);
+        t.alerts.values_mut().for_each(|a| {
+            a.state = State::Resolved;
+            a.resolved_at = Some(1_000);
+        });
+        let f = plan(&d, &t, &groups, &HashSet::new(), 61_000);
+        apply(&mut groups, &f);
+        // q2 still firing, reminded every repeat_interval; q3 fired and its alert is gone without
+        // a resolve sent (its rule was removed).
+        let q2 = alert("q2", "warning", State::Firing, 61_000);
+        let q3 = alert("q3", "warning", State::Firing, 61_000);
+        let both = table(vec![q2.clone(), q3]);
+        let f = plan(&d, &both, &groups, &HashSet::new(), 61_000);
+        apply(&mut groups, &f);
+        assert_eq!(groups.len(), 3);
+        t.alerts.insert(q2.fingerprint.clone(), q2);
+
+        assert!(
+            ended_groups(&groups, &t, 61_000 + day).is_empty(),
+            "nothing is forgotten within a day of its last send"
+        );
+        let ended = ended_groups(&groups, &t, 61_001 + day);
+        let ended: Vec<&str> = ended
+            .iter()
+            .map(|id| &id[id.find('{').unwrap()..])
+            .collect();
+        assert_eq!(
+            ended,
+            [
+                r#"{alertname="Backlog",queue="q1"}"#,
+                r#"{alertname="Backlog",queue="q3"}"#
+            ],
+            "the ended incident and the one whose alerts are gone; q2 is still firing"
+        );
+        // Forgotten and firing again: a new group, announced after group_wait as a new message.
+        let ids: Vec<String> = ended_groups(&groups, &t, 61_001 + day)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        ids.iter().for_each(|id| {
+            groups.remove(id);
+        });
+        let again = table(vec![alert("q1", "warning", State::Firing, 2 * day)]);
+        let f = plan(&d, &again, &groups, &HashSet::new(), 2 * day);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].state.sequence, 1);
+        assert!(!f[0].notification.as_ref().unwrap().amends);
     }
 
     fn apply(groups: &mut BTreeMap<String, GroupState>, flushes: &[Flush]) {
