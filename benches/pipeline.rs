@@ -434,7 +434,7 @@ fn run(n: usize) -> Row {
     let counted = clusters[0]
         .queues
         .iter()
-        .filter(|q| q.health.publish_rate.is_some())
+        .filter(|q| q.health.publish_rate().is_some())
         .count();
     assert!(counted > 0, "rates are known once windows hold samples");
     drop(clusters);

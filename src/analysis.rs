@@ -150,6 +150,76 @@ pub struct QueueHealth {
     pub growing_for: Option<f64>,
 }
 
+/// Unknown as NaN: a packed figure reads back as `None`.
+fn unknown_as_nan(x: Option<f64>) -> f64 {
+    x.unwrap_or(f64::NAN)
+}
+
+fn nan_as_unknown(x: f64) -> Option<f64> {
+    (!x.is_nan()).then_some(x)
+}
+
+macro_rules! packed_health {
+    ($($figure:ident),* $(,)?) => {
+        /// `QueueHealth` as a view keeps it for every queue: each unknown figure is a NaN instead of
+        /// an `Option<f64>`, 96 bytes against 176 (at 100k queues 8 MB less per view, and a view is
+        /// built while the last one is still read). No figure `analyze` gives is NaN; one that were
+        /// would read back as unknown, never as a number.
+        #[derive(Clone, Copy)]
+        pub struct PackedHealth {
+            $($figure: f64,)*
+            /// Seconds the window's samples cover, first to last.
+            pub window_span: f64,
+            pub status: Status,
+        }
+
+        impl PackedHealth {
+            $(
+                pub fn $figure(&self) -> Option<f64> {
+                    nan_as_unknown(self.$figure)
+                }
+            )*
+
+            pub fn unpack(&self) -> QueueHealth {
+                QueueHealth {
+                    $($figure: self.$figure(),)*
+                    window_span: self.window_span,
+                    status: self.status,
+                }
+            }
+        }
+
+        impl From<QueueHealth> for PackedHealth {
+            fn from(h: QueueHealth) -> Self {
+                PackedHealth {
+                    $($figure: unknown_as_nan(h.$figure),)*
+                    window_span: h.window_span,
+                    status: h.status,
+                }
+            }
+        }
+    };
+}
+
+packed_health!(
+    publish_rate,
+    deliver_rate,
+    ack_rate,
+    consume_rate,
+    redeliver_rate,
+    backlog_growth,
+    drain_eta,
+    oldest_message_age,
+    idle_for,
+    growing_for,
+);
+
+impl std::fmt::Debug for PackedHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.unpack().fmt(f)
+    }
+}
+
 pub fn analyze(w: &Window, latest: Latest, params: &Params, now: Timestamp) -> QueueHealth {
     let last = w.last();
     let (
@@ -375,6 +445,42 @@ fn status(w: &Window, latest: Latest, params: &Params) -> Status {
 mod tests {
     use super::*;
     use crate::snapshot::Counters;
+
+    #[test]
+    fn packed_health_gives_back_every_figure_and_every_unknown() {
+        let known = QueueHealth {
+            publish_rate: Some(1.5),
+            deliver_rate: Some(0.0),
+            ack_rate: Some(2.0),
+            consume_rate: Some(-0.0),
+            redeliver_rate: Some(3.25),
+            backlog_growth: Some(-4.0),
+            drain_eta: Some(f64::INFINITY),
+            oldest_message_age: Some(7.0),
+            status: Status::Stalled,
+            window_span: 55.0,
+            idle_for: Some(0.5),
+            growing_for: Some(12.0),
+        };
+        let unknown = QueueHealth {
+            status: Status::InsufficientData,
+            window_span: 0.0,
+            ..QueueHealth::default()
+        };
+        for h in [known, unknown] {
+            let packed = PackedHealth::from(h);
+            assert_eq!(packed.unpack(), h);
+            assert_eq!(packed.drain_eta(), h.drain_eta);
+            assert_eq!(format!("{packed:?}"), format!("{h:?}"));
+        }
+        // A figure that came out NaN is unknown, not a number that compares false with everything.
+        let nan = PackedHealth::from(QueueHealth {
+            backlog_growth: Some(f64::NAN),
+            ..known
+        });
+        assert_eq!(nan.backlog_growth(), None);
+        assert!(std::mem::size_of::<PackedHealth>() <= 96);
+    }
 
     const PARAMS: Params = Params { window_ms: 60_000 };
 

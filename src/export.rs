@@ -142,49 +142,49 @@ const QUEUE_FAMILIES: &[QueueGauge] = &[
         "rabbitwatch_queue_publish_rate",
         "gauge",
         "Messages published per second over the analysis window.",
-        |q| q.health.publish_rate,
+        |q| q.health.publish_rate(),
     ),
     (
         "rabbitwatch_queue_deliver_rate",
         "gauge",
         "Messages delivered per second over the analysis window.",
-        |q| q.health.deliver_rate,
+        |q| q.health.deliver_rate(),
     ),
     (
         "rabbitwatch_queue_consume_rate",
         "gauge",
         "Messages leaving the queue per second over the analysis window.",
-        |q| q.health.consume_rate,
+        |q| q.health.consume_rate(),
     ),
     (
         "rabbitwatch_queue_redeliver_rate",
         "gauge",
         "Messages redelivered per second over the analysis window.",
-        |q| q.health.redeliver_rate,
+        |q| q.health.redeliver_rate(),
     ),
     (
         "rabbitwatch_queue_backlog_growth_rate",
         "gauge",
         "Least-squares slope of the queue depth over the analysis window, messages per second.",
-        |q| q.health.backlog_growth,
+        |q| q.health.backlog_growth(),
     ),
     (
         "rabbitwatch_queue_drain_eta_seconds",
         "gauge",
         "Seconds until the queue is empty at current rates; +Inf when consumers are slower than publishers.",
-        |q| q.health.drain_eta,
+        |q| q.health.drain_eta(),
     ),
     (
         "rabbitwatch_queue_oldest_message_age_seconds",
         "gauge",
         "Estimated age of the oldest message (a lower bound when older than the window).",
-        |q| q.health.oldest_message_age,
+        |q| q.health.oldest_message_age(),
     ),
     (
         "rabbitwatch_queue_growing_seconds",
         "gauge",
         "Seconds the queue's backlog has kept rising up to the latest poll (no fall, a rise at least every 15 s); 0 when it is not rising.",
-        |q| q.health.growing_for,
+        |q| q.health.growing_for(),
     ),
 ];
 
@@ -894,7 +894,8 @@ mod tests {
                 backlog_growth: Some(0.5),
                 status: Status::Growing,
                 ..Default::default()
-            },
+            }
+            .into(),
             prom_labels: Arc::from(r#"cluster="local",vhost="/",queue="orders""#),
             dead_letter_target: None,
         }]);

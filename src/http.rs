@@ -511,7 +511,7 @@ async fn queues(State(st): State<HttpState>, Query(f): Query<QueueFilter>) -> Re
             {
                 continue;
             }
-            let h = &q.health;
+            let h = q.health.unpack();
             rows.push(QueueRow {
                 cluster: v.name.clone(),
                 vhost: q.sample.key.vhost.to_string(),

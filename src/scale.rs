@@ -279,7 +279,7 @@ impl QueueObserved {
             q.sample.consumers,
             q.sample.messages_ready,
             q.sample.messages_unacked,
-            &q.health,
+            &q.health.unpack(),
         )
     }
 
@@ -1991,7 +1991,7 @@ mod tests {
         view.last_success = Some(at(0));
         view.queues = Arc::new(vec![QueueView {
             sample,
-            health,
+            health: health.into(),
             prom_labels: Arc::from(""),
             dead_letter_target: None,
         }]);

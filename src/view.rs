@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use hashbrown::HashTable;
 use serde::Serialize;
 
-use crate::analysis::{self, Activity, Latest, Params, QueueHealth};
+use crate::analysis::{self, Activity, Latest, PackedHealth, Params};
 use crate::domain::{QueueKey, StatsMode, Timestamp};
 use crate::scrape::{ScrapeError, ScrapeReason};
 use crate::snapshot::{NodeSample, ProbeSample, QueueSample, Snapshot, Source, Window};
@@ -22,7 +22,7 @@ use crate::snapshot::{NodeSample, ProbeSample, QueueSample, Snapshot, Source, Wi
 #[derive(Debug)]
 pub struct QueueView {
     pub sample: QueueSample,
-    pub health: QueueHealth,
+    pub health: PackedHealth,
     /// Some queue dead-letters into this one (`analysis::dead_letter`); `None` when the topology
     /// could not be read this cycle.
     pub dead_letter_target: Option<bool>,
@@ -412,7 +412,7 @@ impl Tracker {
                 activity: tracked.activity,
             };
             views.push(QueueView {
-                health: analysis::analyze(&tracked.window, latest, &self.params, now),
+                health: analysis::analyze(&tracked.window, latest, &self.params, now).into(),
                 prom_labels: tracked.prom_labels.clone(),
                 dead_letter_target: None,
                 sample: q,
@@ -666,11 +666,12 @@ mod tests {
         let views = observe(&mut t, 35, &[("a", 70), ("b", 400)]);
         let b = views.iter().find(|v| &*v.sample.key.name == "b").unwrap();
         assert_eq!(
-            b.health.publish_rate, None,
+            b.health.publish_rate(),
+            None,
             "one sample of the new queue: no rate yet"
         );
         let a = views.iter().find(|v| &*v.sample.key.name == "a").unwrap();
-        assert!(a.health.publish_rate.is_some());
+        assert!(a.health.publish_rate().is_some());
     }
 
     /// Checks a run of listings, one every 5 s, against what the tracker must make of any order: each
@@ -699,7 +700,7 @@ mod tests {
             assert_eq!(t.len(), expected.len(), "cycle {c}: {listing:?}");
             for v in &views {
                 let name = &*v.sample.key.name;
-                match v.health.publish_rate {
+                match v.health.publish_rate() {
                     Some(r) => {
                         assert!(before.contains(&name), "cycle {c}: {name} kept a history");
                         assert!(
@@ -786,12 +787,12 @@ mod tests {
         assert_eq!(during.sample.messages_ready, before.sample.messages_ready);
         assert_eq!(during.sample.consumers, 1);
         assert_eq!(during.sample.counters, before.sample.counters);
-        assert_eq!(during.health.publish_rate, before.health.publish_rate);
-        assert_eq!(during.health.backlog_growth, Some(0.0));
+        assert_eq!(during.health.publish_rate(), before.health.publish_rate());
+        assert_eq!(during.health.backlog_growth(), Some(0.0));
         assert_eq!(during.health.status, before.health.status);
         // The window got no point from it: the next real sample continues the same history.
         let after = observe(&mut t, 30, &[("a", 60)]).remove(0);
-        let rate = after.health.publish_rate.expect("history kept");
+        let rate = after.health.publish_rate().expect("history kept");
         assert!((rate - 2.0).abs() < 0.01, "{rate}");
     }
 
@@ -857,7 +858,7 @@ mod tests {
             let rates: Vec<_> = published
                 .queues
                 .iter()
-                .map(|q| q.health.publish_rate)
+                .map(|q| q.health.publish_rate())
                 .collect();
             if i > 0 {
                 assert_eq!(rates, [Some(2.0), Some(4.0), Some(6.0)], "cycle {i}");
@@ -1007,7 +1008,7 @@ mod tests {
     fn a_source_switch_restarts_the_windows_instead_of_reading_the_jump_as_traffic() {
         let mut t = Tracker::new("c", Params { window_ms: 60_000 });
         let fast = Duration::from_millis(100);
-        let rate = |v: &ClusterView| v.queues[0].health.publish_rate;
+        let rate = |v: &ClusterView| v.queues[0].health.publish_rate();
         let v0 = ClusterView::new("c", Duration::from_secs(10));
         let (v1, _) = t.next_view(&v0, Ok(snapshot(0, &[("a", 100)])), fast, Timestamp(0));
         let (v2, _) = t.next_view(

@@ -51,14 +51,14 @@ impl Env for QueueEnv<'_> {
             q::MESSAGES_READY => num(s.messages_ready),
             q::MESSAGES_UNACKED => num(s.messages_unacked),
             q::CONSUMERS => num(s.consumers),
-            q::PUBLISH_RATE => h.publish_rate.map(Value::Num),
-            q::DELIVER_RATE => h.deliver_rate.map(Value::Num),
-            q::ACK_RATE => h.ack_rate.map(Value::Num),
-            q::CONSUME_RATE => h.consume_rate.map(Value::Num),
-            q::REDELIVER_RATE => h.redeliver_rate.map(Value::Num),
-            q::BACKLOG_GROWTH => h.backlog_growth.map(Value::Num),
-            q::DRAIN_ETA => h.drain_eta.map(Value::Num),
-            q::OLDEST_MESSAGE_AGE => h.oldest_message_age.map(Value::Num),
+            q::PUBLISH_RATE => h.publish_rate().map(Value::Num),
+            q::DELIVER_RATE => h.deliver_rate().map(Value::Num),
+            q::ACK_RATE => h.ack_rate().map(Value::Num),
+            q::CONSUME_RATE => h.consume_rate().map(Value::Num),
+            q::REDELIVER_RATE => h.redeliver_rate().map(Value::Num),
+            q::BACKLOG_GROWTH => h.backlog_growth().map(Value::Num),
+            q::DRAIN_ETA => h.drain_eta().map(Value::Num),
+            q::OLDEST_MESSAGE_AGE => h.oldest_message_age().map(Value::Num),
             q::CONSUMER_UTILISATION => s.consumer_utilisation.map(Value::Num),
             q::MAX_LENGTH => s.max_length.map(|m| Value::Num(m as f64)),
             q::FILL_RATIO => s
@@ -71,8 +71,8 @@ impl Env for QueueEnv<'_> {
             q::VHOST => Some(Value::Str(Cow::Borrowed(&s.key.vhost))),
             q::QUEUE => Some(Value::Str(Cow::Borrowed(&s.key.name))),
             q::DURABLE => Some(Value::Bool(s.durable)),
-            q::IDLE_FOR => h.idle_for.map(Value::Num),
-            q::GROWING_FOR => h.growing_for.map(Value::Num),
+            q::IDLE_FOR => h.idle_for().map(Value::Num),
+            q::GROWING_FOR => h.growing_for().map(Value::Num),
             q::IS_DEAD_LETTER_TARGET => self.q.dead_letter_target.map(Value::Bool),
             _ => None,
         }
@@ -370,7 +370,7 @@ fn outcome(
 
 fn queue_values(q: &QueueView) -> BTreeMap<String, f64> {
     let s = &q.sample;
-    let h = &q.health;
+    let h = q.health.unpack();
     let mut v = BTreeMap::from([
         ("messages".to_string(), s.messages as f64),
         ("messages_ready".to_string(), s.messages_ready as f64),
