@@ -4,6 +4,7 @@
 //! status judges the whole window rather than one point, and a window still filling says so.
 
 pub mod dead_letter;
+pub mod stream;
 
 use serde::Serialize;
 
@@ -72,6 +73,10 @@ impl Params {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Latest {
     pub consumers: u64,
+    /// The queue is a stream (`x-queue-type: stream`): its depth is the retained log, not a backlog,
+    /// and readers come and go by offset, so neither depth nor consumer count says it is behind.
+    /// Its readers are judged per consumer instead (`analysis::stream`).
+    pub stream: bool,
     pub head_message_timestamp: Option<f64>,
     /// When the queue's counters were last seen moving (see `Activity`).
     pub activity: Activity,
@@ -249,6 +254,25 @@ pub fn analyze(w: &Window, latest: Latest, params: &Params, now: Timestamp) -> Q
         let [m] = slopes(w, |p| [p.messages]);
         (m, [None; 5])
     };
+    if latest.stream {
+        // A stream's log grows with every publish and shrinks only by retention: there is no
+        // backlog to drain, no oldest waiting message and no growth to judge. Rates stay (they are
+        // the stream's traffic); what a reader is behind by is its offset lag.
+        return QueueHealth {
+            publish_rate,
+            deliver_rate,
+            ack_rate,
+            consume_rate,
+            redeliver_rate,
+            backlog_growth,
+            drain_eta: None,
+            oldest_message_age: None,
+            status: stream_status(w, params),
+            window_span: last.at.secs_since(w.first().at),
+            idle_for: latest.activity.idle_for(w, now),
+            growing_for: None,
+        };
+    }
     QueueHealth {
         publish_rate,
         deliver_rate,
@@ -263,6 +287,22 @@ pub fn analyze(w: &Window, latest: Latest, params: &Params, now: Timestamp) -> Q
         idle_for: latest.activity.idle_for(w, now),
         growing_for: growing_for(w),
     }
+}
+
+/// A stream is `idle` when nothing was published to it over the window (as far as the broker
+/// counts; without counters, when its log did not change), else `ok`: whether its readers keep up
+/// is each consumer's verdict, not the stream's.
+fn stream_status(w: &Window, params: &Params) -> Status {
+    if !params.filled(w) {
+        return Status::InsufficientData;
+    }
+    let (first, last) = (w.first(), w.last());
+    let quiet = if w.has_counters() {
+        last.counters.publish == first.counters.publish
+    } else {
+        w.iter().all(|p| p.messages == first.messages)
+    };
+    if quiet { Status::Idle } else { Status::Ok }
 }
 
 /// The longest a rising backlog may go without a new rise: RabbitMQ refreshes depths every 5 s, so
@@ -815,6 +855,50 @@ mod tests {
         let w = window(&[(0, 500, 1000, 500), (60, 500, 1000, 500)]);
         let h = analyze(&w, with_consumers(0), &PARAMS, at(70));
         assert_eq!(h.oldest_message_age, Some(70.0));
+    }
+
+    /// A stream's log grows with every publish and nobody need be attached: measured on RabbitMQ
+    /// 4.3.6, judging it as a queue paged QueueBacklogGrowing, QueueDrainTooSlow and QueueNoConsumers
+    /// on healthy streams.
+    #[test]
+    fn a_stream_is_never_growing_draining_or_without_consumers() {
+        let stream = |consumers| Latest {
+            consumers,
+            stream: true,
+            ..Latest::default()
+        };
+        let fed = window(&[
+            (0, 0, 0, 0),
+            (20, 400, 400, 0),
+            (40, 800, 800, 0),
+            (60, 1200, 1200, 0),
+        ]);
+        for consumers in [0, 2] {
+            let h = analyze(&fed, stream(consumers), &PARAMS, at(60));
+            assert_eq!(h.status, Status::Ok, "{consumers} consumer(s)");
+            assert_eq!(
+                (h.drain_eta, h.oldest_message_age, h.growing_for),
+                (None, None, None)
+            );
+            assert_eq!(
+                h.publish_rate.map(f64::round),
+                Some(20.0),
+                "its traffic still shows"
+            );
+            // The same window as a queue is what the default pack pages on.
+            let q = analyze(&fed, with_consumers(consumers), &PARAMS, at(60));
+            assert_ne!(q.status, Status::Ok);
+        }
+        let retained = window(&[(0, 900, 900, 0), (20, 900, 900, 0), (60, 900, 900, 0)]);
+        assert_eq!(
+            analyze(&retained, stream(0), &PARAMS, at(60)).status,
+            Status::Idle
+        );
+        let young = window(&[(0, 0, 0, 0), (20, 400, 400, 0)]);
+        assert_eq!(
+            analyze(&young, stream(0), &PARAMS, at(20)).status,
+            Status::InsufficientData
+        );
     }
 
     #[test]

@@ -686,6 +686,10 @@ fn log_cycle_event(event: CycleEvent) {
             error = %error,
             "cannot read the dead-letter topology (exchanges and bindings): is_dead_letter_target is unknown until it can"
         ),
+        CycleEvent::StreamsUnreadable { error } => warn!(
+            error = %error,
+            "cannot read the stream consumers: every stream reader's lag is unknown until they can"
+        ),
         CycleEvent::Overran { took, skipped } => warn!(
             took_ms = took.as_millis() as u64,
             skipped, "scrape took longer than poll_interval; skipping ticks"

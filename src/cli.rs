@@ -361,6 +361,9 @@ pub async fn status(daemon: &Daemon, watch: bool, interval: Duration) -> anyhow:
     loop {
         let body: QueuesBody = get_json(&client, &url).await?;
         let mut table = table::render_table(body.queues);
+        let readers: crate::http::StreamConsumersBody =
+            get_json(&client, &format!("{}/api/v1/stream_consumers", daemon.base)).await?;
+        table.push_str(&table::render_stream_readers(&readers));
         table.push_str(&table::render_scalers(&scalers(&client, daemon).await?));
         table.push_str(&table::render_probes(&probes(&client, daemon).await?));
         if watch {

@@ -516,6 +516,7 @@ fn head(clusters: &[Arc<ClusterView>], fresh: &[&ClusterView], extras: &Extras<'
         }
     }
 
+    render_streams(&mut o, fresh);
     render_alerting(&mut o, extras);
     render_scalers(&mut o, extras.scalers);
     render_probes(&mut o, extras.probes);
@@ -574,7 +575,7 @@ fn render_queues_into(fresh: &[&ClusterView], out: &mut Chunker<'_>) -> ControlF
         &mut out.buf,
         status_family,
         "gauge",
-        "The queue's current health status; the series with value 1 names it.",
+        "The queue's current health status, with its type (classic, quorum, stream); the series with value 1 names both.",
     );
     for q in queues() {
         let buf = &mut out.buf;
@@ -583,10 +584,95 @@ fn render_queues_into(fresh: &[&ClusterView], out: &mut Chunker<'_>) -> ControlF
         buf.push_str(&q.prom_labels);
         buf.push_str(",status=\"");
         buf.push_str(q.health.status.as_str());
+        buf.push_str("\",type=\"");
+        escape_label_value(buf, &q.sample.kind);
         buf.push_str("\"} 1\n");
         out.full()?;
     }
     ControlFlow::Continue(())
+}
+
+type StreamGauge = (
+    &'static str,
+    &'static str,
+    fn(&crate::view::StreamConsumerView) -> Option<f64>,
+);
+
+/// Per stream reader (labels `cluster, vhost, stream, consumer`): name, help, value (absent when
+/// unknown: an AMQP reader, or the consumers could not be read).
+const STREAM_CONSUMER_FAMILIES: &[StreamGauge] = &[
+    (
+        "rabbitwatch_stream_consumer_offset_lag",
+        "Messages between the reader's offset and the stream's committed offset.",
+        |c| c.health.offset_lag,
+    ),
+    (
+        "rabbitwatch_stream_consumer_lag_growth_rate",
+        "How fast the reader's lag grows over the analysis window, messages per second (negative: catching up).",
+        |c| c.health.lag_growth,
+    ),
+    (
+        "rabbitwatch_stream_consumer_offset_rate",
+        "How fast the reader's offset advances, messages per second.",
+        |c| c.health.offset_rate,
+    ),
+    (
+        "rabbitwatch_stream_consumer_truncation_eta_seconds",
+        "Seconds until retention removes the reader's position (+Inf while it does not close in).",
+        |c| c.health.truncation_eta,
+    ),
+    (
+        "rabbitwatch_stream_consumer_online",
+        "1 while the reader is subscribed; 0 for a named reader that left (its last position kept).",
+        |c| Some(f64::from(u8::from(c.online))),
+    ),
+];
+
+/// Stream readers: a few per stream, so rendered with the head on each scrape.
+fn render_streams(o: &mut Out, fresh: &[&ClusterView]) {
+    let readers = || fresh.iter().flat_map(|c| c.stream_consumers.iter());
+    if readers().next().is_none() && fresh.iter().all(|c| c.stream_unknown.is_empty()) {
+        return;
+    }
+    for (name, help, value) in STREAM_CONSUMER_FAMILIES {
+        o.family(name, "gauge", help);
+        for c in readers() {
+            if let Some(v) = value(c) {
+                o.sample(name, &c.prom_labels, v);
+            }
+        }
+    }
+    let status = "rabbitwatch_stream_consumer_status";
+    o.family(
+        status,
+        "gauge",
+        "The reader's verdict over the analysis window; the series with value 1 names it.",
+    );
+    for c in readers() {
+        let l = format!(
+            "{},{}",
+            c.prom_labels,
+            label("status", c.health.status.as_str())
+        );
+        o.sample(status, &l, 1.0);
+    }
+    let unknown = "rabbitwatch_stream_unknown_readers";
+    o.family(
+        unknown,
+        "gauge",
+        "Readers of the stream that expose no offset (AMQP 0.9.1/1.0 consumers): their lag is unknown.",
+    );
+    for c in fresh {
+        for u in c.stream_unknown.iter() {
+            let l = format!(
+                "{},{},{}",
+                label("cluster", &c.name),
+                label("vhost", &u.vhost),
+                label("stream", &u.stream)
+            );
+            o.sample(unknown, &l, u.readers as f64);
+        }
+    }
 }
 
 fn render_alerting(o: &mut Out, x: &Extras<'_>) {
@@ -898,6 +984,7 @@ mod tests {
             .into(),
             prom_labels: Arc::from(r#"cluster="local",vhost="/",queue="orders""#),
             dead_letter_target: None,
+            retry_queue: None,
         }]);
         v
     }
@@ -911,7 +998,7 @@ mod tests {
         ));
         assert!(text.contains("rabbitwatch_queue_drain_eta_seconds{cluster=\"local\",vhost=\"/\",queue=\"orders\"} +Inf\n"));
         assert!(text.contains("rabbitwatch_queue_backlog_growth_rate{cluster=\"local\",vhost=\"/\",queue=\"orders\"} 0.5\n"));
-        assert!(text.contains("rabbitwatch_queue_status{cluster=\"local\",vhost=\"/\",queue=\"orders\",status=\"growing\"} 1\n"));
+        assert!(text.contains("rabbitwatch_queue_status{cluster=\"local\",vhost=\"/\",queue=\"orders\",status=\"growing\",type=\"classic\"} 1\n"));
         assert!(text.contains("rabbitwatch_cluster_queues_stats_pending{cluster=\"local\"} 0\n"));
 
         let mut restarting = view(true, Some(100_000));
@@ -1006,7 +1093,7 @@ mod tests {
             }
         }
         assert_eq!(queue_messages, 3, "one series per queue of both clusters");
-        assert!(text.contains("rabbitwatch_queue_status{cluster=\"other\",vhost=\"/\",queue=\"billing\",status=\"growing\"} 1\n"));
+        assert!(text.contains("rabbitwatch_queue_status{cluster=\"other\",vhost=\"/\",queue=\"billing\",status=\"growing\",type=\"classic\"} 1\n"));
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/status", get(status))
         .route("/api/v1/queues", get(queues))
+        .route("/api/v1/stream_consumers", get(stream_consumers))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/scalers", get(scalers))
         .route("/api/v1/deadletters", get(dead_letters))
@@ -459,6 +460,9 @@ pub struct QueueRow {
     pub cluster: String,
     pub vhost: String,
     pub queue: String,
+    /// `classic`, `quorum` or `stream`: a stream's `messages` is its retained log, not a backlog.
+    #[serde(rename = "type", default)]
+    pub kind: String,
     pub messages: u64,
     pub messages_ready: u64,
     pub messages_unacked: u64,
@@ -477,6 +481,10 @@ pub struct QueueRow {
     /// Some queue dead-letters into this one; null when the topology could not be read.
     #[serde(default)]
     pub dead_letter_target: Option<bool>,
+    /// The wait queue of a delayed-retry loop (its messages expire back to where they came from);
+    /// null when the topology could not be read.
+    #[serde(default)]
+    pub retry_queue: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -516,6 +524,7 @@ async fn queues(State(st): State<HttpState>, Query(f): Query<QueueFilter>) -> Re
                 cluster: v.name.clone(),
                 vhost: q.sample.key.vhost.to_string(),
                 queue: q.sample.key.name.to_string(),
+                kind: q.sample.kind.to_string(),
                 messages: q.sample.messages,
                 messages_ready: q.sample.messages_ready,
                 messages_unacked: q.sample.messages_unacked,
@@ -530,10 +539,129 @@ async fn queues(State(st): State<HttpState>, Query(f): Query<QueueFilter>) -> Re
                 status: h.status.as_str().to_string(),
                 idle_for_seconds: h.idle_for,
                 dead_letter_target: q.dead_letter_target,
+                retry_queue: q.retry_queue,
             });
         }
     }
     Json(QueuesBody { queues: rows }).into_response()
+}
+
+#[derive(Deserialize)]
+struct StreamFilter {
+    cluster: Option<String>,
+    vhost: Option<String>,
+    stream: Option<String>,
+    status: Option<String>,
+}
+
+/// One stream reader in the API (docs/streams.md); figures null when unknown.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct StreamConsumerRow {
+    pub cluster: String,
+    pub vhost: String,
+    /// The stream, or the super stream when `super_stream` is true.
+    pub stream: String,
+    pub consumer: String,
+    pub named: bool,
+    pub super_stream: bool,
+    pub subscriptions: u32,
+    pub online: bool,
+    pub offset_lag: Option<f64>,
+    pub lag_growth: Option<f64>,
+    pub offset_rate: Option<f64>,
+    pub status: String,
+    /// Null when unknown or when retention does not close in (infinite).
+    pub truncation_eta_seconds: Option<f64>,
+}
+
+/// Readers whose lag cannot be known, per stream, with why.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct UnknownReadersRow {
+    pub cluster: String,
+    pub vhost: String,
+    pub stream: String,
+    pub readers: u64,
+    pub reason: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub struct StreamConsumersBody {
+    pub consumers: Vec<StreamConsumerRow>,
+    pub unknown: Vec<UnknownReadersRow>,
+    /// Clusters whose stream consumers could not be read, with why (every reader's lag unknown).
+    pub errors: Vec<ClusterProblem>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ClusterProblem {
+    pub cluster: String,
+    pub error: String,
+}
+
+/// Every stream reader of the fresh clusters, most urgent first within each cluster's order.
+async fn stream_consumers(State(st): State<HttpState>, Query(f): Query<StreamFilter>) -> Response {
+    use crate::analysis::stream::StreamStatus;
+    let want_status = match f.status.as_deref().map(|s| (s, StreamStatus::parse(s))) {
+        Some((s, None)) => {
+            let valid: Vec<&str> = StreamStatus::ALL.iter().map(|s| s.as_str()).collect();
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("unknown status {s:?}; expected one of {}", valid.join(", ")),
+            )
+                .into_response();
+        }
+        Some((_, st)) => st,
+        None => None,
+    };
+    let now = Timestamp::now();
+    let mut body = StreamConsumersBody::default();
+    let keep = |vhost: &str, stream: &str| {
+        f.vhost.as_ref().is_none_or(|v| v == vhost) && f.stream.as_ref().is_none_or(|s| s == stream)
+    };
+    for v in st.views() {
+        if f.cluster.as_ref().is_some_and(|c| *c != v.name) || !v.is_fresh(now) {
+            continue;
+        }
+        if let Some(error) = &v.streams_error {
+            body.errors.push(ClusterProblem {
+                cluster: v.name.clone(),
+                error: error.clone(),
+            });
+        }
+        for c in v.stream_consumers.iter() {
+            if !keep(&c.vhost, &c.stream) || want_status.is_some_and(|s| s != c.health.status) {
+                continue;
+            }
+            let h = &c.health;
+            body.consumers.push(StreamConsumerRow {
+                cluster: v.name.clone(),
+                vhost: c.vhost.to_string(),
+                stream: c.stream.to_string(),
+                consumer: c.consumer.clone(),
+                named: c.named,
+                super_stream: c.super_stream,
+                subscriptions: c.subscriptions,
+                online: c.online,
+                offset_lag: h.offset_lag,
+                lag_growth: h.lag_growth,
+                offset_rate: h.offset_rate,
+                status: h.status.as_str().to_string(),
+                truncation_eta_seconds: h.truncation_eta.filter(|e| e.is_finite()),
+            });
+        }
+        for u in v.stream_unknown.iter() {
+            if keep(&u.vhost, &u.stream) && want_status.is_none_or(|s| s == StreamStatus::Unknown) {
+                body.unknown.push(UnknownReadersRow {
+                    cluster: v.name.clone(),
+                    vhost: u.vhost.to_string(),
+                    stream: u.stream.to_string(),
+                    readers: u.readers,
+                    reason: u.reason.to_string(),
+                });
+            }
+        }
+    }
+    Json(body).into_response()
 }
 
 #[derive(Serialize, Deserialize, Debug)]

@@ -52,7 +52,8 @@ struct TestCase {
     alert_rule_test: Vec<AlertTest>,
 }
 
-/// One entity's series: exactly one of `queue`, `node`, `cluster`, `probe` names it.
+/// One entity's series: exactly one of `queue`, `node`, `cluster`, `probe`, `stream_consumer`
+/// names it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InputSeries {
@@ -60,6 +61,7 @@ struct InputSeries {
     node: Option<Names>,
     cluster: Option<Names>,
     probe: Option<Names>,
+    stream_consumer: Option<Names>,
     /// Field name → its series; both with where they are.
     values: HashMap<S, S>,
 }
@@ -462,6 +464,17 @@ fn promtool_series(e: &Entity, steps: usize, interval: Duration) -> Vec<(String,
         }
         out.push((format!("{metric}{{{}}}", labels(&extra)), text.join(" ")));
     }
+    // A reader's universe is its `online` gauge, there whether the test gives it or not.
+    if e.scope == Scope::StreamConsumer
+        && !e
+            .fields
+            .contains_key(&crate::rules::expr::field::stream_consumer::ONLINE)
+    {
+        out.push((
+            format!("rabbitwatch_stream_consumer_online{{{}}}", labels(&[])),
+            format!("1x{steps}"),
+        ));
+    }
     // The canary's universe (every probe has its failure counters from the start) is no field.
     if e.scope == Scope::Probe {
         out.push((
@@ -544,8 +557,8 @@ fn check_case<'a>(
     })
 }
 
-/// One input series as an entity: named by exactly one of `queue:`, `node:`, `cluster:`, `probe:`
-/// with the scope's identity labels, and only fields of that scope in `values`.
+/// One input series as an entity: named by exactly one of `queue:`, `node:`, `cluster:`, `probe:`,
+/// `stream_consumer:` with the scope's identity labels, and only fields of that scope in `values`.
 fn entity(diags: &mut Diagnostics, series: &Spanned<InputSeries>) -> Option<Entity> {
     let s = &series.value;
     let named: Vec<(Scope, &Names)> = [
@@ -553,6 +566,7 @@ fn entity(diags: &mut Diagnostics, series: &Spanned<InputSeries>) -> Option<Enti
         (Scope::Node, &s.node),
         (Scope::Cluster, &s.cluster),
         (Scope::Probe, &s.probe),
+        (Scope::StreamConsumer, &s.stream_consumer),
     ]
     .into_iter()
     .filter_map(|(scope, names)| Some((scope, names.as_ref()?)))
@@ -560,7 +574,7 @@ fn entity(diags: &mut Diagnostics, series: &Spanned<InputSeries>) -> Option<Enti
     let [(scope, names)] = named[..] else {
         diags.error_at(
             series,
-            "each input series names exactly one of queue, node, cluster, probe",
+            "each input series names exactly one of queue, node, cluster, probe, stream_consumer",
         );
         return None;
     };
@@ -598,6 +612,13 @@ fn entity(diags: &mut Diagnostics, series: &Spanned<InputSeries>) -> Option<Enti
         if let Some((f, series)) = field_series(diags, scope, &required, name, text) {
             fields.insert(f, series);
         }
+    }
+    // The daemon always knows a queue's type; a series that does not say is a classic queue, the
+    // type RabbitMQ declares by default (so `type != "stream"` holds for it, as it would live).
+    if scope == Scope::Queue {
+        fields
+            .entry(crate::rules::expr::field::queue::TYPE)
+            .or_insert_with(|| Series::Str("classic".to_string()));
     }
     (diags.len() == before).then_some(Entity {
         scope,
@@ -959,7 +980,7 @@ tests:
              valid: probe_ok, probe_latency, probe_failures, probe_error",
             "5:50: probe_ok is a boolean: its values are 0 or 1 (or _ for unknown), not 2",
             "5:55: `probe` names the series: give it under `probe:`, not in `values`",
-            "6:9: each input series names exactly one of queue, node, cluster, probe",
+            "6:9: each input series names exactly one of queue, node, cluster, probe, stream_consumer",
             "10:38: no rule of the rule files is named \"Canry\"; did you mean Canary?",
         ];
         assert_eq!(found, expected);

@@ -1994,6 +1994,7 @@ mod tests {
             health: health.into(),
             prom_labels: Arc::from(""),
             dead_letter_target: None,
+            retry_queue: None,
         }]);
         let o = observe(&view, 10);
         assert_eq!(o.cluster, ClusterState::Fresh);

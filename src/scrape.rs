@@ -14,6 +14,7 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 
 pub mod prometheus;
 pub mod promtext;
+pub mod streams;
 
 use crate::domain::{QueueKey, StatsMode, Timestamp};
 use crate::snapshot::{
@@ -95,8 +96,9 @@ impl NameFilter {
 /// `"effective_policy_definition":{}` for a queue without them), well under 1% gzipped.
 pub const QUEUE_COLUMNS: &str = "name,vhost,type,durable,messages,messages_ready,messages_unacknowledged,\
 consumers,consumer_utilisation,head_message_timestamp,arguments.x-max-length,\
-arguments.x-dead-letter-exchange,arguments.x-dead-letter-routing-key,\
+arguments.x-dead-letter-exchange,arguments.x-dead-letter-routing-key,arguments.x-message-ttl,\
 effective_policy_definition.dead-letter-exchange,effective_policy_definition.dead-letter-routing-key,\
+effective_policy_definition.message-ttl,\
 message_stats.publish,message_stats.deliver_get,message_stats.ack,message_stats.redeliver,\
 message_stats.deliver_no_ack,message_stats.get_no_ack";
 
@@ -322,6 +324,8 @@ pub struct ArgumentsDto {
     pub dead_letter_exchange: Option<String>,
     #[serde(default, rename = "x-dead-letter-routing-key")]
     pub dead_letter_routing_key: Option<String>,
+    #[serde(default, rename = "x-message-ttl")]
+    pub message_ttl: Option<u64>,
 }
 
 /// The queue's effective policy definition, as far as dead-lettering goes. RabbitMQ 3.x lists an
@@ -330,6 +334,7 @@ pub struct ArgumentsDto {
 pub struct PolicyDefinitionDto {
     pub dead_letter_exchange: Option<String>,
     pub dead_letter_routing_key: Option<String>,
+    pub message_ttl: Option<u64>,
 }
 
 impl<'de> Deserialize<'de> for PolicyDefinitionDto {
@@ -352,6 +357,7 @@ impl<'de> Deserialize<'de> for PolicyDefinitionDto {
                         "dead-letter-routing-key" => {
                             out.dead_letter_routing_key = map.next_value()?
                         }
+                        "message-ttl" => out.message_ttl = map.next_value()?,
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -394,6 +400,7 @@ struct PolicyRule {
     priority: i64,
     dead_letter_exchange: Option<String>,
     dead_letter_routing_key: Option<String>,
+    message_ttl: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -422,6 +429,7 @@ impl Policies {
                     priority: p.priority,
                     dead_letter_exchange: p.definition.dead_letter_exchange,
                     dead_letter_routing_key: p.definition.dead_letter_routing_key,
+                    message_ttl: p.definition.message_ttl,
                 }),
                 Err(_) => out
                     .unreadable
@@ -447,6 +455,7 @@ impl Policies {
             .map(|r| PolicyDefinitionDto {
                 dead_letter_exchange: r.dead_letter_exchange.clone(),
                 dead_letter_routing_key: r.dead_letter_routing_key.clone(),
+                message_ttl: r.message_ttl,
             })
             .unwrap_or_default()
     }
@@ -657,6 +666,8 @@ impl<'f> QueueCollector<'f> {
             .and_then(|a| a.dead_letter_exchange.clone())
             .or_else(|| policy.as_ref().and_then(|p| p.dead_letter_exchange.clone()));
         if let Some(exchange) = exchange {
+            let expires = args.as_ref().is_some_and(|a| a.message_ttl.is_some())
+                || policy.as_ref().is_some_and(|p| p.message_ttl.is_some());
             let routing_key = args
                 .and_then(|a| a.dead_letter_routing_key.take())
                 .or_else(|| policy.and_then(|p| p.dead_letter_routing_key.take()));
@@ -668,6 +679,7 @@ impl<'f> QueueCollector<'f> {
                 },
                 exchange: exchange.into(),
                 routing_key: routing_key.map(Into::into),
+                expires,
             });
         }
         let watched = !(self.vhost_filter.is_some_and(|f| !f.matches(&q.vhost))
@@ -1195,8 +1207,22 @@ impl Scraper {
         Ok(tags)
     }
 
-    /// One full scrape from the configured `source`; either a whole snapshot or an error.
+    /// One full scrape from the configured `source`, with the readers of its streams when it lists
+    /// any; either a whole snapshot or an error.
     pub async fn scrape(
+        &self,
+        now: impl Fn() -> Timestamp,
+        progress: &(dyn Fn() + Sync),
+    ) -> Result<Snapshot, ScrapeError> {
+        let mut snap = self.scrape_source(now, progress).await?;
+        snap.streams = self.read_streams(&snap.queues).await;
+        if snap.streams.is_some() {
+            progress();
+        }
+        Ok(snap)
+    }
+
+    async fn scrape_source(
         &self,
         now: impl Fn() -> Timestamp,
         progress: &(dyn Fn() + Sync),
@@ -1289,6 +1315,7 @@ impl Scraper {
             dead_letterings,
             exchanges,
             topology_error,
+            streams: None,
         })
     }
 
@@ -1517,6 +1544,7 @@ impl Scraper {
             dead_letterings: listing.dead_letterings.clone(),
             exchanges,
             topology_error,
+            streams: None,
         })
     }
 

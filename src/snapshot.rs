@@ -123,6 +123,41 @@ pub struct Snapshot {
     pub exchanges: Option<std::sync::Arc<Exchanges>>,
     /// Why `exchanges` is `None`, when it is.
     pub topology_error: Option<String>,
+    /// The stream consumers, read only when the cluster lists a stream (`None` otherwise).
+    pub streams: Option<StreamsReading>,
+}
+
+/// What the broker said of the readers of its streams (`/api/stream/consumers`, the
+/// `rabbitmq_stream_management` plugin).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StreamsReading {
+    /// Every stream-protocol consumer of a watched stream.
+    pub consumers: Vec<StreamConsumerSample>,
+    /// Why the consumers could not be read (the plugin is not enabled, the request failed): every
+    /// reader's lag is then unknown, never zero.
+    pub error: Option<String>,
+}
+
+/// One stream-protocol subscription as the broker lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamConsumerSample {
+    pub vhost: std::sync::Arc<str>,
+    pub stream: std::sync::Arc<str>,
+    /// The consumer's `name` property: what it stores its offset under. `None` for an anonymous
+    /// reader, which is known by its connection and subscription id while it is subscribed.
+    pub name: Option<String>,
+    /// The connection's name (the client's `connection_name`, else its address).
+    pub connection: String,
+    pub subscription_id: u64,
+    /// The offset of the last message dispatched to it.
+    pub offset: u64,
+    /// The stream's committed offset minus `offset`.
+    pub offset_lag: u64,
+    /// The super stream this stream is a partition of, when the consumer subscribed through it
+    /// (property `super-stream`).
+    pub super_stream: Option<String>,
+    /// A single-active-consumer group's standby is subscribed but not active.
+    pub active: bool,
 }
 
 /// One queue's dead-letter settings: its `x-dead-letter-exchange` argument, else its effective
@@ -136,6 +171,9 @@ pub struct DeadLettering {
     pub exchange: Box<str>,
     /// The routing key they are republished with; `None` keeps each message's own routing keys.
     pub routing_key: Option<Box<str>>,
+    /// Its messages expire (`x-message-ttl` or a policy's `message-ttl`): dead-lettering back to
+    /// where they came from, it is a delayed-retry "wait" queue.
+    pub expires: bool,
 }
 
 /// How an exchange routes, as far as dead-letter targets go.

@@ -19,6 +19,9 @@ use crate::domain::{QueueKey, StatsMode, Timestamp};
 use crate::scrape::{ScrapeError, ScrapeReason};
 use crate::snapshot::{NodeSample, ProbeSample, QueueSample, Snapshot, Source, Window};
 
+mod streams;
+pub use streams::{AMQP_READERS, FORGET_OFFLINE_MS, StreamConsumerView, UnknownReaders};
+
 #[derive(Debug)]
 pub struct QueueView {
     pub sample: QueueSample,
@@ -26,6 +29,9 @@ pub struct QueueView {
     /// Some queue dead-letters into this one (`analysis::dead_letter`); `None` when the topology
     /// could not be read this cycle.
     pub dead_letter_target: Option<bool>,
+    /// The wait queue of a delayed-retry loop: its messages expire back to where they came from
+    /// (`analysis::dead_letter::Roles`); `None` when the topology could not be read this cycle.
+    pub retry_queue: Option<bool>,
     /// `cluster="…",vhost="…",queue="…"`, escaped once per queue for the exposition format.
     pub prom_labels: Arc<str>,
 }
@@ -65,6 +71,13 @@ pub struct ClusterView {
     /// Why the last successful scrape could not read the dead-letter topology (then every queue's
     /// `is_dead_letter_target` is unknown); `None` when it could.
     pub topology_error: Option<String>,
+    /// Every stream reader with its lag and verdict (`view::streams`); empty without streams.
+    pub stream_consumers: Arc<Vec<StreamConsumerView>>,
+    /// Streams read by AMQP consumers, whose lag nobody can know.
+    pub stream_unknown: Arc<Vec<UnknownReaders>>,
+    /// Why the last successful scrape could not read the stream consumers: every reader's lag is
+    /// unknown.
+    pub streams_error: Option<String>,
 }
 
 impl ClusterView {
@@ -89,6 +102,9 @@ impl ClusterView {
             skipped_total: 0,
             probes: Arc::default(),
             topology_error: None,
+            stream_consumers: Arc::default(),
+            stream_unknown: Arc::default(),
+            streams_error: None,
         }
     }
 
@@ -125,6 +141,9 @@ pub enum CycleEvent {
     /// The dead-letter topology could not be read (it could before, or this is the first scrape):
     /// `is_dead_letter_target` is unknown until it can.
     TopologyUnreadable { error: String },
+    /// The stream consumers could not be read (they could before, or this is the first scrape):
+    /// every stream reader's lag is unknown until they can.
+    StreamsUnreadable { error: String },
 }
 
 /// A cluster's shared handle: the poll loop writes, everyone else reads.
@@ -215,6 +234,8 @@ pub struct Tracker {
     /// Emptied buffers of earlier cycles, filled again by the next (`recycle`): their pages stay
     /// mapped, so a cycle does not fault in tens of MB of fresh pages at 100k queues.
     spare: Spare,
+    /// The readers of the cluster's streams.
+    streams: streams::StreamTracker,
 }
 
 /// Empty buffers kept from one cycle for the next, each with the capacity it had.
@@ -289,6 +310,7 @@ impl Tracker {
             order: Vec::new(),
             cycle: 0,
             spare: Spare::default(),
+            streams: streams::StreamTracker::default(),
         }
     }
 
@@ -408,6 +430,7 @@ impl Tracker {
             tracked.pos = u32::try_from(order.len() - 1).expect("fewer than 4 billion queues");
             let latest = Latest {
                 consumers: q.consumers,
+                stream: &*q.kind == "stream",
                 head_message_timestamp: q.head_message_timestamp,
                 activity: tracked.activity,
             };
@@ -415,6 +438,7 @@ impl Tracker {
                 health: analysis::analyze(&tracked.window, latest, &self.params, now).into(),
                 prom_labels: tracked.prom_labels.clone(),
                 dead_letter_target: None,
+                retry_queue: None,
                 sample: q,
             });
         }
@@ -520,13 +544,25 @@ impl Tracker {
                 }
                 let mut queues = self.observe(std::mem::take(&mut snap.queues), snap.taken_at, now);
                 if let Some(exchanges) = &snap.exchanges {
-                    let targets = analysis::dead_letter::dead_letter_targets(
-                        &snap.dead_letterings,
-                        exchanges,
-                    );
+                    let roles = analysis::dead_letter::roles(&snap.dead_letterings, exchanges);
                     for q in &mut queues {
-                        q.dead_letter_target = Some(targets.contains(&q.sample.key));
+                        q.dead_letter_target = Some(roles.targets.contains(&q.sample.key));
+                        q.retry_queue = Some(roles.retry_queues.contains(&q.sample.key));
                     }
+                }
+                let readers = self.streams.observe(
+                    &self.cluster,
+                    &queues,
+                    snap.streams.take(),
+                    snap.taken_at,
+                    &self.params,
+                );
+                if let Some(error) = &readers.error
+                    && (prev.streams_error.is_none() || prev.last_success.is_none())
+                {
+                    events.push(CycleEvent::StreamsUnreadable {
+                        error: error.clone(),
+                    });
                 }
                 ClusterView {
                     name: prev.name.clone(),
@@ -548,6 +584,9 @@ impl Tracker {
                     skipped_total,
                     probes: prev.probes.clone(),
                     topology_error: snap.topology_error,
+                    stream_consumers: Arc::new(readers.consumers),
+                    stream_unknown: Arc::new(readers.unknown),
+                    streams_error: readers.error,
                 }
             }
             Err(e) => {
@@ -830,6 +869,7 @@ mod tests {
             dead_letterings: Vec::new(),
             exchanges: Some(Arc::default()),
             topology_error: None,
+            streams: None,
         }
     }
 

@@ -8,12 +8,19 @@
 //! is not known (no dead-letter routing key: each message keeps its own) or the exchange routes on
 //! something else (headers, plugins), every binding counts: the queue *can* receive dead letters.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::domain::QueueKey;
 use crate::snapshot::{DeadLettering, Destination, ExchangeKind, Exchanges};
 
-/// The queues that some queue's dead letters reach.
+/// The queues that some queue's dead letters reach, except where they come back: a queue `T` that
+/// dead-letters back into the queue `S` whose dead letters reach it is a delayed-retry loop (a TTL
+/// "wait" queue expiring messages back to the work exchange), and neither end of that loop is a
+/// dead-letter queue by it. The work queue is fed by its own retries, the wait queue holds messages
+/// that are coming back. A wait queue (its messages expire, and it is in such a loop) republishes
+/// retries, not failures: nothing its dead letters reach is a dead-letter queue by it (a queue bound
+/// beside the work queue to the work exchange gets the retried copies too). A queue both in such a
+/// loop and reached by some other queue that it does not feed back is still a target.
 ///
 /// The default exchange `""` as dead-letter exchange sends each message to the queue its routing key
 /// names: with a dead-letter routing key that queue is a target; without one each message goes back
@@ -23,54 +30,106 @@ pub fn dead_letter_targets(
     dead_letterings: &[DeadLettering],
     exchanges: &Exchanges,
 ) -> HashSet<QueueKey> {
-    let mut targets = HashSet::new();
+    roles(dead_letterings, exchanges).targets
+}
+
+/// What the topology makes of the queues: dead-letter queues, and the wait queues of delayed-retry
+/// loops.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Roles {
+    /// Queues some queue's dead letters reach, outside retry loops (see `dead_letter_targets`).
+    pub targets: HashSet<QueueKey>,
+    /// Queues whose messages expire back to where they came from (a TTL and a dead-letter exchange
+    /// leading back to a queue that dead-letters into them): they hold retries on purpose and are
+    /// expected to have no consumer.
+    pub retry_queues: HashSet<QueueKey>,
+}
+
+/// Both roles, in one pass over the topology.
+pub fn roles(dead_letterings: &[DeadLettering], exchanges: &Exchanges) -> Roles {
     // Many queues share one dead-letter exchange and key: each walk is done once.
-    let mut walked: HashSet<(&str, &str, Option<&str>)> = HashSet::new();
+    let mut walks: HashMap<(&str, &str, Option<&str>), HashSet<QueueKey>> = HashMap::new();
     for dl in dead_letterings {
-        let vhost = &dl.queue.vhost;
         let key = dl.routing_key.as_deref();
-        if !walked.insert((vhost, &dl.exchange, key)) {
+        walks
+            .entry((&dl.queue.vhost, &dl.exchange, key))
+            .or_insert_with(|| reached(&dl.queue.vhost, &dl.exchange, key, exchanges));
+    }
+    // Where each queue's dead letters go, by the walk they share.
+    let reaches: HashMap<&QueueKey, &HashSet<QueueKey>> = dead_letterings
+        .iter()
+        .map(|dl| {
+            let walk = &walks[&(&*dl.queue.vhost, &*dl.exchange, dl.routing_key.as_deref())];
+            (&dl.queue, walk)
+        })
+        .collect();
+    let loops_back =
+        |from: &QueueKey, to: &QueueKey| reaches.get(to).is_some_and(|back| back.contains(from));
+    let mut targets = HashSet::new();
+    let mut retry_queues = HashSet::new();
+    for dl in dead_letterings {
+        let (source, reached) = (&dl.queue, reaches[&dl.queue]);
+        let waits = dl.expires && reached.iter().any(|t| loops_back(source, t));
+        if waits {
+            retry_queues.insert(source.clone());
             continue;
         }
-        if dl.exchange.is_empty() {
-            if let Some(k) = key {
-                targets.insert(QueueKey {
-                    vhost: vhost.clone(),
-                    name: k.into(),
-                });
-            }
-            continue;
-        }
-        let mut seen: HashSet<&str> = HashSet::new();
-        let mut todo: Vec<&str> = vec![&dl.exchange];
-        while let Some(name) = todo.pop() {
-            if !seen.insert(name) {
-                continue;
-            }
-            let Some(exchange) = exchanges.get(&(vhost.clone(), name.into())) else {
-                continue;
-            };
-            let Some(kind) = exchange.kind else {
-                // Missing: the broker drops what is dead-lettered to it.
-                continue;
-            };
-            for b in &exchange.bindings {
-                if !routes(kind, &b.routing_key, key) {
-                    continue;
-                }
-                match &b.destination {
-                    Destination::Queue(q) => {
-                        targets.insert(QueueKey {
-                            vhost: vhost.clone(),
-                            name: q.clone(),
-                        });
-                    }
-                    Destination::Exchange(x) => todo.push(x),
-                }
+        for target in reached.iter() {
+            if !loops_back(source, target) {
+                targets.insert(target.clone());
             }
         }
     }
-    targets
+    Roles {
+        targets,
+        retry_queues,
+    }
+}
+
+/// The queues that messages dead-lettered to `exchange` with `key` (`None`: their own keys) reach.
+fn reached(
+    vhost: &std::sync::Arc<str>,
+    exchange: &str,
+    key: Option<&str>,
+    exchanges: &Exchanges,
+) -> HashSet<QueueKey> {
+    let mut found = HashSet::new();
+    let queue = |name: &str| QueueKey {
+        vhost: vhost.clone(),
+        name: name.into(),
+    };
+    if exchange.is_empty() {
+        if let Some(k) = key {
+            found.insert(queue(k));
+        }
+        return found;
+    }
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut todo: Vec<&str> = vec![exchange];
+    while let Some(name) = todo.pop() {
+        if !seen.insert(name) {
+            continue;
+        }
+        let Some(x) = exchanges.get(&(vhost.clone(), name.into())) else {
+            continue;
+        };
+        let Some(kind) = x.kind else {
+            // Missing: the broker drops what is dead-lettered to it.
+            continue;
+        };
+        for b in &x.bindings {
+            if !routes(kind, &b.routing_key, key) {
+                continue;
+            }
+            match &b.destination {
+                Destination::Queue(q) => {
+                    found.insert(queue(q));
+                }
+                Destination::Exchange(x) => todo.push(x),
+            }
+        }
+    }
+    found
 }
 
 /// Whether an exchange of `kind` sends a message with routing key `key` (`None`: any key) along a
@@ -114,6 +173,15 @@ mod tests {
             },
             exchange: exchange.into(),
             routing_key: key.map(Into::into),
+            expires: false,
+        }
+    }
+
+    /// A queue whose messages expire (`x-message-ttl`) into `exchange`.
+    fn wait(vhost: &str, queue: &str, exchange: &str, key: Option<&str>) -> DeadLettering {
+        DeadLettering {
+            expires: true,
+            ..dl(vhost, queue, exchange, key)
         }
     }
 
@@ -269,7 +337,92 @@ mod tests {
                 orders_dlx(),
                 vec![],
             ),
+            (
+                "13 a delayed-retry loop: work dead-letters to a TTL wait queue that expires back to the work exchange; neither is a DLQ, the parking queue is",
+                vec![
+                    dl("/", "work", "retry", None),
+                    wait("/", "work.wait", "work-x", Some("work")),
+                    dl("/", "billing", "parking", None),
+                ],
+                exchanges(&[
+                    ("/", "retry", Some(Fanout), vec![to_queue("work.wait", "")]),
+                    ("/", "work-x", Some(Direct), vec![to_queue("work", "work")]),
+                    ("/", "parking", Some(Fanout), vec![to_queue("parked", "")]),
+                ]),
+                vec!["//parked"],
+            ),
+            (
+                "14 the same loop through the default exchange with keys",
+                vec![
+                    dl("/", "work", "", Some("work.wait")),
+                    dl("/", "work.wait", "", Some("work")),
+                ],
+                Exchanges::new(),
+                vec![],
+            ),
+            (
+                "16 a wait queue expiring back with the messages' own keys: a queue bound beside the work queue gets the retried copies, and is no DLQ",
+                vec![
+                    dl("/", "work", "retry", None),
+                    wait("/", "work.wait", "work-x", None),
+                ],
+                exchanges(&[
+                    ("/", "retry", Some(Fanout), vec![to_queue("work.wait", "")]),
+                    (
+                        "/",
+                        "work-x",
+                        Some(Topic),
+                        vec![to_queue("work", "orders.#"), to_queue("audit", "#")],
+                    ),
+                ]),
+                vec![],
+            ),
+            (
+                "17 the same without a TTL: not a wait queue, so what else it reaches is a target",
+                vec![
+                    dl("/", "work", "retry", None),
+                    dl("/", "work.wait", "work-x", None),
+                ],
+                exchanges(&[
+                    ("/", "retry", Some(Fanout), vec![to_queue("work.wait", "")]),
+                    (
+                        "/",
+                        "work-x",
+                        Some(Topic),
+                        vec![to_queue("work", "orders.#"), to_queue("audit", "#")],
+                    ),
+                ]),
+                vec!["//audit"],
+            ),
+            (
+                "15 a queue in a loop that another queue also dead-letters into is still a target",
+                vec![
+                    dl("/", "work", "", Some("work.wait")),
+                    dl("/", "work.wait", "", Some("work")),
+                    dl("/", "other", "", Some("work.wait")),
+                ],
+                Exchanges::new(),
+                vec!["//work.wait"],
+            ),
         ];
+        let retry = roles(
+            &[
+                dl("/", "work", "retry", None),
+                wait("/", "work.wait", "work-x", None),
+                wait("/", "delayed", "elsewhere", None),
+            ],
+            &exchanges(&[
+                ("/", "retry", Some(Fanout), vec![to_queue("work.wait", "")]),
+                ("/", "work-x", Some(Topic), vec![to_queue("work", "#")]),
+                ("/", "elsewhere", Some(Fanout), vec![to_queue("next", "")]),
+            ]),
+        );
+        assert_eq!(
+            names(&retry.retry_queues),
+            ["//work.wait"],
+            "a TTL queue expiring onward to a queue that does not feed it is no retry queue"
+        );
+        assert_eq!(names(&retry.targets), ["//next"]);
         for (name, dls, xs, want) in cases {
             assert_eq!(names(&dead_letter_targets(&dls, &xs)), want, "case {name}");
         }

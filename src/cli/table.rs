@@ -3,7 +3,7 @@
 //! Pure formatting. Names are made safe for a terminal: control characters (escape sequences, newlines)
 //! are shown escaped rather than interpreted.
 
-use crate::http::QueueRow;
+use crate::http::{QueueRow, StreamConsumersBody};
 
 const HEADERS: [&str; 11] = [
     "CLUSTER",
@@ -49,7 +49,11 @@ fn rate(v: Option<f64>) -> String {
 }
 
 /// `drain_eta_seconds` is null both when unknown and when it will never drain; the status tells which.
+/// A stream has nothing to drain: its readers' lag is in the table below.
 fn eta(row: &QueueRow) -> String {
+    if row.kind == "stream" {
+        return "-".to_string();
+    }
     match row.drain_eta_seconds {
         Some(0.0) => "0s".to_string(),
         Some(s) => {
@@ -199,6 +203,76 @@ pub struct ProbeRow {
     pub detail: String,
 }
 
+const STREAM_HEADERS: [&str; 8] = [
+    "STREAM READER",
+    "CLUSTER",
+    "VHOST",
+    "STREAM",
+    "LAG",
+    "LAG/S",
+    "TRUNCATED IN",
+    "STATUS",
+];
+
+/// The stream readers that need a look (every status but `ok`), the streams with readers whose lag
+/// is unknown, and why stream readers could not be read at all. Empty when all is well.
+pub fn render_stream_readers(body: &StreamConsumersBody) -> String {
+    let mut cells: Vec<[String; 8]> = body
+        .consumers
+        .iter()
+        .filter(|c| c.status != "ok")
+        .map(|c| {
+            let eta = c.truncation_eta_seconds.map_or_else(
+                || "-".to_string(),
+                |s| {
+                    humantime::format_duration(std::time::Duration::from_secs(s.ceil() as u64))
+                        .to_string()
+                },
+            );
+            let status = if c.online {
+                c.status.clone()
+            } else {
+                format!("{} (left)", c.status)
+            };
+            [
+                terminal_safe(&c.consumer),
+                terminal_safe(&c.cluster),
+                terminal_safe(&c.vhost),
+                terminal_safe(&c.stream),
+                c.offset_lag
+                    .map_or_else(|| "-".to_string(), |l| format!("{l:.0}")),
+                rate(c.lag_growth),
+                eta,
+                status,
+            ]
+        })
+        .collect();
+    for u in &body.unknown {
+        cells.push([
+            format!("{} AMQP reader(s)", u.readers),
+            terminal_safe(&u.cluster),
+            terminal_safe(&u.vhost),
+            terminal_safe(&u.stream),
+            "-".to_string(),
+            "-".to_string(),
+            "-".to_string(),
+            "unknown (no offset)".to_string(),
+        ]);
+    }
+    let mut out = String::new();
+    if !cells.is_empty() {
+        out = format!("\n{}", layout(&STREAM_HEADERS, &cells, 4..=6));
+    }
+    for e in &body.errors {
+        out.push_str(&format!(
+            "\nstream readers of {}: unknown ({})\n",
+            terminal_safe(&e.cluster),
+            terminal_safe(&e.error)
+        ));
+    }
+    out
+}
+
 const PROBE_HEADERS: [&str; 6] = [
     "CANARY",
     "CLUSTER",
@@ -245,6 +319,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stream_readers_that_need_a_look_and_unknown_lag_said_so() {
+        let body: StreamConsumersBody = serde_json::from_str(
+            r#"{"consumers":[
+              {"cluster":"c","vhost":"/","stream":"events","consumer":"billing","named":true,
+               "super_stream":false,"subscriptions":1,"online":true,"offset_lag":48768,
+               "lag_growth":15.5,"offset_rate":4.5,"status":"lagging","truncation_eta_seconds":600},
+              {"cluster":"c","vhost":"/","stream":"events","consumer":"audit","named":true,
+               "super_stream":false,"subscriptions":1,"online":true,"offset_lag":0,
+               "lag_growth":0,"offset_rate":20,"status":"ok","truncation_eta_seconds":null},
+              {"cluster":"c","vhost":"/","stream":"events","consumer":"nightly","named":true,
+               "super_stream":false,"subscriptions":0,"online":false,"offset_lag":900,
+               "lag_growth":null,"offset_rate":0,"status":"stopped","truncation_eta_seconds":null}],
+             "unknown":[{"cluster":"c","vhost":"/","stream":"events","readers":2,"reason":"r"}],
+             "errors":[{"cluster":"d","error":"enable the rabbitmq_stream_management plugin"}]}"#,
+        )
+        .expect("a body");
+        let text = render_stream_readers(&body);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[2].contains("billing") && lines[2].contains("48768") && lines[2].contains("10m"),
+            "{text}"
+        );
+        assert!(lines[3].contains("stopped (left)"), "{text}");
+        assert!(
+            lines[4].contains("2 AMQP reader(s)") && lines[4].contains("unknown"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("audit"),
+            "readers that keep up are not listed: {text}"
+        );
+        assert!(
+            text.contains(
+                "stream readers of d: unknown (enable the rabbitmq_stream_management plugin)"
+            ),
+            "{text}"
+        );
+        assert_eq!(render_stream_readers(&StreamConsumersBody::default()), "");
+    }
+
+    #[test]
     fn canaries_show_why_they_fail_and_unknown_latency_is_a_dash() {
         let row =
             |name: &str, ok: Option<bool>, latency: Option<f64>, error: Option<&str>| ProbeRow {
@@ -288,6 +403,7 @@ mod tests {
             cluster: "local".into(),
             vhost: "/".into(),
             queue: queue.into(),
+            kind: "classic".into(),
             messages: 10,
             messages_ready: 8,
             messages_unacked: 2,
@@ -301,6 +417,7 @@ mod tests {
             oldest_message_age_seconds: None,
             idle_for_seconds: None,
             dead_letter_target: None,
+            retry_queue: None,
             status: status.into(),
         }
     }

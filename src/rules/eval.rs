@@ -11,7 +11,7 @@ use super::expr::{Env, FieldId, Scope, Value, field};
 use super::{Mode, RuleSet, SelectOn};
 use crate::domain::Timestamp;
 use crate::snapshot::{NodeSample, ProbeSample};
-use crate::view::{ClusterView, QueueView};
+use crate::view::{ClusterView, QueueView, StreamConsumerView};
 
 /// One rule's verdict on one entity.
 #[derive(Clone, Debug, PartialEq)]
@@ -74,6 +74,7 @@ impl Env for QueueEnv<'_> {
             q::IDLE_FOR => h.idle_for().map(Value::Num),
             q::GROWING_FOR => h.growing_for().map(Value::Num),
             q::IS_DEAD_LETTER_TARGET => self.q.dead_letter_target.map(Value::Bool),
+            q::IS_RETRY_QUEUE => self.q.retry_queue.map(Value::Bool),
             _ => None,
         }
     }
@@ -162,6 +163,33 @@ impl Env for ProbeEnv<'_> {
     }
 }
 
+struct StreamConsumerEnv<'a> {
+    cluster: &'a str,
+    c: &'a StreamConsumerView,
+}
+
+impl Env for StreamConsumerEnv<'_> {
+    fn get(&self, f: FieldId) -> Option<Value<'_>> {
+        use field::stream_consumer as s;
+        let c = self.c;
+        let h = &c.health;
+        match f {
+            s::OFFSET_LAG => h.offset_lag.map(Value::Num),
+            s::LAG_GROWTH => h.lag_growth.map(Value::Num),
+            s::OFFSET_RATE => h.offset_rate.map(Value::Num),
+            s::STATUS => Some(Value::Str(Cow::Borrowed(h.status.as_str()))),
+            s::TRUNCATION_ETA => h.truncation_eta.map(Value::Num),
+            s::ONLINE => Some(Value::Bool(c.online)),
+            s::SUPER_STREAM => Some(Value::Bool(c.super_stream)),
+            s::CLUSTER => Some(Value::Str(Cow::Borrowed(self.cluster))),
+            s::VHOST => Some(Value::Str(Cow::Borrowed(&c.vhost))),
+            s::STREAM => Some(Value::Str(Cow::Borrowed(&c.stream))),
+            s::CONSUMER => Some(Value::Str(Cow::Borrowed(&c.consumer))),
+            _ => None,
+        }
+    }
+}
+
 /// Evaluates every active or shadow rule against one cluster.
 pub fn evaluate(rules: &RuleSet, view: &ClusterView, now: Timestamp) -> Evaluation {
     let mut eval = Evaluation {
@@ -172,7 +200,8 @@ pub fn evaluate(rules: &RuleSet, view: &ClusterView, now: Timestamp) -> Evaluati
     };
     let fresh = view.up && view.is_fresh(now);
     if fresh {
-        eval.judged.extend([Scope::Queue, Scope::Node]);
+        eval.judged
+            .extend([Scope::Queue, Scope::Node, Scope::StreamConsumer]);
     }
     for (i, rule) in rules.rules.iter().enumerate() {
         if rule.mode == Mode::Off {
@@ -282,8 +311,44 @@ pub fn evaluate(rules: &RuleSet, view: &ClusterView, now: Timestamp) -> Evaluati
                     }
                 }
             }
-            // Queue and node rules wait for fresh data.
-            Scope::Queue | Scope::Node => {}
+            Scope::StreamConsumer if fresh => {
+                for c in view.stream_consumers.iter() {
+                    if !selected(SelectOn::Vhost, &c.vhost)
+                        || !selected(SelectOn::Stream, &c.stream)
+                        || !selected(SelectOn::Consumer, &c.consumer)
+                    {
+                        continue;
+                    }
+                    let env = StreamConsumerEnv {
+                        cluster: &view.name,
+                        c,
+                    };
+                    if let Some(holds) = verdict(rules, i, &env) {
+                        let labels = labels(
+                            rules,
+                            i,
+                            &[
+                                ("cluster", &view.name),
+                                ("vhost", &c.vhost),
+                                ("stream", &c.stream),
+                                ("consumer", &c.consumer),
+                            ],
+                        );
+                        let values: BTreeMap<String, f64> = [
+                            ("offset_lag", c.health.offset_lag),
+                            ("lag_growth", c.health.lag_growth),
+                            ("truncation_eta", c.health.truncation_eta),
+                        ]
+                        .into_iter()
+                        .filter_map(|(k, v)| Some((k.to_string(), v?)))
+                        .collect();
+                        eval.outcomes
+                            .push(outcome(rules, i, &env, labels, holds, values));
+                    }
+                }
+            }
+            // Queue, node and stream reader rules wait for fresh data.
+            Scope::Queue | Scope::Node | Scope::StreamConsumer => {}
         }
     }
     eval
@@ -541,6 +606,7 @@ mod tests {
                     queue: key("orders"),
                     exchange: "orders.dlx".into(),
                     routing_key: None,
+                    expires: false,
                 }],
                 exchanges: Some(Arc::new(exchanges.clone())),
                 nodes: vec![crate::snapshot::NodeSample {
@@ -587,6 +653,27 @@ mod tests {
             cluster: &view.name,
             p: &view.probes[0],
         };
+        let reader = crate::view::StreamConsumerView {
+            vhost: "/".into(),
+            stream: "events".into(),
+            consumer: "billing".into(),
+            named: true,
+            super_stream: false,
+            subscriptions: 1,
+            online: true,
+            health: crate::analysis::stream::StreamConsumerHealth {
+                offset_lag: Some(5.0),
+                lag_growth: Some(0.5),
+                offset_rate: Some(20.0),
+                status: crate::analysis::stream::StreamStatus::Lagging,
+                truncation_eta: Some(f64::INFINITY),
+            },
+            prom_labels: "".into(),
+        };
+        let stream_consumer = StreamConsumerEnv {
+            cluster: &view.name,
+            c: &reader,
+        };
         let mut missing = Vec::new();
         for scope in Scope::ALL {
             let env: &dyn Env = match scope {
@@ -594,6 +681,7 @@ mod tests {
                 Scope::Node => &node,
                 Scope::Cluster => &cluster,
                 Scope::Probe => &probe,
+                Scope::StreamConsumer => &stream_consumer,
             };
             for (name, ty) in scope.fields() {
                 let id = scope.field(name).expect("a field of its own table");

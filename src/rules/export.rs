@@ -149,7 +149,7 @@ pub enum Source {
 
 /// Where field `f` comes from.
 pub fn source(f: FieldId) -> Source {
-    use field::{cluster as c, node as n, probe as p, queue as q};
+    use field::{cluster as c, node as n, probe as p, queue as q, stream_consumer as s};
     match f {
         q::MESSAGES => Source::Gauge("rabbitwatch_queue_messages"),
         q::MESSAGES_READY => Source::Gauge("rabbitwatch_queue_messages_ready"),
@@ -169,6 +169,17 @@ pub fn source(f: FieldId) -> Source {
         q::QUEUE => Source::Label("queue"),
         n::NODE => Source::Label("node"),
         p::PROBE => Source::Label("probe"),
+        s::CLUSTER => Source::Label("cluster"),
+        s::VHOST => Source::Label("vhost"),
+        s::STREAM => Source::Label("stream"),
+        s::CONSUMER => Source::Label("consumer"),
+        s::OFFSET_LAG => Source::Gauge("rabbitwatch_stream_consumer_offset_lag"),
+        s::LAG_GROWTH => Source::Gauge("rabbitwatch_stream_consumer_lag_growth_rate"),
+        s::OFFSET_RATE => Source::Gauge("rabbitwatch_stream_consumer_offset_rate"),
+        s::TRUNCATION_ETA => Source::Gauge("rabbitwatch_stream_consumer_truncation_eta_seconds"),
+        s::ONLINE => Source::Gauge("rabbitwatch_stream_consumer_online"),
+        s::STATUS => Source::OneHot("rabbitwatch_stream_consumer_status", "status"),
+        s::SUPER_STREAM => Source::None("no metric says whether a reader reads a super stream"),
         q::ACK_RATE => Source::None("no metric carries the ack rate (only consume_rate)"),
         q::CONSUMER_UTILISATION => Source::None("no metric carries consumer utilisation"),
         q::MAX_LENGTH => Source::None("no metric carries a queue's max-length"),
@@ -176,10 +187,13 @@ pub fn source(f: FieldId) -> Source {
             Source::None("no metric carries a queue's max-length, so neither its fill ratio")
         }
         q::IDLE_FOR => Source::None("no metric carries how long a queue has been idle"),
-        q::TYPE => Source::None("no metric carries the queue type"),
+        q::TYPE => Source::OneHot("rabbitwatch_queue_status", "type"),
         q::DURABLE => Source::None("no metric carries durability"),
         q::IS_DEAD_LETTER_TARGET => Source::None(
             "no metric says which queues are dead-letter targets (the topology stays inside rabbitwatch)",
+        ),
+        q::IS_RETRY_QUEUE => Source::None(
+            "no metric says which queues are retry queues (the topology stays inside rabbitwatch)",
         ),
         n::RUNNING => Source::Gauge("rabbitwatch_node_running"),
         n::MEM_ALARM => Source::Gauge("rabbitwatch_node_mem_alarm"),
@@ -226,6 +240,7 @@ fn universe_metric(scope: Scope) -> &'static str {
         Scope::Cluster => "rabbitwatch_up",
         // All six series exist from the canary's start.
         Scope::Probe => "rabbitwatch_probe_failures_total",
+        Scope::StreamConsumer => "rabbitwatch_stream_consumer_online",
     }
 }
 

@@ -55,12 +55,19 @@ pub enum Scope {
     Node,
     Cluster,
     Probe,
+    StreamConsumer,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 4] = [Scope::Queue, Scope::Node, Scope::Cluster, Scope::Probe];
+    pub const ALL: [Scope; 5] = [
+        Scope::Queue,
+        Scope::Node,
+        Scope::Cluster,
+        Scope::Probe,
+        Scope::StreamConsumer,
+    ];
 
-    /// Parses a rule's `scope:` (`queue | node | cluster | probe`).
+    /// Parses a rule's `scope:` (`queue | node | cluster | probe | stream_consumer`).
     pub fn parse(s: &str) -> Option<Scope> {
         Scope::ALL.into_iter().find(|scope| scope.as_str() == s)
     }
@@ -71,6 +78,7 @@ impl Scope {
             Scope::Node => "node",
             Scope::Cluster => "cluster",
             Scope::Probe => "probe",
+            Scope::StreamConsumer => "stream_consumer",
         }
     }
 
@@ -81,6 +89,7 @@ impl Scope {
             Scope::Node => field::node::TABLE,
             Scope::Cluster => field::cluster::TABLE,
             Scope::Probe => field::probe::TABLE,
+            Scope::StreamConsumer => field::stream_consumer::TABLE,
         }
     }
 
@@ -191,6 +200,7 @@ pub mod field {
         QUEUE = "queue": String,
         DURABLE = "durable": Bool,
         IS_DEAD_LETTER_TARGET = "is_dead_letter_target": Bool,
+        IS_RETRY_QUEUE = "is_retry_queue": Bool,
     ]);
 
     field_table!(
@@ -231,6 +241,23 @@ pub mod field {
         CLUSTER = "cluster": String,
         VHOST = "vhost": String,
         PROBE = "probe": String,
+    ]);
+
+    field_table!(
+        /// Fields of `scope: stream_consumer`: one reader of a stream, or of a super stream summed
+        /// over its partitions.
+        stream_consumer, StreamConsumer, [
+        OFFSET_LAG = "offset_lag": Number,
+        LAG_GROWTH = "lag_growth": Number,
+        OFFSET_RATE = "offset_rate": Number,
+        STATUS = "status": String,
+        TRUNCATION_ETA = "truncation_eta": Number,
+        ONLINE = "online": Bool,
+        SUPER_STREAM = "super_stream": Bool,
+        CLUSTER = "cluster": String,
+        VHOST = "vhost": String,
+        STREAM = "stream": String,
+        CONSUMER = "consumer": String,
     ]);
 }
 
@@ -2325,7 +2352,9 @@ mod tests {
             errs[0]
         );
         assert!(
-            errs[0].message.ends_with("durable, is_dead_letter_target"),
+            errs[0]
+                .message
+                .ends_with("durable, is_dead_letter_target, is_retry_queue"),
             "{}",
             errs[0]
         );

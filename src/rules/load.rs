@@ -255,7 +255,7 @@ impl Compiler<'_> {
                 self.error_at(
                     &r.scope,
                     format!(
-                        "unknown scope {:?}; expected queue, node, cluster or probe",
+                        "unknown scope {:?}; expected queue, node, cluster, probe or stream_consumer",
                         r.scope.value
                     ),
                 );
@@ -266,7 +266,9 @@ impl Compiler<'_> {
         for (key, re) in &r.select {
             let on = match (key.as_str(), scope) {
                 ("cluster", _) => SelectOn::Cluster,
-                ("vhost", Scope::Queue | Scope::Probe) => SelectOn::Vhost,
+                ("vhost", Scope::Queue | Scope::Probe | Scope::StreamConsumer) => SelectOn::Vhost,
+                ("stream", Scope::StreamConsumer) => SelectOn::Stream,
+                ("consumer", Scope::StreamConsumer) => SelectOn::Consumer,
                 ("queue", Scope::Queue) => SelectOn::Queue,
                 ("node", Scope::Node) => SelectOn::Node,
                 ("probe", Scope::Probe) => SelectOn::Probe,
@@ -280,6 +282,7 @@ impl Compiler<'_> {
                                 Scope::Queue => ", vhost, queue",
                                 Scope::Node => ", node",
                                 Scope::Probe => ", vhost, probe",
+                                Scope::StreamConsumer => ", vhost, stream, consumer",
                                 Scope::Cluster => "",
                             }
                         ),
@@ -400,6 +403,14 @@ pub fn identity_labels(scope: Scope) -> &'static [&'static str] {
         Scope::Node => &["alertname", "scope", "cluster", "node"],
         Scope::Cluster => &["alertname", "scope", "cluster"],
         Scope::Probe => &["alertname", "scope", "cluster", "vhost", "probe"],
+        Scope::StreamConsumer => &[
+            "alertname",
+            "scope",
+            "cluster",
+            "vhost",
+            "stream",
+            "consumer",
+        ],
     }
 }
 

@@ -69,6 +69,8 @@ pub enum SelectOn {
     Queue,
     Node,
     Probe,
+    Stream,
+    Consumer,
 }
 
 impl SelectOn {
@@ -79,6 +81,8 @@ impl SelectOn {
             SelectOn::Queue => "queue",
             SelectOn::Node => "node",
             SelectOn::Probe => "probe",
+            SelectOn::Stream => "stream",
+            SelectOn::Consumer => "consumer",
         }
     }
 }

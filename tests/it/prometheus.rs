@@ -8,7 +8,33 @@ use std::time::Duration;
 use crate::util::{
     CLUSTER, Daemon, TestVhost, Tuning, cluster_yaml, config_for, config_with_clusters,
     consume_at_rate, eventually, free_port, http_client, management_url, publish_at_rate,
+    stream_addr,
 };
+use crate::util_stream::{OffsetSpec, StreamClient, Subscription};
+
+/// A stream fed at 10/s, read by an AMQP consumer (whose lag is unknown) and by the named
+/// stream-protocol reader `reader`, so the stream readers' families have series. Keep the
+/// returned values alive for as long as the series are wanted.
+async fn read_stream(
+    vhost: &TestVhost,
+    stream: &str,
+) -> (
+    crate::util::Traffic,
+    crate::util::Traffic,
+    StreamClient,
+    Subscription,
+) {
+    let publisher = publish_at_rate(&vhost.amqp_url(), stream, 10).await;
+    let amqp_reader = consume_at_rate(&vhost.amqp_url(), stream, 50).await;
+    let client = StreamClient::connect(stream_addr(), vhost.name(), "guest", "guest", "rw-test")
+        .await
+        .expect("connecting over the stream protocol");
+    let sub = client
+        .subscribe(stream, Some("reader"), OffsetSpec::First, 10)
+        .await
+        .expect("subscribing");
+    (publisher, amqp_reader, client, sub)
+}
 
 /// A Prometheus server of the test's own: free port, temp storage, killed on drop.
 pub(crate) struct Prometheus {
@@ -145,6 +171,7 @@ async fn prometheus_runs_every_dashboard_query_against_the_daemon() {
     let daemon = Daemon::start(&config).await;
     let _publisher = publish_at_rate(&vhost.amqp_url(), queue, 20).await;
     let _consumer = consume_at_rate(&vhost.amqp_url(), queue, 10).await;
+    let _stream = read_stream(&vhost, "stream.dash").await;
     let prometheus = Prometheus::start(&format!("127.0.0.1:{port}"));
     let client = http_client();
 
@@ -197,6 +224,7 @@ async fn promtool_finds_nothing_wrong_with_live_metrics() {
     let daemon = Daemon::start(&config).await;
     let _publisher = publish_at_rate(&vhost.amqp_url(), "lint.q", 10).await;
     let _consumer = consume_at_rate(&vhost.amqp_url(), "lint.q", 5).await;
+    let _stream = read_stream(&vhost, "stream.lint").await;
     // Lint an exposition that has every family populated, rates included.
     // The scaler's desired count appears once its queue's rates stand on a whole window (30 s here).
     let text = eventually(
@@ -206,6 +234,8 @@ async fn promtool_finds_nothing_wrong_with_live_metrics() {
             let text = daemon.metrics_text().await?;
             if text.contains("rabbitwatch_queue_publish_rate{")
                 && text.contains("rabbitwatch_scaler_desired_consumers{")
+                && text.contains("rabbitwatch_stream_consumer_lag_growth_rate{")
+                && text.contains("rabbitwatch_stream_unknown_readers{")
             {
                 Ok(text)
             } else {

@@ -23,11 +23,22 @@ fn repo() -> PathBuf {
 }
 
 /// The default pack's rule files, relative to the repository.
-const PACK: [&str; 3] = [
+const PACK: [&str; 4] = [
     "rules/broker.yaml",
     "rules/canary.yaml",
     "rules/queue-health.yaml",
+    "rules/streams.yaml",
 ];
+
+/// The line of `- alert: NAME` in the rule file `file` (relative to the repository).
+fn line_of(file: &str, alert: &str) -> usize {
+    let text = std::fs::read_to_string(repo().join(file)).expect("reading a rule file");
+    let needle = format!("- alert: {alert}");
+    text.lines()
+        .position(|l| l.trim() == needle)
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("{file} has no rule {alert}"))
+}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -49,18 +60,43 @@ fn the_exported_default_pack_passes_promtool_check_rules_and_says_what_it_droppe
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(EXIT_DROPPED), "{stderr}");
     // Each loss is said on its rule, at its file and line.
-    for said in [
-        "rules/canary.yaml:23: rule CanarySlow: dropped rule: skipped",
-        "rules/queue-health.yaml:59: rule DeadLetterQueueReceiving: dropped rule: skipped",
-        "rules/queue-health.yaml:81: rule QueueNearMaxLength: dropped rule: skipped",
-        "rules/queue-health.yaml:26: rule QueueNoConsumers: dropped expr: is_dead_letter_target",
-        "rules/queue-health.yaml:5: rule QueueBacklogGrowing: approximated clear",
-        "rules/canary.yaml:6: rule CanaryFailing: dropped annotations.summary: {{ probe_error }}",
-        "rules/broker.yaml:5: rule NodeMemoryAlarm: reformatted annotations.description: `bytes`",
+    for (file, alert, said) in [
+        ("rules/canary.yaml", "CanarySlow", "dropped rule: skipped"),
+        (
+            "rules/queue-health.yaml",
+            "DeadLetterQueueReceiving",
+            "dropped rule: skipped",
+        ),
+        (
+            "rules/queue-health.yaml",
+            "QueueNearMaxLength",
+            "dropped rule: skipped",
+        ),
+        (
+            "rules/queue-health.yaml",
+            "QueueNoConsumers",
+            "dropped expr: is_dead_letter_target",
+        ),
+        (
+            "rules/queue-health.yaml",
+            "QueueBacklogGrowing",
+            "approximated clear",
+        ),
+        (
+            "rules/canary.yaml",
+            "CanaryFailing",
+            "dropped annotations.summary: {{ probe_error }}",
+        ),
+        (
+            "rules/broker.yaml",
+            "NodeMemoryAlarm",
+            "reformatted annotations.description: `bytes`",
+        ),
     ] {
-        assert!(stderr.contains(said), "stderr lacks {said:?}:\n{stderr}");
+        let said = format!("{file}:{}: rule {alert}: {said}", line_of(file, alert));
+        assert!(stderr.contains(&said), "stderr lacks {said:?}:\n{stderr}");
     }
-    assert!(stderr.contains("11 of 14 rule(s) exported"), "{stderr}");
+    assert!(stderr.contains("14 of 17 rule(s) exported"), "{stderr}");
 
     let dir = tempfile::tempdir().expect("a temp dir");
     let file = dir.path().join("rabbitwatch.rules.yml");
@@ -73,7 +109,7 @@ fn the_exported_default_pack_passes_promtool_check_rules_and_says_what_it_droppe
         text(&check.stderr)
     );
     assert!(
-        text(&check.stdout).contains("SUCCESS: 11 rules found"),
+        text(&check.stdout).contains("SUCCESS: 14 rules found"),
         "{}",
         text(&check.stdout)
     );
@@ -81,7 +117,7 @@ fn the_exported_default_pack_passes_promtool_check_rules_and_says_what_it_droppe
 
 #[test]
 fn promtool_test_rules_agrees_with_rabbitwatch_test_rules_on_the_default_packs_scenarios() {
-    let tests: Vec<String> = ["broker", "canary", "queue-health", "watchdog"]
+    let tests: Vec<String> = ["broker", "canary", "queue-health", "streams", "watchdog"]
         .iter()
         .map(|t| format!("rules/tests/{t}.yaml"))
         .collect();
@@ -124,7 +160,7 @@ fn promtool_test_rules_agrees_with_rabbitwatch_test_rules_on_the_default_packs_s
     }
     let mut checks = 0;
     let mut firing_checks = 0;
-    for t in ["broker", "canary", "queue-health", "watchdog"] {
+    for t in ["broker", "canary", "queue-health", "streams", "watchdog"] {
         let file = format!("{t}.test.yaml");
         let yaml = std::fs::read_to_string(dir.path().join(&file)).expect("a converted test");
         checks += yaml.matches("eval_time:").count();
@@ -137,10 +173,11 @@ fn promtool_test_rules_agrees_with_rabbitwatch_test_rules_on_the_default_packs_s
             text(&run.stderr)
         );
     }
-    // 34 of the pack's 50 checks carry over (the backlog rule's `growing_for` through
-    // rabbitwatch_queue_growing_seconds), 9 or more of them with alerts expected (labels and
-    // annotations compared exactly).
-    assert_eq!((checks, left_out.len()), (34, 16), "{stderr}");
+    // 44 of the pack's 61 checks carry over (the backlog rule's `growing_for` through
+    // rabbitwatch_queue_growing_seconds, a queue's `type` through rabbitwatch_queue_status, every
+    // stream-consumer check), 9 or more of them with alerts expected (labels and annotations
+    // compared exactly).
+    assert_eq!((checks, left_out.len()), (44, 17), "{stderr}");
     assert!(firing_checks >= 9, "{firing_checks}");
 }
 

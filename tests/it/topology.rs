@@ -305,3 +305,222 @@ async fn rules_reading_rates_are_named_once_on_a_cluster_that_keeps_none() {
     })
     .await;
 }
+
+/// A delayed-retry loop beside a real dead-letter queue. `work` rejects everything into the fanout
+/// `work.retry`, whose queue `work.wait` holds each message 1 s (`x-message-ttl`) and then expires it
+/// back to the work exchange `work.x` with its own routing key; `audit` is bound beside `work` to
+/// `work.x` and so gets the retried copies too. `billing` rejects into `billing.dlx`, whose queue
+/// `billing.parked` nothing takes out of. Until `stop` fires one message every 200 ms goes to each.
+async fn retry_loop_traffic(amqp_url: String, stop: oneshot::Receiver<()>) {
+    let connection = Connection::connect(&amqp_url, ConnectionProperties::default())
+        .await
+        .expect("connecting");
+    let channel = connection.create_channel().await.expect("a channel");
+    let table = |pairs: &[(&str, AMQPValue)]| {
+        let mut t = FieldTable::default();
+        for (k, v) in pairs {
+            t.insert((*k).into(), v.clone());
+        }
+        t
+    };
+    let text = |s: &str| AMQPValue::LongString(s.into());
+    for (exchange, kind) in [
+        ("work.x", ExchangeKind::Topic),
+        ("work.retry", ExchangeKind::Fanout),
+        ("billing.dlx", ExchangeKind::Fanout),
+    ] {
+        channel
+            .exchange_declare(
+                exchange.into(),
+                kind,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("declaring an exchange");
+    }
+    let queues = [
+        (
+            "work",
+            table(&[("x-dead-letter-exchange", text("work.retry"))]),
+        ),
+        (
+            "work.wait",
+            table(&[
+                ("x-dead-letter-exchange", text("work.x")),
+                ("x-message-ttl", AMQPValue::LongInt(1000)),
+            ]),
+        ),
+        ("audit", FieldTable::default()),
+        (
+            "billing",
+            table(&[("x-dead-letter-exchange", text("billing.dlx"))]),
+        ),
+        ("billing.parked", FieldTable::default()),
+    ];
+    for (queue, args) in queues {
+        channel
+            .queue_declare(queue.into(), QueueDeclareOptions::default(), args)
+            .await
+            .expect("declaring a queue");
+    }
+    for (queue, exchange, key) in [
+        ("work", "work.x", "work.#"),
+        ("audit", "work.x", "#"),
+        ("work.wait", "work.retry", ""),
+        ("billing.parked", "billing.dlx", ""),
+    ] {
+        channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("binding");
+    }
+    let rejecter = connection.create_channel().await.expect("a channel");
+    let mut consumers = Vec::new();
+    for queue in ["work", "billing"] {
+        let consumer = rejecter
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consuming");
+        consumer.set_delegate(move |delivery: lapin::message::DeliveryResult| async move {
+            if let Ok(Some(d)) = delivery {
+                let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
+            }
+        });
+        consumers.push(consumer);
+    }
+    // `audit` has a reader that keeps it empty, as an audit log's would.
+    let reader = connection.create_channel().await.expect("a channel");
+    let audit = reader
+        .basic_consume(
+            "audit".into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consuming audit");
+    audit.set_delegate(|_: lapin::message::DeliveryResult| async {});
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut stop = stop;
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {
+                for (exchange, key) in [("work.x", "work.created"), ("", "billing")] {
+                    channel
+                        .basic_publish(
+                            exchange.into(),
+                            key.into(),
+                            BasicPublishOptions::default(),
+                            b"rabbitwatch test message",
+                            BasicProperties::default(),
+                        )
+                        .await
+                        .expect("publishing");
+                }
+            }
+        }
+    }
+    drop((consumers, audit));
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_retry_loop_is_no_dead_letter_queue_and_the_parking_queue_beside_it_is() {
+    let vhost = TestVhost::create().await;
+    let (stop, stopped) = oneshot::channel();
+    let traffic = tokio::spawn(retry_loop_traffic(vhost.amqp_url(), stopped));
+    let short_for = regex::Regex::new(r"(?m)^(\s+)for: \S+$")
+        .expect("a regex")
+        .replace_all(PACK, "${1}for: 5s")
+        .into_owned();
+    let config =
+        config_for(vhost.name(), free_port(), &Tuning::default()) + "rules: [queue-health.yaml]\n";
+    let daemon = Daemon::start_with_files(&config, &[("queue-health.yaml", &short_for)]).await;
+    eventually(
+        Duration::from_secs(30),
+        "only billing.parked a dead-letter target, only work.wait a retry queue",
+        async || {
+            let mut verdicts = Vec::new();
+            for q in ["work", "work.wait", "audit", "billing", "billing.parked"] {
+                let row = queue_row(&daemon, q).await?;
+                verdicts.push((
+                    q,
+                    row["dead_letter_target"].clone(),
+                    row["retry_queue"].clone(),
+                ));
+            }
+            let known = verdicts
+                .iter()
+                .all(|(_, t, r)| t.is_boolean() && r.is_boolean());
+            let targets: Vec<&str> = verdicts
+                .iter()
+                .filter(|v| v.1 == true)
+                .map(|v| v.0)
+                .collect();
+            let retry: Vec<&str> = verdicts
+                .iter()
+                .filter(|v| v.2 == true)
+                .map(|v| v.0)
+                .collect();
+            if known && targets == ["billing.parked"] && retry == ["work.wait"] {
+                Ok(())
+            } else {
+                Err(format!("{verdicts:?}"))
+            }
+        },
+    )
+    .await;
+    // Dead letters keep arriving in both: only the parking queue pages, and the retry loop's queues
+    // are not exempt from QueueNoConsumers as dead-letter queues would be.
+    eventually(
+        Duration::from_secs(60),
+        "DeadLetterQueueReceiving on billing.parked",
+        async || {
+            let all = alerts(&daemon).await?;
+            all.iter()
+                .any(|a| {
+                    a["alertname"] == "DeadLetterQueueReceiving"
+                        && a["labels"]["queue"] == "billing.parked"
+                        && a["state"] == "firing"
+                })
+                .then_some(())
+                .ok_or(format!("{all:?}"))
+        },
+    )
+    .await;
+    // The wait queue has no consumer on purpose: no QueueNoConsumers either.
+    always_for(
+        Duration::from_secs(15),
+        "no DeadLetterQueueReceiving on the retry loop, no QueueNoConsumers on its wait queue",
+        async || {
+            let all = alerts(&daemon).await?;
+            match all.iter().find(|a| {
+                (a["alertname"] == "DeadLetterQueueReceiving"
+                    && a["labels"]["queue"] != "billing.parked")
+                    || a["alertname"] == "QueueNoConsumers"
+            }) {
+                None => Ok(()),
+                Some(a) => Err(format!("{a}")),
+            }
+        },
+    )
+    .await;
+    let _ = stop.send(());
+    traffic.await.expect("the traffic task");
+}

@@ -58,6 +58,15 @@ pub fn amqp_addr() -> &'static str {
     }
 }
 
+/// The test broker's stream-protocol `host:port` (the `rabbitmq_stream` plugin).
+pub fn stream_addr() -> &'static str {
+    if on_rabbitmq4() {
+        "127.0.0.1:5553"
+    } else {
+        "127.0.0.1:5552"
+    }
+}
+
 /// The test broker's management API base URL.
 pub fn management_url() -> &'static str {
     if on_rabbitmq4() {
@@ -218,15 +227,15 @@ async fn close(connection: &Connection) {
 }
 
 /// Declares a plain (non-durable, non-exclusive) queue, as every helper here does, so they agree; a
-/// queue named `quorum.*` is declared a quorum queue (durable, `x-queue-type: quorum`), so the same
-/// helpers drive quorum queues.
+/// queue named `quorum.*` is declared a quorum queue and one named `stream.*` a stream (durable,
+/// `x-queue-type: quorum` or `stream`), so the same helpers drive quorum queues and streams.
 async fn declare_on(channel: &Channel, queue: &str) {
-    let (options, arguments) = if queue.starts_with("quorum.") {
+    let kind = ["quorum", "stream"]
+        .into_iter()
+        .find(|k| queue.starts_with(&format!("{k}.")));
+    let (options, arguments) = if let Some(kind) = kind {
         let mut arguments = FieldTable::default();
-        arguments.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("quorum".into()),
-        );
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
         let options = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
