@@ -485,6 +485,15 @@ pub struct QueueRow {
     /// null when the topology could not be read.
     #[serde(default)]
     pub retry_queue: Option<bool>,
+    /// The effective max-length and max-length-bytes (the lowest of argument, policy and operator
+    /// policy); null when none applies.
+    #[serde(default)]
+    pub max_length: Option<u64>,
+    #[serde(default)]
+    pub max_length_bytes: Option<u64>,
+    /// How full the queue is against the nearer of those limits; null without one.
+    #[serde(default)]
+    pub fill_ratio: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -540,6 +549,9 @@ async fn queues(State(st): State<HttpState>, Query(f): Query<QueueFilter>) -> Re
                 idle_for_seconds: h.idle_for,
                 dead_letter_target: q.dead_letter_target,
                 retry_queue: q.retry_queue,
+                max_length: q.sample.max_length,
+                max_length_bytes: q.sample.max_length_bytes,
+                fill_ratio: crate::rules::eval::fill_ratio(&q.sample),
             });
         }
     }

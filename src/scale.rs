@@ -1972,6 +1972,8 @@ mod tests {
             counters: None,
             head_message_timestamp: None,
             max_length: None,
+            max_length_bytes: None,
+            message_bytes: None,
             stats_pending: false,
         };
         let health = QueueHealth {

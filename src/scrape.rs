@@ -95,7 +95,9 @@ impl NameFilter {
 /// The dead-letter settings add about 33 bytes per queue before compression (an empty
 /// `"effective_policy_definition":{}` for a queue without them), well under 1% gzipped.
 pub const QUEUE_COLUMNS: &str = "name,vhost,type,durable,messages,messages_ready,messages_unacknowledged,\
-consumers,consumer_utilisation,head_message_timestamp,arguments.x-max-length,\
+consumers,consumer_utilisation,head_message_timestamp,message_bytes,arguments.x-max-length,\
+arguments.x-max-length-bytes,effective_policy_definition.max-length,\
+effective_policy_definition.max-length-bytes,\
 arguments.x-dead-letter-exchange,arguments.x-dead-letter-routing-key,arguments.x-message-ttl,\
 effective_policy_definition.dead-letter-exchange,effective_policy_definition.dead-letter-routing-key,\
 effective_policy_definition.message-ttl,\
@@ -309,6 +311,8 @@ pub struct QueueDto<'a> {
     #[serde(default)]
     pub head_message_timestamp: Option<f64>,
     #[serde(default)]
+    pub message_bytes: Option<u64>,
+    #[serde(default)]
     pub arguments: Option<ArgumentsDto>,
     #[serde(default)]
     pub effective_policy_definition: Option<PolicyDefinitionDto>,
@@ -320,6 +324,8 @@ pub struct QueueDto<'a> {
 pub struct ArgumentsDto {
     #[serde(default, rename = "x-max-length")]
     pub max_length: Option<u64>,
+    #[serde(default, rename = "x-max-length-bytes")]
+    pub max_length_bytes: Option<u64>,
     #[serde(default, rename = "x-dead-letter-exchange")]
     pub dead_letter_exchange: Option<String>,
     #[serde(default, rename = "x-dead-letter-routing-key")]
@@ -328,13 +334,35 @@ pub struct ArgumentsDto {
     pub message_ttl: Option<u64>,
 }
 
-/// The queue's effective policy definition, as far as dead-lettering goes. RabbitMQ 3.x lists an
-/// empty definition as `[]` on some versions, `{}` on others; both mean none.
-#[derive(Debug, Default)]
+/// The queue's effective policy definition (its policy and operator policy merged, as the broker
+/// lists it), as far as dead-lettering and limits go. RabbitMQ 3.x lists an empty definition as
+/// `[]` on some versions, `{}` on others; both mean none.
+#[derive(Debug, Default, Clone)]
 pub struct PolicyDefinitionDto {
     pub dead_letter_exchange: Option<String>,
     pub dead_letter_routing_key: Option<String>,
     pub message_ttl: Option<u64>,
+    pub max_length: Option<u64>,
+    pub max_length_bytes: Option<u64>,
+}
+
+impl PolicyDefinitionDto {
+    /// A policy's definition with an operator policy's over it: the operator policy holds no
+    /// dead-lettering, and of two limits the lower applies (RabbitMQ's `merge_policy_value`).
+    fn with_operator(mut self, op: &PolicyDefinitionDto) -> Self {
+        self.message_ttl = lower(self.message_ttl, op.message_ttl);
+        self.max_length = lower(self.max_length, op.max_length);
+        self.max_length_bytes = lower(self.max_length_bytes, op.max_length_bytes);
+        self
+    }
+}
+
+/// The lower of two limits, either of which may be unset.
+fn lower(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    }
 }
 
 impl<'de> Deserialize<'de> for PolicyDefinitionDto {
@@ -358,6 +386,8 @@ impl<'de> Deserialize<'de> for PolicyDefinitionDto {
                             out.dead_letter_routing_key = map.next_value()?
                         }
                         "message-ttl" => out.message_ttl = map.next_value()?,
+                        "max-length" => out.max_length = map.next_value()?,
+                        "max-length-bytes" => out.max_length_bytes = map.next_value()?,
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -379,14 +409,17 @@ impl<'de> Deserialize<'de> for PolicyDefinitionDto {
     }
 }
 
-/// `/api/policies`, as far as dead-lettering goes, for listings that do not say which policy
-/// applies to a queue (`disable_stats=true`, as the prometheus source lists queues). RabbitMQ
-/// applies one policy to a queue: of those of its vhost whose `pattern` matches its name and whose
-/// `apply-to` covers it (`all`, `queues`, or its type's), the one of highest priority.
+/// `/api/policies` (and `/api/operator-policies`), as far as dead-lettering and limits go, for
+/// listings that do not say which policy applies to a queue (`disable_stats=true`, as the
+/// prometheus source lists queues). RabbitMQ applies one policy and one operator policy to a
+/// queue: of those of its vhost whose `pattern` matches its name and whose `apply-to` covers it
+/// (`all`, `queues`, or its type's), the one of highest priority; of their limits the lower.
 #[derive(Debug, Default)]
 pub struct Policies {
     /// Highest priority first (ties keep the broker's listing order).
     rules: Vec<PolicyRule>,
+    /// The operator policies, likewise.
+    operator: Vec<PolicyRule>,
     /// Policies whose pattern this reader cannot compile (an Erlang regex beyond Rust's): queues
     /// they may apply to could be missing a dead-letter exchange.
     pub unreadable: Vec<String>,
@@ -398,9 +431,7 @@ struct PolicyRule {
     pattern: Regex,
     apply_to: String,
     priority: i64,
-    dead_letter_exchange: Option<String>,
-    dead_letter_routing_key: Option<String>,
-    message_ttl: Option<u64>,
+    definition: PolicyDefinitionDto,
 }
 
 #[derive(Debug, Deserialize)]
@@ -418,46 +449,60 @@ struct PolicyDto {
 
 impl Policies {
     pub fn decode(bytes: &[u8]) -> Result<Policies, serde_json::Error> {
-        let dtos: Vec<PolicyDto> = serde_json::from_slice(bytes)?;
         let mut out = Policies::default();
+        out.rules = out.read(bytes)?;
+        Ok(out)
+    }
+
+    /// Adds `/api/operator-policies`.
+    pub fn with_operator_policies(mut self, bytes: &[u8]) -> Result<Policies, serde_json::Error> {
+        self.operator = self.read(bytes)?;
+        Ok(self)
+    }
+
+    fn read(&mut self, bytes: &[u8]) -> Result<Vec<PolicyRule>, serde_json::Error> {
+        let dtos: Vec<PolicyDto> = serde_json::from_slice(bytes)?;
+        let mut rules = Vec::new();
         for p in dtos {
             match Regex::new(&p.pattern) {
-                Ok(pattern) => out.rules.push(PolicyRule {
+                Ok(pattern) => rules.push(PolicyRule {
                     vhost: p.vhost,
                     pattern,
                     apply_to: p.apply_to,
                     priority: p.priority,
-                    dead_letter_exchange: p.definition.dead_letter_exchange,
-                    dead_letter_routing_key: p.definition.dead_letter_routing_key,
-                    message_ttl: p.definition.message_ttl,
+                    definition: p.definition,
                 }),
-                Err(_) => out
+                Err(_) => self
                     .unreadable
                     .push(format!("{} (vhost {})", p.name, p.vhost)),
             }
         }
-        out.rules.sort_by_key(|r| std::cmp::Reverse(r.priority));
-        Ok(out)
+        rules.sort_by_key(|r| std::cmp::Reverse(r.priority));
+        Ok(rules)
     }
 
-    /// The dead-letter part of the policy RabbitMQ applies to the queue.
+    /// The policy and operator policy RabbitMQ applies to the queue, merged.
     pub fn effective(&self, vhost: &str, name: &str, kind: &str) -> PolicyDefinitionDto {
-        let applies = |r: &PolicyRule| match r.apply_to.as_str() {
-            "all" | "queues" => true,
-            "classic_queues" => kind == "classic",
-            "quorum_queues" => kind == "quorum",
-            "streams" => kind == "stream",
-            _ => false,
+        let applies = |r: &&PolicyRule| {
+            let to = match r.apply_to.as_str() {
+                "all" | "queues" => true,
+                "classic_queues" => kind == "classic",
+                "quorum_queues" => kind == "quorum",
+                "streams" => kind == "stream",
+                _ => false,
+            };
+            to && r.vhost == vhost && r.pattern.is_match(name)
         };
-        self.rules
+        let policy = self
+            .rules
             .iter()
-            .find(|r| r.vhost == vhost && applies(r) && r.pattern.is_match(name))
-            .map(|r| PolicyDefinitionDto {
-                dead_letter_exchange: r.dead_letter_exchange.clone(),
-                dead_letter_routing_key: r.dead_letter_routing_key.clone(),
-                message_ttl: r.message_ttl,
-            })
-            .unwrap_or_default()
+            .find(applies)
+            .map(|r| r.definition.clone())
+            .unwrap_or_default();
+        match self.operator.iter().find(applies) {
+            Some(op) => policy.with_operator(&op.definition),
+            None => policy,
+        }
     }
 }
 
@@ -918,6 +963,26 @@ impl QueueDto<'_> {
             && self.messages_unacknowledged.is_none();
         let ready = self.messages_ready.unwrap_or(0);
         let unacked = self.messages_unacknowledged.unwrap_or(0);
+        // The lower of argument and policy applies (classic and quorum queues alike). A stream's
+        // max-length-bytes is retention, not a limit it overflows: none for streams.
+        let (args, policy) = (
+            self.arguments.as_ref(),
+            self.effective_policy_definition.as_ref(),
+        );
+        let (max_length, max_length_bytes) = if &*kind == "stream" {
+            (None, None)
+        } else {
+            (
+                lower(
+                    args.and_then(|a| a.max_length),
+                    policy.and_then(|p| p.max_length),
+                ),
+                lower(
+                    args.and_then(|a| a.max_length_bytes),
+                    policy.and_then(|p| p.max_length_bytes),
+                ),
+            )
+        };
         let counters = match mode {
             StatsMode::DepthOnly => None,
             // No `message_stats` means no activity yet, not unknown.
@@ -949,7 +1014,9 @@ impl QueueDto<'_> {
             consumer_utilisation: self.consumer_utilisation,
             counters,
             head_message_timestamp: self.head_message_timestamp,
-            max_length: self.arguments.and_then(|a| a.max_length),
+            max_length,
+            max_length_bytes,
+            message_bytes: self.message_bytes,
             stats_pending,
         }
     }
@@ -1600,6 +1667,27 @@ impl Scraper {
         }
         let policies = self.get_decoded("/api/policies", Policies::decode).await?;
         progress();
+        // Operator policies cap max-length and the like. A user that may not list them (they need
+        // the policymaker or administrator tag on some versions) leaves them out, and says so.
+        let mut operator_problem = None;
+        let policies = match self.get("/api/operator-policies").await {
+            Ok(body) => {
+                policies
+                    .with_operator_policies(&body)
+                    .map_err(|e| ScrapeError::Decode {
+                        url: self.url("/api/operator-policies"),
+                        detail: e.to_string(),
+                    })?
+            }
+            Err(e @ (ScrapeError::Auth { .. } | ScrapeError::Http { .. })) => {
+                operator_problem = Some(format!(
+                    "operator policies not read ({e}): a lower max-length they set is not seen"
+                ));
+                policies
+            }
+            Err(e) => return Err(e),
+        };
+        progress();
         let mut collector =
             QueueCollector::new(&self.cfg.vhosts, &self.cfg.queues, StatsMode::Full)
                 .with_policies(&policies)
@@ -1611,12 +1699,14 @@ impl Scraper {
             samples,
             index,
             dead_letterings,
-            policy_problem: (!policies.unreadable.is_empty()).then(|| {
-                format!(
-                    "policies with patterns this reader cannot compile, whose dead-letter settings are not known: {}",
-                    policies.unreadable.join(", ")
-                )
-            }),
+            policy_problem: (!policies.unreadable.is_empty())
+                .then(|| {
+                    format!(
+                        "policies with patterns this reader cannot compile, whose dead-letter settings and limits are not known: {}",
+                        policies.unreadable.join(", ")
+                    )
+                })
+                .or(operator_problem),
         });
         *self.listing.lock().unwrap_or_else(|p| p.into_inner()) = Some((c.clone(), 0));
         Ok(c)
@@ -1914,6 +2004,56 @@ mod tests {
             (Some("other.dlx".into()), None)
         );
         assert_eq!(policies.unreadable, ["erlang-only (vhost shop)"]);
+    }
+
+    #[test]
+    fn an_operator_policy_lowers_the_policys_limits_and_sets_no_dead_lettering() {
+        let policies = Policies::decode(
+            br#"[{"vhost":"/","name":"caps","pattern":"^jobs","apply-to":"queues","priority":0,
+                  "definition":{"max-length":100,"max-length-bytes":100000,"dead-letter-exchange":"dlx"}}]"#,
+        )
+        .unwrap()
+        .with_operator_policies(
+            br#"[{"vhost":"/","name":"ops","pattern":".*","apply-to":"queues","priority":0,
+                  "definition":{"max-length":50,"max-length-bytes":500000,"message-ttl":60000}}]"#,
+        )
+        .unwrap();
+        let d = policies.effective("/", "jobs.a", "quorum");
+        assert_eq!(
+            (d.max_length, d.max_length_bytes, d.message_ttl),
+            (Some(50), Some(100_000), Some(60_000))
+        );
+        assert_eq!(d.dead_letter_exchange.as_deref(), Some("dlx"));
+        // The operator policy alone where no policy matches.
+        assert_eq!(
+            policies.effective("/", "other", "classic").max_length,
+            Some(50)
+        );
+    }
+
+    #[test]
+    fn max_length_is_the_lower_of_argument_and_policy_and_no_limit_for_streams() {
+        let listing = br#"[
+          {"name":"arg","vhost":"/","arguments":{"x-max-length":10},
+           "effective_policy_definition":{"max-length":50},"messages":1,"message_bytes":900},
+          {"name":"policy","vhost":"/","type":"quorum","effective_policy_definition":{"max-length":50,"max-length-bytes":2000},
+           "arguments":{"x-max-length-bytes":5000},"messages":1},
+          {"name":"log","vhost":"/","type":"stream","arguments":{"x-max-length-bytes":5000},
+           "effective_policy_definition":{"max-length-bytes":3000},"messages":1}
+        ]"#;
+        let got = collect(listing, StatsMode::Full);
+        let limits: Vec<_> = got
+            .iter()
+            .map(|q| (q.max_length, q.max_length_bytes, q.message_bytes))
+            .collect();
+        assert_eq!(
+            limits,
+            [
+                (Some(10), None, Some(900)),
+                (Some(50), Some(2000), None),
+                (None, None, None)
+            ]
+        );
     }
 
     #[test]

@@ -50,7 +50,14 @@ pub struct QueueSample {
     pub counters: Option<Counters>,
     /// Publish time of the head message, where the broker reports it (seconds since the epoch).
     pub head_message_timestamp: Option<f64>,
+    /// The queue's effective `max-length`: the lower of its `x-max-length` argument and its
+    /// policies' (policy and operator policy); `None` without one, and for streams (retention,
+    /// not overflow).
     pub max_length: Option<u64>,
+    /// The same for `max-length-bytes`.
+    pub max_length_bytes: Option<u64>,
+    /// Bytes of the messages in the queue (`message_bytes`); `None` where the source does not say.
+    pub message_bytes: Option<u64>,
     /// Listed without any counts: a node that has just started lists its queues for about one
     /// statistics interval (5 s by default) before it has their numbers. The figures above are then
     /// not facts; `view::Tracker` shows the last known ones instead of reading the queue as empty.

@@ -418,6 +418,9 @@ mod tests {
             idle_for_seconds: None,
             dead_letter_target: None,
             retry_queue: None,
+            max_length: None,
+            max_length_bytes: None,
+            fill_ratio: None,
             status: status.into(),
         }
     }

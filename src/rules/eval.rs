@@ -61,10 +61,9 @@ impl Env for QueueEnv<'_> {
             q::OLDEST_MESSAGE_AGE => h.oldest_message_age().map(Value::Num),
             q::CONSUMER_UTILISATION => s.consumer_utilisation.map(Value::Num),
             q::MAX_LENGTH => s.max_length.map(|m| Value::Num(m as f64)),
-            q::FILL_RATIO => s
-                .max_length
-                .filter(|m| *m > 0)
-                .map(|m| Value::Num(s.messages as f64 / m as f64)),
+            q::MAX_LENGTH_BYTES => s.max_length_bytes.map(|m| Value::Num(m as f64)),
+            q::MESSAGE_BYTES => s.message_bytes.map(|b| Value::Num(b as f64)),
+            q::FILL_RATIO => fill_ratio(s).map(Value::Num),
             q::STATUS => Some(Value::Str(Cow::Borrowed(h.status.as_str()))),
             q::TYPE => Some(Value::Str(Cow::Borrowed(&s.kind))),
             q::CLUSTER => Some(Value::Str(Cow::Borrowed(self.cluster))),
@@ -77,6 +76,24 @@ impl Env for QueueEnv<'_> {
             q::IS_RETRY_QUEUE => self.q.retry_queue.map(Value::Bool),
             _ => None,
         }
+    }
+}
+
+/// How full the queue is against the nearer of its limits: messages over `max-length`, bytes over
+/// `max-length-bytes`. Unknown without a limit (or without the byte count a byte limit needs).
+pub fn fill_ratio(s: &crate::snapshot::QueueSample) -> Option<f64> {
+    let by_count = s
+        .max_length
+        .filter(|m| *m > 0)
+        .map(|m| s.messages as f64 / m as f64);
+    let by_bytes = s
+        .max_length_bytes
+        .filter(|m| *m > 0)
+        .zip(s.message_bytes)
+        .map(|(m, b)| b as f64 / m as f64);
+    match (by_count, by_bytes) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -580,6 +597,8 @@ mod tests {
             }),
             head_message_timestamp: Some(1.0),
             max_length: Some(1000),
+            max_length_bytes: Some(1_000_000),
+            message_bytes: Some(4096),
             stats_pending: false,
         };
         let exchanges = HashMap::from([(
@@ -631,6 +650,26 @@ mod tests {
         let probe = ProbeSample::new("canary", "/").after(Timestamp(30_000), Ok(0.004));
         view.probes = Arc::new(vec![probe]);
         view
+    }
+
+    #[test]
+    fn fill_ratio_is_by_the_nearer_limit() {
+        let q = |max_length, max_length_bytes, message_bytes| crate::snapshot::QueueSample {
+            max_length,
+            max_length_bytes,
+            message_bytes,
+            messages: 50,
+            ..full_view().queues[0].sample.clone()
+        };
+        assert_eq!(fill_ratio(&q(Some(100), None, None)), Some(0.5));
+        assert_eq!(fill_ratio(&q(Some(100), Some(1000), Some(900))), Some(0.9));
+        assert_eq!(fill_ratio(&q(None, Some(1000), Some(100))), Some(0.1));
+        assert_eq!(
+            fill_ratio(&q(None, Some(1000), None)),
+            None,
+            "bytes unknown"
+        );
+        assert_eq!(fill_ratio(&q(None, None, Some(100))), None, "no limit");
     }
 
     /// Every field of every scope has a value from a fully-populated entity, of its declared type:

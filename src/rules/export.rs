@@ -183,6 +183,8 @@ pub fn source(f: FieldId) -> Source {
         q::ACK_RATE => Source::None("no metric carries the ack rate (only consume_rate)"),
         q::CONSUMER_UTILISATION => Source::None("no metric carries consumer utilisation"),
         q::MAX_LENGTH => Source::None("no metric carries a queue's max-length"),
+        q::MAX_LENGTH_BYTES => Source::None("no metric carries a queue's max-length-bytes"),
+        q::MESSAGE_BYTES => Source::None("no metric carries a queue's bytes"),
         q::FILL_RATIO => {
             Source::None("no metric carries a queue's max-length, so neither its fill ratio")
         }

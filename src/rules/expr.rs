@@ -190,6 +190,8 @@ pub mod field {
         OLDEST_MESSAGE_AGE = "oldest_message_age": Number,
         CONSUMER_UTILISATION = "consumer_utilisation": Number,
         MAX_LENGTH = "max_length": Number,
+        MAX_LENGTH_BYTES = "max_length_bytes": Number,
+        MESSAGE_BYTES = "message_bytes": Number,
         FILL_RATIO = "fill_ratio": Number,
         IDLE_FOR = "idle_for": Number,
         GROWING_FOR = "growing_for": Number,

@@ -425,6 +425,8 @@ mod tests {
                 }),
                 head_message_timestamp: None,
                 max_length: None,
+                max_length_bytes: None,
+                message_bytes: None,
                 stats_pending: false,
             },
             health: QueueHealth::default().into(),
