@@ -551,7 +551,7 @@ async fn queues(State(st): State<HttpState>, Query(f): Query<QueueFilter>) -> Re
                 retry_queue: q.retry_queue,
                 max_length: q.sample.max_length,
                 max_length_bytes: q.sample.max_length_bytes,
-                fill_ratio: crate::rules::eval::fill_ratio(&q.sample),
+                fill_ratio: q.sample.fill_ratio(),
             });
         }
     }

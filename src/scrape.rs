@@ -97,7 +97,8 @@ impl NameFilter {
 pub const QUEUE_COLUMNS: &str = "name,vhost,type,durable,messages,messages_ready,messages_unacknowledged,\
 consumers,consumer_utilisation,head_message_timestamp,message_bytes,arguments.x-max-length,\
 arguments.x-max-length-bytes,effective_policy_definition.max-length,\
-effective_policy_definition.max-length-bytes,\
+effective_policy_definition.max-length-bytes,delivery_limit,arguments.x-delivery-limit,\
+effective_policy_definition.delivery-limit,\
 arguments.x-dead-letter-exchange,arguments.x-dead-letter-routing-key,arguments.x-message-ttl,\
 effective_policy_definition.dead-letter-exchange,effective_policy_definition.dead-letter-routing-key,\
 effective_policy_definition.message-ttl,\
@@ -313,6 +314,8 @@ pub struct QueueDto<'a> {
     #[serde(default)]
     pub message_bytes: Option<u64>,
     #[serde(default)]
+    pub delivery_limit: Option<ListedLimit>,
+    #[serde(default)]
     pub arguments: Option<ArgumentsDto>,
     #[serde(default)]
     pub effective_policy_definition: Option<PolicyDefinitionDto>,
@@ -326,6 +329,8 @@ pub struct ArgumentsDto {
     pub max_length: Option<u64>,
     #[serde(default, rename = "x-max-length-bytes")]
     pub max_length_bytes: Option<u64>,
+    #[serde(default, rename = "x-delivery-limit")]
+    pub delivery_limit: Option<i64>,
     #[serde(default, rename = "x-dead-letter-exchange")]
     pub dead_letter_exchange: Option<String>,
     #[serde(default, rename = "x-dead-letter-routing-key")]
@@ -344,6 +349,7 @@ pub struct PolicyDefinitionDto {
     pub message_ttl: Option<u64>,
     pub max_length: Option<u64>,
     pub max_length_bytes: Option<u64>,
+    pub delivery_limit: Option<i64>,
 }
 
 impl PolicyDefinitionDto {
@@ -353,7 +359,36 @@ impl PolicyDefinitionDto {
         self.message_ttl = lower(self.message_ttl, op.message_ttl);
         self.max_length = lower(self.max_length, op.max_length);
         self.max_length_bytes = lower(self.max_length_bytes, op.max_length_bytes);
+        self.delivery_limit = delivery_limit(self.delivery_limit, op.delivery_limit);
         self
+    }
+}
+
+/// Two delivery limits as RabbitMQ combines them (`resolve_delivery_limit`): the lower, unless
+/// either is negative (unlimited), then the higher.
+fn delivery_limit(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) if x < 0 || y < 0 => Some(x.max(y)),
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+/// `delivery_limit` as RabbitMQ 4.x lists it: a number, or `"unlimited"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ListedLimit {
+    Number(i64),
+    Text(String),
+}
+
+impl ListedLimit {
+    fn value(&self) -> Option<i64> {
+        match self {
+            ListedLimit::Number(n) => Some(*n),
+            ListedLimit::Text(t) if t == "unlimited" => Some(-1),
+            ListedLimit::Text(_) => None,
+        }
     }
 }
 
@@ -388,6 +423,7 @@ impl<'de> Deserialize<'de> for PolicyDefinitionDto {
                         "message-ttl" => out.message_ttl = map.next_value()?,
                         "max-length" => out.max_length = map.next_value()?,
                         "max-length-bytes" => out.max_length_bytes = map.next_value()?,
+                        "delivery-limit" => out.delivery_limit = map.next_value()?,
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -969,6 +1005,14 @@ impl QueueDto<'_> {
             self.arguments.as_ref(),
             self.effective_policy_definition.as_ref(),
         );
+        let delivery_limit = match self.delivery_limit.as_ref().and_then(ListedLimit::value) {
+            Some(listed) => Some(listed),
+            None if &*kind == "quorum" => delivery_limit(
+                args.and_then(|a| a.delivery_limit),
+                policy.and_then(|p| p.delivery_limit),
+            ),
+            None => None,
+        };
         let (max_length, max_length_bytes) = if &*kind == "stream" {
             (None, None)
         } else {
@@ -1017,6 +1061,7 @@ impl QueueDto<'_> {
             max_length,
             max_length_bytes,
             message_bytes: self.message_bytes,
+            delivery_limit,
             stats_pending,
         }
     }

@@ -58,10 +58,36 @@ pub struct QueueSample {
     pub max_length_bytes: Option<u64>,
     /// Bytes of the messages in the queue (`message_bytes`); `None` where the source does not say.
     pub message_bytes: Option<u64>,
+    /// A quorum queue's delivery limit: returned this many times, a message is dropped or
+    /// dead-lettered. As RabbitMQ 4.x lists it (`delivery_limit`, 20 by default), else from the
+    /// `x-delivery-limit` argument and the policies (the lower applies); -1 unlimited; `None` when
+    /// not known (3.x without a setting, which is unlimited).
+    pub delivery_limit: Option<i64>,
     /// Listed without any counts: a node that has just started lists its queues for about one
     /// statistics interval (5 s by default) before it has their numbers. The figures above are then
     /// not facts; `view::Tracker` shows the last known ones instead of reading the queue as empty.
     pub stats_pending: bool,
+}
+
+impl QueueSample {
+    /// How full the queue is against the nearer of its limits: messages over `max-length`, bytes
+    /// over `max-length-bytes`. Unknown without a limit (or without the byte count a byte limit
+    /// needs).
+    pub fn fill_ratio(&self) -> Option<f64> {
+        let by_count = self
+            .max_length
+            .filter(|m| *m > 0)
+            .map(|m| self.messages as f64 / m as f64);
+        let by_bytes = self
+            .max_length_bytes
+            .filter(|m| *m > 0)
+            .zip(self.message_bytes)
+            .map(|(m, b)| b as f64 / m as f64);
+        match (by_count, by_bytes) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// One node as the management API lists it. Every figure but `running` is `None` when the broker did

@@ -63,7 +63,9 @@ impl Env for QueueEnv<'_> {
             q::MAX_LENGTH => s.max_length.map(|m| Value::Num(m as f64)),
             q::MAX_LENGTH_BYTES => s.max_length_bytes.map(|m| Value::Num(m as f64)),
             q::MESSAGE_BYTES => s.message_bytes.map(|b| Value::Num(b as f64)),
-            q::FILL_RATIO => fill_ratio(s).map(Value::Num),
+            q::DELIVERY_LIMIT => s.delivery_limit.map(|l| Value::Num(l as f64)),
+            q::DISCARD_RATE => discard_rate(h).map(Value::Num),
+            q::FILL_RATIO => s.fill_ratio().map(Value::Num),
             q::STATUS => Some(Value::Str(Cow::Borrowed(h.status.as_str()))),
             q::TYPE => Some(Value::Str(Cow::Borrowed(&s.kind))),
             q::CLUSTER => Some(Value::Str(Cow::Borrowed(self.cluster))),
@@ -79,22 +81,14 @@ impl Env for QueueEnv<'_> {
     }
 }
 
-/// How full the queue is against the nearer of its limits: messages over `max-length`, bytes over
-/// `max-length-bytes`. Unknown without a limit (or without the byte count a byte limit needs).
-pub fn fill_ratio(s: &crate::snapshot::QueueSample) -> Option<f64> {
-    let by_count = s
-        .max_length
-        .filter(|m| *m > 0)
-        .map(|m| s.messages as f64 / m as f64);
-    let by_bytes = s
-        .max_length_bytes
-        .filter(|m| *m > 0)
-        .zip(s.message_bytes)
-        .map(|(m, b)| b as f64 / m as f64);
-    match (by_count, by_bytes) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    }
+/// Messages leaving the queue other than by being consumed, msg/s over the window: published −
+/// consumed − growth. What leaves that way is dropped or dead-lettered: at a quorum queue's
+/// delivery limit, by a TTL, or by overflow past a max-length. Dead-lettered messages arriving do
+/// not count as publishes, so a queue fed by dead-lettering reads low, never high. Unknown without
+/// rates.
+pub fn discard_rate(h: &crate::analysis::PackedHealth) -> Option<f64> {
+    let (p, c, g) = (h.publish_rate()?, h.consume_rate()?, h.backlog_growth()?);
+    Some((p - c - g).max(0.0))
 }
 
 struct NodeEnv<'a> {
@@ -599,6 +593,7 @@ mod tests {
             max_length: Some(1000),
             max_length_bytes: Some(1_000_000),
             message_bytes: Some(4096),
+            delivery_limit: Some(20),
             stats_pending: false,
         };
         let exchanges = HashMap::from([(
@@ -661,15 +656,15 @@ mod tests {
             messages: 50,
             ..full_view().queues[0].sample.clone()
         };
-        assert_eq!(fill_ratio(&q(Some(100), None, None)), Some(0.5));
-        assert_eq!(fill_ratio(&q(Some(100), Some(1000), Some(900))), Some(0.9));
-        assert_eq!(fill_ratio(&q(None, Some(1000), Some(100))), Some(0.1));
+        assert_eq!(q(Some(100), None, None).fill_ratio(), Some(0.5));
+        assert_eq!(q(Some(100), Some(1000), Some(900)).fill_ratio(), Some(0.9));
+        assert_eq!(q(None, Some(1000), Some(100)).fill_ratio(), Some(0.1));
         assert_eq!(
-            fill_ratio(&q(None, Some(1000), None)),
+            q(None, Some(1000), None).fill_ratio(),
             None,
             "bytes unknown"
         );
-        assert_eq!(fill_ratio(&q(None, None, Some(100))), None, "no limit");
+        assert_eq!(q(None, None, Some(100)).fill_ratio(), None, "no limit");
     }
 
     /// Every field of every scope has a value from a fully-populated entity, of its declared type:

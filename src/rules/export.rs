@@ -185,6 +185,10 @@ pub fn source(f: FieldId) -> Source {
         q::MAX_LENGTH => Source::None("no metric carries a queue's max-length"),
         q::MAX_LENGTH_BYTES => Source::None("no metric carries a queue's max-length-bytes"),
         q::MESSAGE_BYTES => Source::None("no metric carries a queue's bytes"),
+        q::DELIVERY_LIMIT => Source::None("no metric carries a queue's delivery limit"),
+        q::DISCARD_RATE => Source::None(
+            "no metric carries the discard rate (it is publish_rate - consume_rate - backlog_growth)",
+        ),
         q::FILL_RATIO => {
             Source::None("no metric carries a queue's max-length, so neither its fill ratio")
         }

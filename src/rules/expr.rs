@@ -192,6 +192,8 @@ pub mod field {
         MAX_LENGTH = "max_length": Number,
         MAX_LENGTH_BYTES = "max_length_bytes": Number,
         MESSAGE_BYTES = "message_bytes": Number,
+        DELIVERY_LIMIT = "delivery_limit": Number,
+        DISCARD_RATE = "discard_rate": Number,
         FILL_RATIO = "fill_ratio": Number,
         IDLE_FOR = "idle_for": Number,
         GROWING_FOR = "growing_for": Number,

@@ -427,6 +427,7 @@ mod tests {
                 max_length: None,
                 max_length_bytes: None,
                 message_bytes: None,
+                delivery_limit: None,
                 stats_pending: false,
             },
             health: QueueHealth::default().into(),

@@ -17,7 +17,8 @@ use tokio::sync::oneshot;
 
 use crate::util::{
     CLUSTER, Daemon, TestVhost, Tuning, always_for, cluster_yaml, config_for, config_with_clusters,
-    encode, eventually, free_port, http_client, management, on_rabbitmq4, publish_n,
+    consume_at_rate, encode, eventually, free_port, http_client, management, on_rabbitmq4,
+    publish_at_rate, publish_n, requeue_at_rate,
 };
 use crate::util_broker::PrivateBroker;
 
@@ -637,4 +638,67 @@ async fn max_length_set_by_policies_is_seen_and_paged_near_it() {
         },
     )
     .await;
+}
+
+/// A poison message loop that the delivery limit ends: every message of `quorum.poison` (delivery
+/// limit 3, set by policy) is rejected and requeued until the broker drops it, which RabbitMQ counts
+/// nowhere per queue. `QueuePoisonMessagesDropped` pages it; `quorum.fine`, read by a consumer that
+/// keeps up, is not paged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_loop_the_delivery_limit_ends_is_paged() {
+    let vhost = TestVhost::create().await;
+    let body = serde_json::json!({
+        "pattern": "^quorum\\.poison$", "definition": {"delivery-limit": 3},
+        "apply-to": "queues", "priority": 0
+    });
+    management(
+        &http_client(),
+        reqwest::Method::PUT,
+        &format!("/api/policies/{}/limit", encode(vhost.name())),
+        Some(body),
+    )
+    .await
+    .expect("setting the delivery-limit policy");
+    let url = vhost.amqp_url();
+    let _poison = publish_at_rate(&url, "quorum.poison", 2).await;
+    let _rejecter = requeue_at_rate(&url, "quorum.poison", 20).await;
+    let _fine = publish_at_rate(&url, "quorum.fine", 5).await;
+    let _reader = consume_at_rate(&url, "quorum.fine", 20).await;
+    let short_for = regex::Regex::new(r"(?m)^(\s+)for: \S+$")
+        .expect("a regex")
+        .replace_all(PACK, "${1}for: 5s")
+        .into_owned();
+    let config =
+        config_for(vhost.name(), free_port(), &Tuning::default()) + "rules: [queue-health.yaml]\n";
+    let daemon = Daemon::start_with_files(&config, &[("queue-health.yaml", &short_for)]).await;
+    let alert = eventually(
+        Duration::from_secs(120),
+        "QueuePoisonMessagesDropped on quorum.poison",
+        async || {
+            let all = alerts(&daemon).await?;
+            all.iter()
+                .find(|a| {
+                    a["alertname"] == "QueuePoisonMessagesDropped"
+                        && a["labels"]["queue"] == "quorum.poison"
+                        && a["state"] == "firing"
+                })
+                .cloned()
+                .ok_or(format!(
+                    "{all:?}; the queue: {:?}",
+                    queue_row(&daemon, "quorum.poison").await
+                ))
+        },
+    )
+    .await;
+    let description = alert["annotations"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(description.contains("(delivery limit 3)"), "{alert}");
+    let all = alerts(&daemon).await.expect("alerts");
+    assert!(
+        !all.iter()
+            .any(|a| a["alertname"] == "QueuePoisonMessagesDropped"
+                && a["labels"]["queue"] == "quorum.fine"),
+        "{all:?}"
+    );
 }
