@@ -498,6 +498,20 @@ fn head(clusters: &[Arc<ClusterView>], fresh: &[&ClusterView], extras: &Extras<'
             }
         }
     }
+    o.family(
+        "rabbitwatch_cluster_deprecated_feature_used",
+        "gauge",
+        "1 for each deprecated feature the cluster uses (a later RabbitMQ removes it); no series when the broker cannot say (before 3.13).",
+    );
+    for c in fresh {
+        for f in c.deprecated_features.iter().flat_map(|d| d.iter()) {
+            o.sample(
+                "rabbitwatch_cluster_deprecated_feature_used",
+                &format!("{},{}", label("cluster", &c.name), label("feature", f)),
+                1.0,
+            );
+        }
+    }
     for (name, help, value) in CLUSTER_QUEUE_FAMILIES {
         o.family(name, "gauge", help);
         for c in fresh {

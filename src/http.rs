@@ -326,6 +326,9 @@ struct ClusterStatus {
     dead_letter_topology_error: Option<String>,
     /// Rules reading fields this cluster cannot supply in its stats mode (rates in depth-only mode).
     unsupplied_fields: Vec<UnsuppliedStatus>,
+    /// The deprecated features the cluster uses (a later RabbitMQ removes them); null when the
+    /// broker cannot say (before 3.13).
+    deprecated_features_used: Option<Vec<String>>,
 }
 
 #[derive(Serialize)]
@@ -402,6 +405,7 @@ async fn status(State(st): State<HttpState>) -> Json<StatusBody> {
         .iter()
         .map(|v| ClusterStatus {
             dead_letter_topology_error: v.topology_error.clone(),
+            deprecated_features_used: v.deprecated_features.as_ref().map(|d| d.to_vec()),
             // The stats mode is known once the cluster has answered.
             unsupplied_fields: if v.last_success.is_some() {
                 alerting

@@ -12,6 +12,7 @@ use regex::Regex;
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+pub mod deprecated;
 pub mod prometheus;
 pub mod promtext;
 pub mod streams;
@@ -1083,6 +1084,8 @@ pub struct Scraper {
     listing: std::sync::Mutex<Option<(Arc<ListingCache>, u64)>>,
     /// An emptied samples buffer of an earlier cycle for the next listing to fill (`recycle_samples`).
     spare_samples: std::sync::Mutex<Vec<QueueSample>>,
+    /// The deprecated features in use, as last read (`scrape::deprecated`).
+    deprecated: std::sync::Mutex<deprecated::Cached>,
 }
 
 /// While `source: auto` reads the management API, the Prometheus plugin is tried again after this
@@ -1181,6 +1184,7 @@ impl Scraper {
             auto: std::sync::Mutex::new(AutoState::default()),
             listing: std::sync::Mutex::new(None),
             spare_samples: std::sync::Mutex::default(),
+            deprecated: std::sync::Mutex::default(),
         })
     }
 
@@ -1331,6 +1335,7 @@ impl Scraper {
         if snap.streams.is_some() {
             progress();
         }
+        snap.deprecated_features = self.deprecated_features().await;
         Ok(snap)
     }
 
@@ -1428,6 +1433,7 @@ impl Scraper {
             exchanges,
             topology_error,
             streams: None,
+            deprecated_features: None,
         })
     }
 
@@ -1657,6 +1663,7 @@ impl Scraper {
             exchanges,
             topology_error,
             streams: None,
+            deprecated_features: None,
         })
     }
 

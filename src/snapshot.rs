@@ -158,6 +158,9 @@ pub struct Snapshot {
     pub topology_error: Option<String>,
     /// The stream consumers, read only when the cluster lists a stream (`None` otherwise).
     pub streams: Option<StreamsReading>,
+    /// The deprecated features the cluster uses (`/api/deprecated-features/used`, RabbitMQ 3.13+),
+    /// by name; `None` when the broker cannot say (3.x before 3.13, or the request failed).
+    pub deprecated_features: Option<std::sync::Arc<Vec<String>>>,
 }
 
 /// What the broker said of the readers of its streams (`/api/stream/consumers`, the

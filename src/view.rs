@@ -78,6 +78,8 @@ pub struct ClusterView {
     /// Why the last successful scrape could not read the stream consumers: every reader's lag is
     /// unknown.
     pub streams_error: Option<String>,
+    /// The deprecated features the cluster uses; `None` when it cannot say (before RabbitMQ 3.13).
+    pub deprecated_features: Option<Arc<Vec<String>>>,
 }
 
 impl ClusterView {
@@ -105,6 +107,7 @@ impl ClusterView {
             stream_consumers: Arc::default(),
             stream_unknown: Arc::default(),
             streams_error: None,
+            deprecated_features: None,
         }
     }
 
@@ -587,6 +590,7 @@ impl Tracker {
                     stream_consumers: Arc::new(readers.consumers),
                     stream_unknown: Arc::new(readers.unknown),
                     streams_error: readers.error,
+                    deprecated_features: snap.deprecated_features,
                 }
             }
             Err(e) => {
@@ -870,6 +874,7 @@ mod tests {
             exchanges: Some(Arc::default()),
             topology_error: None,
             streams: None,
+            deprecated_features: None,
         }
     }
 

@@ -142,6 +142,10 @@ impl Env for ClusterEnv<'_> {
             c::STATS_MODE if v.last_success.is_some() => {
                 Some(Value::Str(Cow::Borrowed(v.stats_mode.as_str())))
             }
+            c::DEPRECATED_FEATURES_USED if v.up => v
+                .deprecated_features
+                .as_ref()
+                .map(|d| Value::Num(d.len() as f64)),
             c::CLUSTER => Some(Value::Str(Cow::Borrowed(&v.name))),
             _ => None,
         }
@@ -644,6 +648,7 @@ mod tests {
         }
         let probe = ProbeSample::new("canary", "/").after(Timestamp(30_000), Ok(0.004));
         view.probes = Arc::new(vec![probe]);
+        view.deprecated_features = Some(Arc::new(vec!["transient_nonexcl_queues".into()]));
         view
     }
 

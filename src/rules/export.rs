@@ -216,6 +216,9 @@ pub fn source(f: FieldId) -> Source {
         c::NODES_TOTAL => Source::NodeCount("rabbitwatch_node_running"),
         c::SCRAPE_AGE => Source::Age("rabbitwatch_last_scrape_timestamp_seconds"),
         c::STATS_MODE => Source::OneHot("rabbitwatch_cluster_stats_mode", "mode"),
+        c::DEPRECATED_FEATURES_USED => Source::None(
+            "the count has no gauge (rabbitwatch_cluster_deprecated_feature_used has one series per feature in use)",
+        ),
         p::PROBE_OK => Source::Gauge("rabbitwatch_probe_up"),
         p::PROBE_LATENCY => Source::None(
             "the last round trip's latency has no gauge (only the histogram rabbitwatch_probe_latency_seconds)",

@@ -232,6 +232,7 @@ pub mod field {
         NODES_TOTAL = "nodes_total": Number,
         SCRAPE_AGE = "scrape_age": Number,
         STATS_MODE = "stats_mode": String,
+        DEPRECATED_FEATURES_USED = "deprecated_features_used": Number,
         CLUSTER = "cluster": String,
     ]);
 

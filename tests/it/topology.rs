@@ -17,8 +17,8 @@ use tokio::sync::oneshot;
 
 use crate::util::{
     CLUSTER, Daemon, TestVhost, Tuning, always_for, cluster_yaml, config_for, config_with_clusters,
-    consume_at_rate, encode, eventually, free_port, http_client, management, on_rabbitmq4,
-    publish_at_rate, publish_n, requeue_at_rate,
+    consume_at_rate, declare_queue, encode, eventually, find, free_port, http_client, management,
+    on_rabbitmq4, publish_at_rate, publish_n, requeue_at_rate,
 };
 use crate::util_broker::PrivateBroker;
 
@@ -701,4 +701,80 @@ async fn a_poison_message_loop_the_delivery_limit_ends_is_paged() {
                 && a["labels"]["queue"] == "quorum.fine"),
         "{all:?}"
     );
+}
+
+/// A transient non-exclusive classic queue is a feature RabbitMQ 4.x has deprecated: the cluster
+/// lists it in use, `/api/v1/status` and `/metrics` name it, and `DeprecatedFeatureUsed` pages (its
+/// `for` shortened). RabbitMQ 3.10 cannot say (no such endpoint before 3.13): unknown, never paged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deprecated_feature_in_use_is_named_and_paged_where_the_broker_can_say() {
+    let vhost = TestVhost::create().await;
+    declare_queue(&vhost.amqp_url(), "transient.q").await;
+    let rules = regex::Regex::new(r"(?m)^(\s+)for: \S+$")
+        .expect("a regex")
+        .replace_all(include_str!("../../rules/broker.yaml"), "${1}for: 2s")
+        .into_owned();
+    let config =
+        config_for(vhost.name(), free_port(), &Tuning::default()) + "rules: [broker.yaml]\n";
+    let daemon = Daemon::start_with_files(&config, &[("broker.yaml", &rules)]).await;
+    let status = eventually(Duration::from_secs(30), "a scrape", async || {
+        let (_, body) = daemon.get_json("/api/v1/status").await?;
+        let cluster = body["clusters"][0].clone();
+        if cluster["last_success"].is_null() {
+            Err(format!("{cluster}"))
+        } else {
+            Ok(cluster)
+        }
+    })
+    .await;
+    if !on_rabbitmq4() {
+        assert!(status["deprecated_features_used"].is_null(), "{status}");
+        always_for(
+            Duration::from_secs(5),
+            "no DeprecatedFeatureUsed",
+            async || {
+                let all = alerts(&daemon).await?;
+                match all
+                    .iter()
+                    .find(|a| a["alertname"] == "DeprecatedFeatureUsed")
+                {
+                    None => Ok(()),
+                    Some(a) => Err(format!("{a}")),
+                }
+            },
+        )
+        .await;
+        return;
+    }
+    let used = status["deprecated_features_used"].clone();
+    assert!(
+        used.as_array()
+            .is_some_and(|u| u.iter().any(|f| f == "transient_nonexcl_queues")),
+        "{status}"
+    );
+    let m = daemon.metrics().await.expect("metrics");
+    assert_eq!(
+        find(
+            &m,
+            "rabbitwatch_cluster_deprecated_feature_used",
+            &[("feature", "transient_nonexcl_queues")]
+        ),
+        Some(1.0)
+    );
+    eventually(
+        Duration::from_secs(30),
+        "DeprecatedFeatureUsed firing",
+        async || {
+            let all = alerts(&daemon).await?;
+            all.iter()
+                .any(|a| {
+                    a["alertname"] == "DeprecatedFeatureUsed"
+                        && a["state"] == "firing"
+                        && a["labels"]["severity"] == "info"
+                })
+                .then_some(())
+                .ok_or(format!("{all:?}"))
+        },
+    )
+    .await;
 }
