@@ -1,4 +1,4 @@
-//! The "merely parsing" baseline of DESIGN.md §9: how long `serde_json::from_slice` into a typed struct
+//! The "merely parsing" baseline of docs/performance.md's targets: how long `serde_json::from_slice` into a typed struct
 //! with the fields the daemon reads takes over one cycle's saved `/api/queues` pages, and (when the pages
 //! were saved gzipped, as the daemon receives them) gunzip + parse. Used by `scripts/bench`.
 //!

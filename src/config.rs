@@ -1,4 +1,4 @@
-//! Configuration: YAML → `RawConfig` (serde, unknown keys rejected) → `validate()` → `Config`.
+//! Configuration: YAML → `RawConfig` (serde, every unknown key reported) → `Validator` → `Config`.
 //!
 //! Everything a user can get wrong is checked here, once, and every mistake is reported together with
 //! its `file:line:col`. Downstream code receives compiled regexes, parsed durations and read secrets,

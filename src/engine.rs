@@ -678,7 +678,7 @@ impl Scaling {
     }
 }
 
-/// The recommendation as the webhook receives it (DESIGN.md §5).
+/// The recommendation as the webhook receives it (docs/scaling.md).
 fn scaling_request(cfg: &ScalerConfig, r: &Recommendation, now: Timestamp) -> ScalingRequest {
     let millis = std::time::UNIX_EPOCH + Duration::from_millis(now.0.max(0) as u64);
     ScalingRequest {

@@ -1,6 +1,8 @@
-//! The HTTP server: `/metrics`, health endpoints and the read API.
+//! The HTTP server: `/metrics`, health endpoints, the read API, and the few calls that change the
+//! daemon's own state (silences, dead-letter replays, reload; those need the bearer token when one is
+//! set).
 //!
-//! Handlers read published views only (`ArcSwap` loads); none of them talks to a broker.
+//! Handlers read published views (`ArcSwap` loads); none of them talks to a broker.
 
 use std::sync::Arc;
 
@@ -25,7 +27,7 @@ use crate::probe::Probe;
 use crate::store::DeadLetter;
 use crate::view::{ClusterHandle, ClusterView, LastError};
 
-/// What the handlers can see: read-only handles, and the store for dead-letter replays.
+/// What the handlers can see: the published views, and the engine for silences, replays and reload.
 #[derive(Clone)]
 pub struct HttpState {
     pub clusters: Arc<Vec<Arc<ClusterHandle>>>,

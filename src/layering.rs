@@ -1,4 +1,4 @@
-//! The module layering of DESIGN.md §1, checked: every module of `src/` may use only the modules its
+//! The module layering of docs/architecture.md, checked: every module of `src/` may use only the modules its
 //! row lists. A lower module reaching up (say `store` importing `alerts`) fails this test, so the
 //! layering stays true without anyone remembering it. A new module fails until it is given a row.
 //!

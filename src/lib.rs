@@ -1,6 +1,6 @@
 //! rabbitwatch: queue-health alerting for RabbitMQ.
 //!
-//! The modules follow the data path (DESIGN.md §1):
+//! The modules follow the data path (docs/architecture.md):
 //! `scrape → snapshot → analysis → view → rules → alerts → engine → store/outbox → receivers`,
 //! with `export` and `http` on the read side, `domain` the shared vocabulary at the bottom, `config`
 //! assembling each module's own config type, `cli` the subcommands that print or talk to a running

@@ -186,7 +186,7 @@ enum NotifyAction {
 
 fn main() -> ExitCode {
     tune_allocator();
-    // One crypto provider for every TLS user in the process (reqwest); see CRATES.md.
+    // One crypto provider for every TLS user in the process (reqwest); see docs/crates.md.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Cli::parse();
     init_tracing(args.log_format);

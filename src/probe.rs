@@ -1,4 +1,4 @@
-//! The end-to-end canary (DESIGN.md §5 "Canary"): real messages through the broker, so a pipe that
+//! The end-to-end canary (docs/canary.md): real messages through the broker, so a pipe that
 //! accepts connections but does not deliver — publishers blocked by an alarm, an exchange that no
 //! longer routes, a vhost refusing connections, AMQP down while the management API answers — is seen,
 //! which management-API numbers cannot show.

@@ -1,4 +1,4 @@
-//! Desired consumer counts for the `scalers:` entries (DESIGN.md §5 "Scaling").
+//! Desired consumer counts for the `scalers:` entries (docs/scaling.md).
 //!
 //! Owns the scaling maths and its guards: `decide(config, observed queue, history, now) → Decision`,
 //! either a `Recommendation` (up at once; down only to the highest desired count of the stabilisation
@@ -46,7 +46,7 @@ impl ScalerMode {
     }
 }
 
-/// The validated form of one `scalers:` entry (DESIGN.md §3). `problems()` lists the invariants the
+/// The validated form of one `scalers:` entry (docs/configuration.md). `problems()` lists the invariants the
 /// maths relies on, by key, for config validation to report with their location; `decide` holds
 /// with `invalid_config` rather than compute with a config that breaks them.
 #[derive(Clone, Debug, PartialEq)]
@@ -1013,7 +1013,7 @@ mod tests {
     /// The analysis window of the table's queues (the default `analysis.window`).
     const WINDOW: Duration = Duration::from_secs(300);
 
-    /// DESIGN.md §3's example: 10/s per consumer, a backlog gone within 2m, 1..=20 consumers, 10%
+    /// docs/scaling.md's example: 10/s per consumer, a backlog gone within 2m, 1..=20 consumers, 10%
     /// tolerance, 5m stabilisation, 1m cooldown.
     fn cfg() -> ScalerConfig {
         ScalerConfig {

@@ -1,8 +1,10 @@
-//! Management HTTP API client: one scrape of one cluster → `Snapshot`.
-//!
-//! Asks only for the columns the analysis needs, lists queues in one request (or pages, with `page_size`),
-//! and classifies every failure by a short `reason`. A scrape either returns a complete snapshot or an error: a failed page
-//! fails the whole cycle, so a partial listing can never look like queues vanishing.
+//! One scrape of one cluster → `Snapshot`, from the configured source: the management API
+//! (`/api/queues?columns=…`, in one request or pages with `page_size`) or every node's Prometheus
+//! plugin (`prometheus`, the queue list and policies from the API), `source: auto` choosing between
+//! them; then the readers of the listed streams (`streams`) and the deprecated features in use
+//! (`deprecated`). Asks only for what the analysis needs and classifies every failure by a short
+//! `reason`. A scrape either returns a complete snapshot or an error: a failed page fails the whole
+//! cycle, so a partial listing can never look like queues vanishing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +48,7 @@ pub struct ClusterConfig {
     /// scrape (`timeout`): a hung request must not stall the loop. Default: 3 × `poll_interval` +
     /// `watchdog.grace` (what `/healthz` tolerates), at least `timeout`.
     pub cycle_timeout: Duration,
-    /// Where queue figures are read (DESIGN.md §5 "Sources").
+    /// Where queue figures are read (docs/sources.md).
     pub source: SourceChoice,
     /// Each node's `rabbitmq_prometheus` listener; empty: every listed node's host, port 15692
     /// (15691 when `url` is https).

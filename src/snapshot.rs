@@ -109,7 +109,7 @@ pub struct NodeSample {
     pub partitions: Option<u64>,
 }
 
-/// Where a scrape read the queues' figures (config `source`, DESIGN.md §5 "Sources").
+/// Where a scrape read the queues' figures (config `source`, docs/sources.md).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
@@ -460,7 +460,7 @@ impl Window {
     }
 }
 
-/// Why a canary round trip failed (`probe_error`; DESIGN.md §5 "Canary").
+/// Why a canary round trip failed (`probe_error`; docs/canary.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ProbeError {
     /// The connection could not be opened or was closed: refused, reset, the vhost refusing

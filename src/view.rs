@@ -1,9 +1,10 @@
-//! The latest published state of each cluster: what `export` and `http` read.
+//! The latest published state of each cluster: what the rules, the scalers, `export` and `http` read.
 //!
-//! `Tracker` owns a cluster's history (one `Window` per queue) and turns each new `Snapshot` into an
-//! immutable `ClusterView`, swapped in atomically so readers never see half a cycle and never block the
-//! poll loop. Queues missing from a successful snapshot are forgotten here, which is what makes a deleted
-//! queue's series vanish; a failed scrape never reaches the tracker.
+//! `Tracker` owns a cluster's history (one `Window` per queue, and each stream reader's in `streams`)
+//! and turns each cycle's outcome into an immutable `ClusterView`, swapped in atomically so readers
+//! never see half a cycle and never block the poll loop. Queues missing from a successful snapshot are
+//! forgotten here, which is what makes a deleted queue's series vanish; a failed scrape keeps the last
+//! queue list (queues never look gone because the broker did not answer) and counts its reason.
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;

@@ -73,7 +73,7 @@ pub struct Notification {
     pub scaling: Option<ScalingRequest>,
 }
 
-/// A scaling recommendation as an autoscaler's webhook receives it (DESIGN.md §5 "Scaling"): POSTed as
+/// A scaling recommendation as an autoscaler's webhook receives it (docs/scaling.md): POSTed as
 /// JSON, signed like every webhook, `idempotency_key` also in the `Idempotency-Key` header.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScalingRequest {

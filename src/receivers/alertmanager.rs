@@ -1,5 +1,5 @@
 //! Alertmanager: alerts forwarded one by one to Alertmanager's v2 API (`POST /api/v2/alerts`), to every
-//! configured URL, as Prometheus does (DESIGN.md §5b). Alertmanager does the grouping, repeating,
+//! configured URL, as Prometheus does (docs/ha.md). Alertmanager does the grouping, repeating,
 //! silencing and — between the peers of a cluster — the dedupe; two rabbitwatch replicas sending the
 //! same alert (same labels: no per-process identity) page once.
 //!

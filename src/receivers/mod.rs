@@ -1,5 +1,6 @@
-//! Where notifications go: Slack, email, webhooks, a log. Each receiver owns its payload format and
-//! the classification of its own errors; it never retries (the outbox is the one place that does).
+//! Where notifications go: Slack, email, webhooks, Alertmanager, a log. Each receiver owns its
+//! payload format and the classification of its own errors; it never retries (the outbox is the one
+//! place that does).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

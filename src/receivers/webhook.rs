@@ -232,7 +232,7 @@ impl WebhookReceiver {
     }
 
     pub async fn deliver(&self, n: &Notification) -> Result<Delivered, DeliveryError> {
-        // A scaling recommendation is its own payload (DESIGN.md §5); an alert group is
+        // A scaling recommendation is its own payload (docs/scaling.md); an alert group is
         // Alertmanager-shaped. Both are signed and carry the Idempotency-Key.
         let body = match &n.scaling {
             Some(request) => serde_json::to_vec(request).unwrap_or_default(),

@@ -1946,7 +1946,7 @@ mod tests {
             ("not 1 > 2", true),
             ("not false and false", false),
             ("not not true", true),
-            // arithmetic on fields, the DESIGN example
+            // arithmetic on fields, the example of docs/rules.md
             (
                 "publish_rate > consume_rate * 1.1 and backlog_growth > 0 and messages_ready > 100",
                 true,

@@ -1,7 +1,7 @@
 //! The `prometheus` source's reading of one node: RabbitMQ's `rabbitmq_prometheus` plugin,
 //! `/metrics/detailed` with the queue families, summed per `{vhost, queue}` as it streams in.
 //!
-//! What RabbitMQ 4.0 lists there, and what it becomes (DESIGN.md §5 "Sources"):
+//! What RabbitMQ 4.0 lists there, and what it becomes (docs/sources.md):
 //!
 //! | metric (`rabbitmq_detailed_queue_…`)                   | family                 | becomes |
 //! |---|---|---|

@@ -1,4 +1,4 @@
-//! High availability through Alertmanager (DESIGN.md §5b): two rabbitwatch replicas with the same
+//! High availability through Alertmanager (docs/ha.md): two rabbitwatch replicas with the same
 //! config forward to a real two-peer Alertmanager cluster; one incident on the real broker is one
 //! notification and one resolve at Alertmanager's receiver, whichever replica or peer dies meanwhile.
 

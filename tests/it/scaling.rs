@@ -1,4 +1,4 @@
-//! Scalers (`scalers:`, DESIGN.md §5 "Scaling") on the real broker: the desired consumer count follows
+//! Scalers (`scalers:`, docs/scaling.md) on the real broker: the desired consumer count follows
 //! the queue's own numbers and is exported and shown with its reason; in shadow mode nothing is sent,
 //! in active mode a signed recommendation goes through the outbox to the autoscaler's webhook.
 
@@ -254,7 +254,7 @@ scalers:
     mac.verify_slice(&hex::decode(hex).expect("hex"))
         .expect("the signature matches the body");
 
-    // DESIGN.md §5's payload.
+    // docs/scaling.md's payload.
     let body = delivered.json();
     assert_eq!(body["version"], 1, "{body}");
     assert_eq!(body["scaler"], "orders-workers", "{body}");

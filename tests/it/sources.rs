@@ -1,4 +1,4 @@
-//! Sources (DESIGN.md §5 "Sources", docs/sources.md): the management API and the Prometheus
+//! Sources (docs/sources.md): the management API and the Prometheus
 //! plugin feed the same snapshot. On RabbitMQ 4.0 two daemons, one per source, watch the same
 //! traffic and must agree; on RabbitMQ 3.10 the plugin has no per-queue counters, so `auto` reads
 //! the management API and says why, and `source: prometheus` is depth-only: rates absent, not zero.
