@@ -986,10 +986,7 @@ mod tests {
                 consumer_utilisation: None,
                 counters: None,
                 head_message_timestamp: None,
-                max_length: None,
-                max_length_bytes: None,
-                message_bytes: None,
-                delivery_limit: None,
+                limits: None,
                 stats_pending: false,
             },
             health: QueueHealth {

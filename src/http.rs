@@ -555,8 +555,8 @@ async fn queues(State(st): State<HttpState>, Query(f): Query<QueueFilter>) -> Re
                 idle_for_seconds: h.idle_for,
                 dead_letter_target: q.dead_letter_target,
                 retry_queue: q.retry_queue,
-                max_length: q.sample.max_length,
-                max_length_bytes: q.sample.max_length_bytes,
+                max_length: q.sample.max_length(),
+                max_length_bytes: q.sample.max_length_bytes(),
                 fill_ratio: q.sample.fill_ratio(),
             });
         }

@@ -21,8 +21,8 @@ pub mod streams;
 
 use crate::domain::{QueueKey, StatsMode, Timestamp};
 use crate::snapshot::{
-    Binding, Counters, DeadLettering, Destination, Exchange, ExchangeKind, Exchanges, NodeSample,
-    QueueSample, Snapshot,
+    Binding, Counters, DeadLettering, Destination, Exchange, ExchangeKind, Exchanges, Limits,
+    NodeSample, QueueSample, Snapshot,
 };
 
 // ---------------------------------------------------------------- what a cluster's scrape is told
@@ -1061,10 +1061,14 @@ impl QueueDto<'_> {
             consumer_utilisation: self.consumer_utilisation,
             counters,
             head_message_timestamp: self.head_message_timestamp,
-            max_length,
-            max_length_bytes,
-            message_bytes: self.message_bytes,
-            delivery_limit,
+            limits: Limits {
+                max_length,
+                max_length_bytes,
+                // Only a byte limit needs the byte count: without one it is not kept.
+                message_bytes: max_length_bytes.and(self.message_bytes),
+                delivery_limit,
+            }
+            .boxed(),
             stats_pending,
         }
     }
@@ -2091,20 +2095,21 @@ mod tests {
           {"name":"arg","vhost":"/","arguments":{"x-max-length":10},
            "effective_policy_definition":{"max-length":50},"messages":1,"message_bytes":900},
           {"name":"policy","vhost":"/","type":"quorum","effective_policy_definition":{"max-length":50,"max-length-bytes":2000},
-           "arguments":{"x-max-length-bytes":5000},"messages":1},
+           "arguments":{"x-max-length-bytes":5000},"messages":1,"message_bytes":1500},
           {"name":"log","vhost":"/","type":"stream","arguments":{"x-max-length-bytes":5000},
            "effective_policy_definition":{"max-length-bytes":3000},"messages":1}
         ]"#;
         let got = collect(listing, StatsMode::Full);
         let limits: Vec<_> = got
             .iter()
-            .map(|q| (q.max_length, q.max_length_bytes, q.message_bytes))
+            .map(|q| (q.max_length(), q.max_length_bytes(), q.message_bytes()))
             .collect();
         assert_eq!(
             limits,
             [
-                (Some(10), None, Some(900)),
-                (Some(50), Some(2000), None),
+                // The byte count is kept only where a byte limit needs it.
+                (Some(10), None, None),
+                (Some(50), Some(2000), Some(1500)),
                 (None, None, None)
             ]
         );

@@ -50,38 +50,73 @@ pub struct QueueSample {
     pub counters: Option<Counters>,
     /// Publish time of the head message, where the broker reports it (seconds since the epoch).
     pub head_message_timestamp: Option<f64>,
-    /// The queue's effective `max-length`: the lower of its `x-max-length` argument and its
-    /// policies' (policy and operator policy); `None` without one, and for streams (retention,
-    /// not overflow).
-    pub max_length: Option<u64>,
-    /// The same for `max-length-bytes`.
-    pub max_length_bytes: Option<u64>,
-    /// Bytes of the messages in the queue (`message_bytes`); `None` where the source does not say.
-    pub message_bytes: Option<u64>,
-    /// A quorum queue's delivery limit: returned this many times, a message is dropped or
-    /// dead-lettered. As RabbitMQ 4.x lists it (`delivery_limit`, 20 by default), else from the
-    /// `x-delivery-limit` argument and the policies (the lower applies); -1 unlimited; `None` when
-    /// not known (3.x without a setting, which is unlimited).
-    pub delivery_limit: Option<i64>,
+    /// The queue's limits; `None` when it has none (most queues), so they cost a queue without
+    /// them one pointer.
+    pub limits: Option<Box<Limits>>,
     /// Listed without any counts: a node that has just started lists its queues for about one
     /// statistics interval (5 s by default) before it has their numbers. The figures above are then
     /// not facts; `view::Tracker` shows the last known ones instead of reading the queue as empty.
     pub stats_pending: bool,
 }
 
+/// A queue's limits as RabbitMQ applies them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Limits {
+    /// The effective `max-length`: the lower of the `x-max-length` argument and the policies'
+    /// (policy and operator policy); `None` without one. Never set for a stream (retention, not
+    /// overflow).
+    pub max_length: Option<u64>,
+    /// The same for `max-length-bytes`.
+    pub max_length_bytes: Option<u64>,
+    /// Bytes of the messages in the queue (`message_bytes`), kept where a byte limit needs them;
+    /// `None` where the source does not say.
+    pub message_bytes: Option<u64>,
+    /// A quorum queue's delivery limit: returned this many times, a message is dropped or
+    /// dead-lettered. As RabbitMQ 4.x lists it (`delivery_limit`, 20 by default), else from the
+    /// `x-delivery-limit` argument and the policies (combined as the broker does); -1 unlimited;
+    /// `None` when not known (3.x without a setting, which is unlimited).
+    pub delivery_limit: Option<i64>,
+}
+
+impl Limits {
+    /// `None` when nothing is set, so a queue without limits holds no allocation.
+    pub fn boxed(self) -> Option<Box<Limits>> {
+        (self.max_length.is_some()
+            || self.max_length_bytes.is_some()
+            || self.delivery_limit.is_some())
+        .then(|| Box::new(self))
+    }
+}
+
 impl QueueSample {
+    pub fn max_length(&self) -> Option<u64> {
+        self.limits.as_ref()?.max_length
+    }
+
+    pub fn max_length_bytes(&self) -> Option<u64> {
+        self.limits.as_ref()?.max_length_bytes
+    }
+
+    pub fn message_bytes(&self) -> Option<u64> {
+        self.limits.as_ref()?.message_bytes
+    }
+
+    pub fn delivery_limit(&self) -> Option<i64> {
+        self.limits.as_ref()?.delivery_limit
+    }
+
     /// How full the queue is against the nearer of its limits: messages over `max-length`, bytes
     /// over `max-length-bytes`. Unknown without a limit (or without the byte count a byte limit
     /// needs).
     pub fn fill_ratio(&self) -> Option<f64> {
         let by_count = self
-            .max_length
+            .max_length()
             .filter(|m| *m > 0)
             .map(|m| self.messages as f64 / m as f64);
         let by_bytes = self
-            .max_length_bytes
+            .max_length_bytes()
             .filter(|m| *m > 0)
-            .zip(self.message_bytes)
+            .zip(self.message_bytes())
             .map(|(m, b)| b as f64 / m as f64);
         match (by_count, by_bytes) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -565,6 +600,19 @@ impl ProbeSample {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A listing of 100k queues is held as samples, and again inside the views: limits that most
+    /// queues do not have stay out of line (one pointer), so adding one costs nothing per queue.
+    #[test]
+    fn a_sample_stays_small_and_its_limits_cost_a_queue_without_them_nothing() {
+        assert!(std::mem::size_of::<QueueSample>() <= 176);
+        assert_eq!(Limits::default().boxed(), None);
+        let capped = Limits {
+            max_length: Some(10),
+            ..Limits::default()
+        };
+        assert!(capped.boxed().is_some());
+    }
 
     #[test]
     fn a_probe_counts_consecutive_failures_and_a_success_clears_them() {

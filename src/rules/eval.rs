@@ -60,10 +60,10 @@ impl Env for QueueEnv<'_> {
             q::DRAIN_ETA => h.drain_eta().map(Value::Num),
             q::OLDEST_MESSAGE_AGE => h.oldest_message_age().map(Value::Num),
             q::CONSUMER_UTILISATION => s.consumer_utilisation.map(Value::Num),
-            q::MAX_LENGTH => s.max_length.map(|m| Value::Num(m as f64)),
-            q::MAX_LENGTH_BYTES => s.max_length_bytes.map(|m| Value::Num(m as f64)),
-            q::MESSAGE_BYTES => s.message_bytes.map(|b| Value::Num(b as f64)),
-            q::DELIVERY_LIMIT => s.delivery_limit.map(|l| Value::Num(l as f64)),
+            q::MAX_LENGTH => s.max_length().map(|m| Value::Num(m as f64)),
+            q::MAX_LENGTH_BYTES => s.max_length_bytes().map(|m| Value::Num(m as f64)),
+            q::MESSAGE_BYTES => s.message_bytes().map(|b| Value::Num(b as f64)),
+            q::DELIVERY_LIMIT => s.delivery_limit().map(|l| Value::Num(l as f64)),
             q::DISCARD_RATE => discard_rate(h).map(Value::Num),
             q::FILL_RATIO => s.fill_ratio().map(Value::Num),
             q::STATUS => Some(Value::Str(Cow::Borrowed(h.status.as_str()))),
@@ -594,10 +594,12 @@ mod tests {
                 redeliver: i,
             }),
             head_message_timestamp: Some(1.0),
-            max_length: Some(1000),
-            max_length_bytes: Some(1_000_000),
-            message_bytes: Some(4096),
-            delivery_limit: Some(20),
+            limits: Some(Box::new(crate::snapshot::Limits {
+                max_length: Some(1000),
+                max_length_bytes: Some(1_000_000),
+                message_bytes: Some(4096),
+                delivery_limit: Some(20),
+            })),
             stats_pending: false,
         };
         let exchanges = HashMap::from([(
@@ -655,9 +657,12 @@ mod tests {
     #[test]
     fn fill_ratio_is_by_the_nearer_limit() {
         let q = |max_length, max_length_bytes, message_bytes| crate::snapshot::QueueSample {
-            max_length,
-            max_length_bytes,
-            message_bytes,
+            limits: Some(Box::new(crate::snapshot::Limits {
+                max_length,
+                max_length_bytes,
+                message_bytes,
+                delivery_limit: None,
+            })),
             messages: 50,
             ..full_view().queues[0].sample.clone()
         };
