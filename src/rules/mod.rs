@@ -95,12 +95,13 @@ pub struct RuleSet {
 
 /// Queue fields only the broker's message counters can supply: unknown for every queue of a cluster
 /// in depth-only mode (`disable_stats`, `rates_mode: none`).
-pub const COUNTER_FIELDS: [&str; 6] = [
+pub const COUNTER_FIELDS: [&str; 7] = [
     "publish_rate",
     "deliver_rate",
     "ack_rate",
     "consume_rate",
     "redeliver_rate",
+    "discard_rate",
     "idle_for",
 ];
 

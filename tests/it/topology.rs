@@ -272,6 +272,10 @@ async fn rules_reading_rates_are_named_once_on_a_cluster_that_keeps_none() {
         ("DeadLetterQueueReceiving", "publish_rate"),
         ("QueueBacklogGrowing", "publish_rate,consume_rate"),
         ("QueueHotRequeueLoop", "redeliver_rate,deliver_rate"),
+        (
+            "QueuePoisonMessagesDropped",
+            "redeliver_rate,discard_rate,publish_rate",
+        ),
     ];
     let want: Vec<(String, String)> = want
         .iter()
@@ -287,9 +291,9 @@ async fn rules_reading_rates_are_named_once_on_a_cluster_that_keeps_none() {
     };
     eventually(
         Duration::from_secs(10),
-        "three warnings logged",
+        "four warnings logged",
         async || {
-            (warnings() == 3).then_some(()).ok_or(format!(
+            (warnings() == 4).then_some(()).ok_or(format!(
                 "{} warnings: {}",
                 warnings(),
                 daemon.logs()
@@ -302,7 +306,7 @@ async fn rules_reading_rates_are_named_once_on_a_cluster_that_keeps_none() {
             .logs()
             .matches("rule reads fields this cluster cannot supply")
             .count();
-        (now == 3).then_some(()).ok_or(format!("{now} warnings"))
+        (now == 4).then_some(()).ok_or(format!("{now} warnings"))
     })
     .await;
 }
