@@ -47,10 +47,6 @@ impl Status {
             Status::InsufficientData => "insufficient_data",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Status> {
-        Status::ALL.into_iter().find(|st| st.as_str() == s)
-    }
 }
 
 /// How the analysis reads a window.
@@ -254,25 +250,19 @@ pub fn analyze(w: &Window, latest: Latest, params: &Params, now: Timestamp) -> Q
         let [m] = slopes(w, |p| [p.messages]);
         (m, [None; 5])
     };
-    if latest.stream {
-        // A stream's log grows with every publish and shrinks only by retention: there is no
-        // backlog to drain, no oldest waiting message and no growth to judge. Rates stay (they are
-        // the stream's traffic); what a reader is behind by is its offset lag.
-        return QueueHealth {
-            publish_rate,
-            deliver_rate,
-            ack_rate,
-            consume_rate,
-            redeliver_rate,
-            backlog_growth,
-            drain_eta: None,
-            oldest_message_age: None,
-            status: stream_status(w, params),
-            window_span: last.at.secs_since(w.first().at),
-            idle_for: latest.activity.idle_for(w, now),
-            growing_for: None,
-        };
-    }
+    // A stream's log grows with every publish and shrinks only by retention: there is no backlog to
+    // drain, no oldest waiting message and no growth to judge. Rates stay (they are the stream's
+    // traffic); what a reader is behind by is its offset lag.
+    let (drain_eta, oldest_message_age, status, growing_for) = if latest.stream {
+        (None, None, stream_status(w, params), None)
+    } else {
+        (
+            drain_eta(last.messages, publish_rate, consume_rate, backlog_growth),
+            oldest_message_age(w, latest.head_message_timestamp, now),
+            status(w, latest, params),
+            growing_for(w),
+        )
+    };
     QueueHealth {
         publish_rate,
         deliver_rate,
@@ -280,12 +270,12 @@ pub fn analyze(w: &Window, latest: Latest, params: &Params, now: Timestamp) -> Q
         consume_rate,
         redeliver_rate,
         backlog_growth,
-        drain_eta: drain_eta(last.messages, publish_rate, consume_rate, backlog_growth),
-        oldest_message_age: oldest_message_age(w, latest.head_message_timestamp, now),
-        status: status(w, latest, params),
+        drain_eta,
+        oldest_message_age,
+        status,
         window_span: last.at.secs_since(w.first().at),
         idle_for: latest.activity.idle_for(w, now),
-        growing_for: growing_for(w),
+        growing_for,
     }
 }
 

@@ -507,18 +507,36 @@ pub struct QueuesBody {
     pub queues: Vec<QueueRow>,
 }
 
-async fn queues(State(st): State<HttpState>, Query(f): Query<QueueFilter>) -> Response {
-    let want_status = match f.status.as_deref().map(|s| (s, Status::parse(s))) {
-        Some((s, None)) => {
-            let valid: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
-            return (
+/// `?status=` read against the statuses `all` names: `None` when not given; a status none of them
+/// is answers 400 with the valid ones.
+fn status_filter<T: Copy>(
+    given: Option<&str>,
+    all: &[T],
+    name: fn(T) -> &'static str,
+) -> Result<Option<T>, Response> {
+    let Some(given) = given else {
+        return Ok(None);
+    };
+    match all.iter().copied().find(|s| name(*s) == given) {
+        Some(s) => Ok(Some(s)),
+        None => {
+            let valid: Vec<&str> = all.iter().map(|s| name(*s)).collect();
+            Err((
                 StatusCode::BAD_REQUEST,
-                format!("unknown status {s:?}; expected one of {}", valid.join(", ")),
+                format!(
+                    "unknown status {given:?}; expected one of {}",
+                    valid.join(", ")
+                ),
             )
-                .into_response();
+                .into_response())
         }
-        Some((_, st)) => st,
-        None => None,
+    }
+}
+
+async fn queues(State(st): State<HttpState>, Query(f): Query<QueueFilter>) -> Response {
+    let want_status = match status_filter(f.status.as_deref(), &Status::ALL, Status::as_str) {
+        Ok(s) => s,
+        Err(refused) => return refused,
     };
     let now = Timestamp::now();
     let mut rows = Vec::new();
@@ -616,20 +634,17 @@ pub struct ClusterProblem {
     pub error: String,
 }
 
-/// Every stream reader of the fresh clusters, most urgent first within each cluster's order.
+/// Every stream reader of the fresh clusters, cluster by cluster, the subscribed ones by vhost,
+/// stream and consumer, then those that left.
 async fn stream_consumers(State(st): State<HttpState>, Query(f): Query<StreamFilter>) -> Response {
     use crate::analysis::stream::StreamStatus;
-    let want_status = match f.status.as_deref().map(|s| (s, StreamStatus::parse(s))) {
-        Some((s, None)) => {
-            let valid: Vec<&str> = StreamStatus::ALL.iter().map(|s| s.as_str()).collect();
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("unknown status {s:?}; expected one of {}", valid.join(", ")),
-            )
-                .into_response();
-        }
-        Some((_, st)) => st,
-        None => None,
+    let want_status = match status_filter(
+        f.status.as_deref(),
+        &StreamStatus::ALL,
+        StreamStatus::as_str,
+    ) {
+        Ok(s) => s,
+        Err(refused) => return refused,
     };
     let now = Timestamp::now();
     let mut body = StreamConsumersBody::default();

@@ -134,10 +134,6 @@ impl StreamStatus {
             StreamStatus::InsufficientData => "insufficient_data",
         }
     }
-
-    pub fn parse(s: &str) -> Option<StreamStatus> {
-        StreamStatus::ALL.into_iter().find(|st| st.as_str() == s)
-    }
 }
 
 /// A consumer's figures; `None` is unknown, never zero.

@@ -197,8 +197,7 @@ fn promtool_test_rules_agrees_with_rabbitwatch_test_rules_on_the_default_packs_s
 fn queue_rules_with_short_for() -> String {
     let pack = std::fs::read_to_string(repo().join("rules/queue-health.yaml"))
         .expect("reading the default queue rules");
-    let re = regex::Regex::new(r"(?m)^(\s+)for: \S+$").expect("a regex");
-    re.replace_all(&pack, "${1}for: 5s").into_owned()
+    crate::util::with_short_for(&pack, "5s")
 }
 
 /// The alerts `alertname` firing in a rabbitwatch or Prometheus `/api/v1/alerts` answer, as label maps.

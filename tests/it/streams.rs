@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::util::{
     Daemon, TestVhost, Tuning, always_for, config_for, consume_at_rate, encode, eventually, find,
-    free_port, management_get, publish_at_rate, stream_addr,
+    free_port, management_get, publish_at_rate, stream_addr, with_short_for,
 };
 use crate::util_stream::{OffsetSpec, StreamClient, amqp_message};
 
@@ -20,8 +20,7 @@ const STREAM_PACK: &str = include_str!("../../rules/streams.yaml");
 
 /// The default stream rules with every `for:` shortened to 5s, so an incident fires within seconds.
 fn stream_rules_with_short_for() -> String {
-    let re = regex::Regex::new(r"(?m)^(\s+)for: \S+$").expect("a regex");
-    re.replace_all(STREAM_PACK, "${1}for: 5s").into_owned()
+    with_short_for(STREAM_PACK, "5s")
 }
 
 async fn connect(vhost: &TestVhost, name: &str) -> StreamClient {

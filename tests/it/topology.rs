@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use crate::util::{
     CLUSTER, Daemon, TestVhost, Tuning, always_for, cluster_yaml, config_for, config_with_clusters,
     consume_at_rate, declare_queue, encode, eventually, find, free_port, http_client, management,
-    on_rabbitmq4, publish_at_rate, publish_n, requeue_at_rate,
+    on_rabbitmq4, publish_at_rate, publish_n, requeue_at_rate, with_short_for,
 };
 use crate::util_broker::PrivateBroker;
 
@@ -44,6 +44,26 @@ async fn queue_row(daemon: &Daemon, queue: &str) -> Result<Value, String> {
         .as_array()
         .and_then(|qs| qs.iter().find(|q| q["queue"] == queue).cloned())
         .ok_or_else(|| format!("{queue} not in /api/v1/queues: {body}"))
+}
+
+/// A consumer on `queue` that rejects every delivery without requeueing (so it is dead-lettered).
+/// Keep it: dropping it cancels the subscription.
+async fn reject_everything(channel: &lapin::Channel, queue: &str) -> lapin::Consumer {
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("consuming {queue}: {e}"));
+    consumer.set_delegate(move |delivery: lapin::message::DeliveryResult| async move {
+        if let Ok(Some(d)) = delivery {
+            let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
+        }
+    });
+    consumer
 }
 
 /// `orders` dead-letters into the direct exchange `orders.dlx` (no dead-letter routing key: each
@@ -94,20 +114,7 @@ async fn dead_lettering_traffic(amqp_url: String, stop: oneshot::Receiver<()>) {
         .await
         .expect("binding orders.failed");
     let rejecter = connection.create_channel().await.expect("a channel");
-    let consumer = rejecter
-        .basic_consume(
-            "orders".into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consuming orders");
-    consumer.set_delegate(move |delivery: lapin::message::DeliveryResult| async move {
-        if let Ok(Some(d)) = delivery {
-            let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
-        }
-    });
+    let consumer = reject_everything(&rejecter, "orders").await;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut stop = stop;
     loop {
@@ -389,21 +396,7 @@ async fn retry_loop_traffic(amqp_url: String, stop: oneshot::Receiver<()>) {
     let rejecter = connection.create_channel().await.expect("a channel");
     let mut consumers = Vec::new();
     for queue in ["work", "billing"] {
-        let consumer = rejecter
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("consuming");
-        consumer.set_delegate(move |delivery: lapin::message::DeliveryResult| async move {
-            if let Ok(Some(d)) = delivery {
-                let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
-            }
-        });
-        consumers.push(consumer);
+        consumers.push(reject_everything(&rejecter, queue).await);
     }
     // `audit` has a reader that keeps it empty, as an audit log's would.
     let reader = connection.create_channel().await.expect("a channel");
@@ -450,10 +443,7 @@ async fn a_delayed_retry_loop_is_no_dead_letter_queue_and_the_parking_queue_besi
     let vhost = TestVhost::create().await;
     let (stop, stopped) = oneshot::channel();
     let traffic = tokio::spawn(retry_loop_traffic(vhost.amqp_url(), stopped));
-    let short_for = regex::Regex::new(r"(?m)^(\s+)for: \S+$")
-        .expect("a regex")
-        .replace_all(PACK, "${1}for: 5s")
-        .into_owned();
+    let short_for = with_short_for(PACK, "5s");
     let config =
         config_for(vhost.name(), free_port(), &Tuning::default()) + "rules: [queue-health.yaml]\n";
     let daemon = Daemon::start_with_files(&config, &[("queue-health.yaml", &short_for)]).await;
@@ -491,8 +481,7 @@ async fn a_delayed_retry_loop_is_no_dead_letter_queue_and_the_parking_queue_besi
         },
     )
     .await;
-    // Dead letters keep arriving in both: only the parking queue pages, and the retry loop's queues
-    // are not exempt from QueueNoConsumers as dead-letter queues would be.
+    // Dead letters keep arriving in both: only the parking queue pages.
     eventually(
         Duration::from_secs(60),
         "DeadLetterQueueReceiving on billing.parked",
@@ -579,10 +568,7 @@ async fn max_length_set_by_policies_is_seen_and_paged_near_it() {
     ] {
         publish_n(&vhost.amqp_url(), queue, n).await;
     }
-    let short_for = regex::Regex::new(r"(?m)^(\s+)for: \S+$")
-        .expect("a regex")
-        .replace_all(PACK, "${1}for: 5s")
-        .into_owned();
+    let short_for = with_short_for(PACK, "5s");
     let config =
         config_for(vhost.name(), free_port(), &Tuning::default()) + "rules: [queue-health.yaml]\n";
     let daemon = Daemon::start_with_files(&config, &[("queue-health.yaml", &short_for)]).await;
@@ -668,10 +654,7 @@ async fn a_poison_message_loop_the_delivery_limit_ends_is_paged() {
     let _rejecter = requeue_at_rate(&url, "quorum.poison", 20).await;
     let _fine = publish_at_rate(&url, "quorum.fine", 5).await;
     let _reader = consume_at_rate(&url, "quorum.fine", 20).await;
-    let short_for = regex::Regex::new(r"(?m)^(\s+)for: \S+$")
-        .expect("a regex")
-        .replace_all(PACK, "${1}for: 5s")
-        .into_owned();
+    let short_for = with_short_for(PACK, "5s");
     let config =
         config_for(vhost.name(), free_port(), &Tuning::default()) + "rules: [queue-health.yaml]\n";
     let daemon = Daemon::start_with_files(&config, &[("queue-health.yaml", &short_for)]).await;
@@ -714,10 +697,7 @@ async fn a_poison_message_loop_the_delivery_limit_ends_is_paged() {
 async fn a_deprecated_feature_in_use_is_named_and_paged_where_the_broker_can_say() {
     let vhost = TestVhost::create().await;
     declare_queue(&vhost.amqp_url(), "transient.q").await;
-    let rules = regex::Regex::new(r"(?m)^(\s+)for: \S+$")
-        .expect("a regex")
-        .replace_all(include_str!("../../rules/broker.yaml"), "${1}for: 2s")
-        .into_owned();
+    let rules = with_short_for(include_str!("../../rules/broker.yaml"), "2s");
     let config =
         config_for(vhost.name(), free_port(), &Tuning::default()) + "rules: [broker.yaml]\n";
     let daemon = Daemon::start_with_files(&config, &[("broker.yaml", &rules)]).await;

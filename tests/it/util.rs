@@ -658,6 +658,14 @@ pub fn cluster_yaml(name: &str, url: &str, vhost: &str, tuning: &Tuning) -> Stri
 /// The management APIs of scripts/rabbitmq4's two nodes.
 const RABBITMQ4_MANAGEMENT_URLS: [&str; 2] = ["http://127.0.0.1:15673", "http://127.0.0.1:15674"];
 
+/// A rule file's text with every rule's `for:` set to `d` (`5s`): a test shows the incident firing
+/// within seconds instead of waiting out the shipped `for`.
+pub fn with_short_for(rules: &str, d: &str) -> String {
+    let re = regex::Regex::new(r"(?m)^(\s+)for: \S+$").expect("a regex");
+    re.replace_all(rules, format!("${{1}}for: {d}"))
+        .into_owned()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
