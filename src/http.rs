@@ -508,12 +508,12 @@ pub struct QueuesBody {
 }
 
 /// `?status=` read against the statuses `all` names: `None` when not given; a status none of them
-/// is answers 400 with the valid ones.
+/// is is a 400 naming the valid ones.
 fn status_filter<T: Copy>(
     given: Option<&str>,
     all: &[T],
     name: fn(T) -> &'static str,
-) -> Result<Option<T>, Response> {
+) -> Result<Option<T>, (StatusCode, String)> {
     let Some(given) = given else {
         return Ok(None);
     };
@@ -527,8 +527,7 @@ fn status_filter<T: Copy>(
                     "unknown status {given:?}; expected one of {}",
                     valid.join(", ")
                 ),
-            )
-                .into_response())
+            ))
         }
     }
 }
@@ -536,7 +535,7 @@ fn status_filter<T: Copy>(
 async fn queues(State(st): State<HttpState>, Query(f): Query<QueueFilter>) -> Response {
     let want_status = match status_filter(f.status.as_deref(), &Status::ALL, Status::as_str) {
         Ok(s) => s,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let now = Timestamp::now();
     let mut rows = Vec::new();
@@ -644,7 +643,7 @@ async fn stream_consumers(State(st): State<HttpState>, Query(f): Query<StreamFil
         StreamStatus::as_str,
     ) {
         Ok(s) => s,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let now = Timestamp::now();
     let mut body = StreamConsumersBody::default();
