@@ -986,7 +986,7 @@ mod tests {
                 consumer_utilisation: None,
                 counters: None,
                 head_message_timestamp: None,
-                limits: None,
+                limits: crate::snapshot::Limits::NONE,
                 stats_pending: false,
             },
             health: QueueHealth {

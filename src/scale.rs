@@ -1971,7 +1971,7 @@ mod tests {
             consumer_utilisation: None,
             counters: None,
             head_message_timestamp: None,
-            limits: None,
+            limits: crate::snapshot::Limits::NONE,
             stats_pending: false,
         };
         let health = QueueHealth {

@@ -1062,14 +1062,13 @@ impl QueueDto<'_> {
             consumer_utilisation: self.consumer_utilisation,
             counters,
             head_message_timestamp: self.head_message_timestamp,
-            limits: Limits {
+            limits: Limits::new(
                 max_length,
                 max_length_bytes,
                 // Only a byte limit needs the byte count: without one it is not kept.
-                message_bytes: max_length_bytes.and(self.message_bytes),
+                max_length_bytes.and(self.message_bytes),
                 delivery_limit,
-            }
-            .boxed(),
+            ),
             stats_pending,
         }
     }

@@ -594,12 +594,7 @@ mod tests {
                 redeliver: i,
             }),
             head_message_timestamp: Some(1.0),
-            limits: Some(Box::new(crate::snapshot::Limits {
-                max_length: Some(1000),
-                max_length_bytes: Some(1_000_000),
-                message_bytes: Some(4096),
-                delivery_limit: Some(20),
-            })),
+            limits: crate::snapshot::Limits::new(Some(1000), Some(1_000_000), Some(4096), Some(20)),
             stats_pending: false,
         };
         let exchanges = HashMap::from([(
@@ -657,12 +652,7 @@ mod tests {
     #[test]
     fn fill_ratio_is_by_the_nearer_limit() {
         let q = |max_length, max_length_bytes, message_bytes| crate::snapshot::QueueSample {
-            limits: Some(Box::new(crate::snapshot::Limits {
-                max_length,
-                max_length_bytes,
-                message_bytes,
-                delivery_limit: None,
-            })),
+            limits: crate::snapshot::Limits::new(max_length, max_length_bytes, message_bytes, None),
             messages: 50,
             ..full_view().queues[0].sample.clone()
         };

@@ -424,7 +424,7 @@ mod tests {
                     ..Counters::default()
                 }),
                 head_message_timestamp: None,
-                limits: None,
+                limits: crate::snapshot::Limits::NONE,
                 stats_pending: false,
             },
             health: QueueHealth::default().into(),
