@@ -13,7 +13,10 @@ use std::collections::{HashMap, HashSet};
 use crate::domain::QueueKey;
 use crate::snapshot::{DeadLettering, Destination, ExchangeKind, Exchanges};
 
-/// The queues that some queue's dead letters reach, except where they come back: a queue `T` that
+/// What the topology makes of the queues: dead-letter queues, and the wait queues of delayed-retry
+/// loops.
+///
+/// `targets` are the queues that some queue's dead letters reach, except where they come back: a queue `T` that
 /// dead-letters back into the queue `S` whose dead letters reach it is a delayed-retry loop (a TTL
 /// "wait" queue expiring messages back to the work exchange), and neither end of that loop is a
 /// dead-letter queue by it. The work queue is fed by its own retries, the wait queue holds messages
@@ -26,18 +29,9 @@ use crate::snapshot::{DeadLettering, Destination, ExchangeKind, Exchanges};
 /// names: with a dead-letter routing key that queue is a target; without one each message goes back
 /// by its own routing key (usually to the queue it came from), which names no queue we could know,
 /// so nothing is marked.
-pub fn dead_letter_targets(
-    dead_letterings: &[DeadLettering],
-    exchanges: &Exchanges,
-) -> HashSet<QueueKey> {
-    roles(dead_letterings, exchanges).targets
-}
-
-/// What the topology makes of the queues: dead-letter queues, and the wait queues of delayed-retry
-/// loops.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Roles {
-    /// Queues some queue's dead letters reach, outside retry loops (see `dead_letter_targets`).
+    /// Queues some queue's dead letters reach, outside retry loops.
     pub targets: HashSet<QueueKey>,
     /// Queues whose messages expire back to where they came from (a TTL and a dead-letter exchange
     /// leading back to a queue that dead-letters into them): they hold retries on purpose and are
@@ -424,7 +418,7 @@ mod tests {
         );
         assert_eq!(names(&retry.targets), ["//next"]);
         for (name, dls, xs, want) in cases {
-            assert_eq!(names(&dead_letter_targets(&dls, &xs)), want, "case {name}");
+            assert_eq!(names(&roles(&dls, &xs).targets), want, "case {name}");
         }
     }
 

@@ -37,6 +37,17 @@ async fn alerts(daemon: &Daemon) -> Result<Vec<Value>, String> {
         .ok_or_else(|| format!("/api/v1/alerts has no alerts list: {body}"))
 }
 
+/// The firing `alertname` alert on `queue`, if there is one.
+async fn firing_on(daemon: &Daemon, alertname: &str, queue: &str) -> Result<Value, String> {
+    let all = alerts(daemon).await?;
+    all.iter()
+        .find(|a| {
+            a["alertname"] == alertname && a["labels"]["queue"] == queue && a["state"] == "firing"
+        })
+        .cloned()
+        .ok_or(format!("{alertname} not firing on {queue}: {all:?}"))
+}
+
 /// `queue`'s row of `/api/v1/queues`.
 async fn queue_row(daemon: &Daemon, queue: &str) -> Result<Value, String> {
     let (_, body) = daemon.get_json("/api/v1/queues").await?;
@@ -485,17 +496,7 @@ async fn a_delayed_retry_loop_is_no_dead_letter_queue_and_the_parking_queue_besi
     eventually(
         Duration::from_secs(60),
         "DeadLetterQueueReceiving on billing.parked",
-        async || {
-            let all = alerts(&daemon).await?;
-            all.iter()
-                .any(|a| {
-                    a["alertname"] == "DeadLetterQueueReceiving"
-                        && a["labels"]["queue"] == "billing.parked"
-                        && a["state"] == "firing"
-                })
-                .then_some(())
-                .ok_or(format!("{all:?}"))
-        },
+        async || firing_on(&daemon, "DeadLetterQueueReceiving", "billing.parked").await,
     )
     .await;
     // The wait queue has no consumer on purpose: no QueueNoConsumers either.
@@ -661,19 +662,12 @@ async fn a_poison_message_loop_the_delivery_limit_ends_is_paged() {
     let alert = eventually(
         Duration::from_secs(120),
         "QueuePoisonMessagesDropped on quorum.poison",
-        async || {
-            let all = alerts(&daemon).await?;
-            all.iter()
-                .find(|a| {
-                    a["alertname"] == "QueuePoisonMessagesDropped"
-                        && a["labels"]["queue"] == "quorum.poison"
-                        && a["state"] == "firing"
-                })
-                .cloned()
-                .ok_or(format!(
-                    "{all:?}; the queue: {:?}",
-                    queue_row(&daemon, "quorum.poison").await
-                ))
+        async || match firing_on(&daemon, "QueuePoisonMessagesDropped", "quorum.poison").await {
+            Ok(a) => Ok(a),
+            Err(e) => Err(format!(
+                "{e}; the queue: {:?}",
+                queue_row(&daemon, "quorum.poison").await
+            )),
         },
     )
     .await;
